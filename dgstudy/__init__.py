@@ -1,0 +1,28 @@
+"""dgstudy: a reproducible study of DeepGaze II.
+
+Submodules are imported lazily so that ``import dgstudy`` is instant and
+``dgstudy.datasets.load('osie')`` works without importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_SUBMODULES = {
+    "paths", "io", "datasets", "baselines", "metrics", "backbones", "features",
+    "model", "training", "profiles", "study", "figures", "predict", "cli",
+}
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name == "load_model":
+        from .predict import load_model
+        return load_model
+    raise AttributeError(f"module 'dgstudy' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _SUBMODULES | {"load_model"})

@@ -1,0 +1,31 @@
+"""Shared test fixtures. Tests write caches into a temporary data root, never into data/."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# pysaliency 0.2.22 (the reference implementation we compare against) still calls np.trapz,
+# which numpy 2.4 removed; alias it here rather than pinning an old numpy.
+if not hasattr(np, "trapz"):
+    np.trapz = np.trapezoid
+
+REPO = Path(__file__).resolve().parents[1]
+OSIE_DIR = Path(os.environ.get("DGSTUDY_OSIE_DIR", REPO.parent / "shared" / "datasets" / "osie"))
+
+
+@pytest.fixture
+def data_root(tmp_path, monkeypatch):
+    """A fresh, empty DGSTUDY_DATA for the test."""
+    root = tmp_path / "data"
+    monkeypatch.setenv("DGSTUDY_DATA", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def osie_dir():
+    if not (OSIE_DIR / "fixations.mat").exists():
+        pytest.fail(f"the OSIE mirror is missing at {OSIE_DIR} (set DGSTUDY_OSIE_DIR)")
+    return OSIE_DIR
