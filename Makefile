@@ -11,8 +11,9 @@ BACKBONE ?=
 # Extra papermill arguments, e.g. PAPERMILL_ARGS="-p device cuda"
 PAPERMILL_ARGS ?=
 
-# Optional: pin torch first, e.g. TORCH_SPEC="torch==2.14.1 torchvision==0.29.1" or a CPU build.
-TORCH_SPEC ?=
+# torch/torchvision are installed first, pinned to the pair the study is tested with (override for
+# another build, e.g. TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url <your CUDA index>").
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 STAMP := $(VENV)/.dgstudy-installed
 
