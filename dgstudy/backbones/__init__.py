@@ -1,0 +1,131 @@
+"""Frozen image backbones with named layers, for feature extraction.
+
+Registry: :func:`get` (``'vgg19'``, ``'vgg19_random'``, ``'efficientnet_lite0'``).
+
+Every backbone is a :class:`SequentialBackbone`: an ``nn.Sequential`` of *named* stages
+(``.stages``), run in order, whose outputs are the named layers. The input convention of
+:meth:`SequentialBackbone.features` is
+
+* ``x``: a tensor ``(B, 3, H, W)`` of RGB images, either ``uint8`` (0..255) or floating point
+  in ``[0, 1]`` (i.e. uint8 / 255). It is **not** normalised: the backbone subtracts its own
+  ``mean`` and divides by its own ``std`` (per channel) inside ``features``.
+* ``layers``: names from ``.layer_names``; the network runs only up to the deepest one.
+* returns ``{layer: Tensor (B, C, h, w)}`` (float32, or bfloat16 under bf16 autocast), in the
+  order of ``layers``.
+
+Attributes: ``.name``, ``.layer_names`` (every named layer, in network order),
+``.default_layers`` (the set used for saliency when none is given), ``.strides``
+({layer: total stride}), ``.weights_sha256`` (SHA-256 of the weights file, or for a randomly
+initialised network a hash of its tensors prefixed ``random-seed<k>:``), ``.weights_source``.
+
+Missing pretrained weights never silently become random weights: the loaders raise
+:class:`dgstudy.io.DataError` naming the file, where to get it and how to point at a copy.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., "SequentialBackbone"]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        _REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+def available() -> list[str]:
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def _import_all():
+    from . import efficientnet_lite0, vgg19  # noqa: F401  (registration side effect)
+
+
+def get(name: str, weights=None, device: str | torch.device = "cpu", **options) -> "SequentialBackbone":
+    """The backbone ``name`` in eval mode, frozen, on ``device``.
+
+    ``weights``: a path to a weights file (for ``vgg19``; overrides ``$DGSTUDY_VGG19_WEIGHTS``).
+    Other ``options`` go to the builder (e.g. ``download=False`` for vgg19, ``seed=`` for
+    vgg19_random).
+    """
+    _import_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    bb = _REGISTRY[name](weights=weights, **options)
+    return bb.to(device).eval().requires_grad_(False)
+
+
+def tensors_sha256(state: dict) -> str:
+    """SHA-256 over the names, shapes and float32 bytes of a state dict (order as given)."""
+    h = hashlib.sha256()
+    for k, v in state.items():
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+class SequentialBackbone(nn.Module):
+    """A frozen feature extractor made of named stages (see the module docstring)."""
+
+    def __init__(self, name: str, stages: "OrderedDict[str, nn.Module]", mean: Sequence[float],
+                 std: Sequence[float], default_layers: Sequence[str], strides: dict[str, int],
+                 weights_sha256: str, weights_source: str):
+        super().__init__()
+        self.name = name
+        self.stages = nn.Sequential(stages)
+        self.layer_names = list(stages)
+        self.default_layers = list(default_layers)
+        self.strides = dict(strides)
+        self.weights_sha256 = weights_sha256
+        self.weights_source = weights_source
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self._index = {n: k for k, n in enumerate(self.layer_names)}
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.name!r}, {len(self.layer_names)} layers, "
+                f"default={self.default_layers}, weights={self.weights_source})")
+
+    def check_layers(self, layers: Sequence[str] | None) -> list[str]:
+        """``layers`` as a list (the defaults if None); KeyError naming any unknown layer."""
+        layers = list(self.default_layers if layers is None else layers)
+        unknown = [l for l in layers if l not in self._index]
+        if unknown:
+            raise KeyError(f"{self.name}: unknown layers {unknown}; known: {', '.join(self.layer_names)}")
+        if not layers:
+            raise ValueError(f"{self.name}: no layers requested")
+        return layers
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32) / 255.0
+        return (x - self.mean) / self.std
+
+    def features(self, x: torch.Tensor, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Activations ``{layer: (B, C, h, w)}`` of the named ``layers`` for RGB images ``x``."""
+        layers = self.check_layers(layers)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"{self.name}: expected images (B, 3, H, W), got {tuple(x.shape)}")
+        wanted = set(layers)
+        last = max(self._index[l] for l in layers)
+        out = {}
+        h = self.normalise(x.to(self.mean.device))
+        for k, (name, stage) in enumerate(self.stages.named_children()):
+            h = stage(h)
+            if name in wanted:
+                out[name] = h
+            if k == last:
+                break
+        return {l: out[l] for l in layers}
+
+    def forward(self, x, layers=None):
+        return self.features(x, layers)
