@@ -222,6 +222,103 @@ def load(name: str, n_images: int | None = None, **options) -> FixationDataset:
     return ds
 
 
+@register("osie")
+def _load_osie(**options) -> FixationDataset:
+    """OSIE (700 images, 15 observers); see :func:`dgstudy.osie.load_osie` for the options."""
+    from .osie import load_osie
+    return load_osie(**options)
+
+
+@register("mit1003")
+def _load_mit1003(**options) -> FixationDataset:
+    """MIT1003 (1003 images, 15 observers); see :func:`dgstudy.mit1003.load_mit1003`."""
+    from .mit1003 import load_mit1003
+    return load_mit1003(**options)
+
+
+# -- parsed-dataset cache ----------------------------------------------------------
+# A loader parses its source files once and stores the result in ``cache_dir()`` as one
+# ``.npz`` (written atomically). The cache file name carries a key over the loader
+# version, the options and the source location; inside, the size and mtime of every
+# source file are recorded, so a later load only ``stat``s the files (no re-hashing) and
+# falls back to a full parse if any of them changed.
+
+def cache_file(name: str, key_parts) -> Path:
+    """Where the parsed cache of dataset ``name`` for ``key_parts`` (any repr-able value) lives."""
+    from .paths import cache_dir
+
+    key = hashlib.sha256(repr(key_parts).encode()).hexdigest()[:16]
+    return cache_dir() / f"{name}-{key}.npz"
+
+
+def _stat_signature(files) -> np.ndarray:
+    out = np.zeros((len(files), 2), dtype=np.int64)
+    for k, f in enumerate(files):
+        st = os.stat(f)
+        out[k] = st.st_size, st.st_mtime_ns
+    return out
+
+
+def save_cache(path: str | os.PathLike, ds: FixationDataset, source_files) -> None:
+    """Store ``ds`` (table, sizes, stimulus paths, notes) and the stat of ``source_files``."""
+    import json
+
+    from .io import _json_default, atomic_path
+
+    source_files = [str(f) for f in source_files]
+    arrays = {f"fx_{c}": ds.fixations[c].to_numpy() for c in COLUMNS}
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, sizes=ds.sizes, stimuli=np.array(ds.stimuli, dtype=str),
+                     meta=np.array(json.dumps({"name": ds.name, "source": ds.source,
+                                               "checksum": ds.checksum, "notes": ds.notes},
+                                              default=_json_default)),
+                     source_files=np.array(source_files, dtype=str),
+                     source_stat=_stat_signature(source_files), **arrays)
+
+
+def load_cache(path: str | os.PathLike) -> FixationDataset | None:
+    """The cached dataset at ``path``, or None if absent, unreadable or any source file changed."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = [str(f) for f in z["source_files"]]
+            try:
+                if not np.array_equal(_stat_signature(files), z["source_stat"]):
+                    return None
+            except OSError:
+                return None
+            meta = json.loads(str(z["meta"]))
+            fx = pd.DataFrame({c: z[f"fx_{c}"] for c in COLUMNS})
+            sizes = z["sizes"]
+            stimuli = [str(s) for s in z["stimuli"]]
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged cache is simply rebuilt
+    return FixationDataset(name=meta["name"], stimuli=stimuli, sizes=sizes, fixations=fx,
+                           source=meta["source"], checksum=meta["checksum"], notes=meta["notes"])
+
+
+def image_sizes(paths) -> np.ndarray:
+    """(n, 2) int array of (height, width) read from the image headers (fast; no decoding)."""
+    from PIL import Image, UnidentifiedImageError
+
+    sizes = np.zeros((len(paths), 2), dtype=np.int64)
+    for k, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+        except FileNotFoundError as e:
+            raise DataError(f"{p}: image file is missing") from e
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"{p}: image does not decode ({e})") from e
+        sizes[k] = h, w
+    return sizes
+
+
 # -- splits ------------------------------------------------------------------------
 def kfold(n_images: int, k: int = 10, seed: int = 0) -> list[np.ndarray]:
     """Deterministic image-wise K-fold split: the sorted test images of each fold.

@@ -1,0 +1,207 @@
+"""OSIE loader: 700 images (800x600 px), 15 observers, free viewing for 3 s.
+
+Xu, Jiang, Wang, Kankanhalli & Zhao (2014), "Predicting human gaze beyond pixels",
+Journal of Vision 14(1):28. Upstream files: ``data/stimuli/<name>.jpg`` and
+``data/eye/fixations.mat`` of github.com/NUS-VIP/predicting-human-gaze-beyond-pixels.
+
+Where the files come from (first that applies)
+----------------------------------------------
+1. ``local_dir`` argument, 2. environment variable ``DGSTUDY_OSIE_DIR``,
+3. the workplace mirror ``<repo>/../shared/datasets/osie`` if it exists (a byte-for-byte
+   copy of the upstream files, for machines without internet access),
+4. otherwise every file is downloaded from :data:`BASE_URL` into ``data_dir()/osie/``
+   (atomic, SHA-256 verified; ``download=False`` turns this into an error).
+
+A local folder has the layout ``fixations.mat`` + ``stimuli/<name>.jpg``. Every file is
+verified against the checksums shipped in the package (``dgstudy/checksums/osie.sha256``)
+the first time; the parsed result is then cached (see ``datasets.save_cache``) and later
+loads only ``stat`` the files.
+
+Parsing decisions (measured on the published ``fixations.mat``)
+---------------------------------------------------------------
+- ``fixations.mat`` holds ``fixations``: a 700x1 cell of structs ``img`` (file name) and
+  ``subjects`` (15x1 cell of structs ``fix_x``, ``fix_y``, ``fix_duration``, each 1xn).
+  Subject id = position in that cell (0-based). Empty trials are skipped.
+- Coordinates are MATLAB 1-based pixel coordinates: ``x = fix_x - 0.5``, ``y = fix_y - 0.5``
+  (dgstudy convention, see ``datasets``). All published values lie in [1.2, 799.2] x
+  [1.2, 599.2], so no fixation lies outside the 800x600 images.
+- ``duration`` = ``fix_duration`` (ms). ``onset`` is NaN: the file has durations only, and the
+  saccade times between fixations are unknown, so onsets cannot be derived.
+- The first fixation of each trial is dropped by default (``initial_fixation=False``),
+  ``initial_fixation=True`` keeps it. On the data the first recorded fixation is strongly
+  pulled to the centre, where the observers fixated before image onset: its median distance
+  from the image centre is 113 px against 168-196 px for fixations 2-5, and 11.6 % of first
+  fixations lie within 30 px of the centre against 1-2 % of the later ones. It is *not*
+  a pure central fixation, though (only 16 % lie within 40 px of the centre), so upstream
+  seems to have removed most forced central fixations already; dropping the first one
+  anyway is the conservative choice and matches the MIT1003 convention (Judd et al.).
+- ``fix_index`` is the position within the trial as recorded (0 = first recorded
+  fixation), so with the default the kept fixations start at ``fix_index == 1``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import (FixationDataset, cache_file, image_sizes, load_cache, make_fixation_table,
+                       save_cache)
+from .io import DataError, fetch, read_sha256sums, sha256_file
+from .paths import REPO_ROOT, data_dir
+
+BASE_URL = "https://raw.githubusercontent.com/NUS-VIP/predicting-human-gaze-beyond-pixels/master/data"
+CHECKSUMS = Path(__file__).resolve().parent / "checksums" / "osie.sha256"
+MIRROR = REPO_ROOT.parent / "shared" / "datasets" / "osie"
+ENV_VAR = "DGSTUDY_OSIE_DIR"
+FIXATIONS_FILE = "fixations.mat"
+PARSER_VERSION = 1
+
+
+def upstream_url(name: str, base_url: str = BASE_URL) -> str:
+    """URL of local file ``name`` (``fixations.mat`` or ``stimuli/<x>.jpg``) upstream."""
+    rel = "eye/fixations.mat" if name == FIXATIONS_FILE else name
+    return f"{base_url.rstrip('/')}/{rel}"
+
+
+def find_source(local_dir=None, use_mirror: bool = True) -> tuple[Path | None, str]:
+    """The local folder to read (or None: download) and a description of where it came from."""
+    if local_dir is not None:
+        return Path(local_dir), f"local folder {local_dir} (argument)"
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]), f"local folder {os.environ[ENV_VAR]} (${ENV_VAR})"
+    if use_mirror and (MIRROR / FIXATIONS_FILE).exists():
+        return MIRROR, f"workplace mirror {MIRROR}"
+    return None, ""
+
+
+def verify_folder(folder: Path, sums: dict[str, str]) -> None:
+    """Raise DataError naming every missing file or checksum mismatch in ``folder``."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: OSIE folder does not exist")
+    missing = [n for n in sums if not (folder / n).exists()]
+    if missing:
+        raise DataError(f"{folder / missing[0]}: file is missing ({len(missing)} of {len(sums)} "
+                        f"OSIE files missing, e.g. {', '.join(missing[:3])})")
+    bad = [n for n, d in sums.items() if sha256_file(folder / n) != d]
+    if bad:
+        raise DataError(f"{folder / bad[0]}: SHA-256 mismatch with the published checksum "
+                        f"({len(bad)} file(s) differ: {', '.join(bad[:3])}); the file is corrupt "
+                        "or not the published one")
+
+
+def download_files(folder: Path, sums: dict[str, str], base_url: str = BASE_URL) -> None:
+    """Fetch every file of ``sums`` that is not yet in ``folder`` with the right checksum."""
+    from tqdm.auto import tqdm
+
+    for name, digest in tqdm(sums.items(), desc="OSIE download", unit="file", leave=False):
+        fetch(upstream_url(name, base_url), folder / name, sha256=digest)
+
+
+def _cells(a) -> list:
+    """A MATLAB cell/struct array loaded with squeeze_me=True, as a flat list."""
+    if isinstance(a, np.ndarray):
+        return list(a.ravel())
+    return [a]
+
+
+def parse_fixations_mat(path: Path, sizes_of: dict[str, tuple[int, int]] | None = None,
+                        initial_fixation: bool = False):
+    """Parse OSIE ``fixations.mat`` into arrays.
+
+    Returns ``(image_names, columns)``: the image file names in file order, and a dict of
+    equal-length arrays ``image`` (index into image_names), ``subject``, ``x``, ``y`` (dgstudy
+    convention), ``fix_index``, ``duration``. Raises DataError naming ``path`` on any
+    structural problem.
+    """
+    from scipy.io import loadmat
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file is missing")
+    try:
+        mat = loadmat(path, squeeze_me=True, struct_as_record=False)
+    except Exception as e:  # scipy raises ValueError, TypeError, OSError... on damaged files
+        raise DataError(f"{path}: could not be read as a MATLAB file (truncated or corrupt: {e})") from e
+    if "fixations" not in mat:
+        raise DataError(f"{path}: no variable 'fixations' (found {sorted(k for k in mat if not k.startswith('__'))})")
+    names, cols = [], {k: [] for k in ("image", "subject", "x", "y", "fix_index", "duration")}
+    for i, entry in enumerate(_cells(mat["fixations"])):
+        if not (hasattr(entry, "img") and hasattr(entry, "subjects")):
+            raise DataError(f"{path}: entry {i} of 'fixations' lacks the fields img/subjects")
+        name = str(entry.img)
+        names.append(name)
+        for s, subj in enumerate(_cells(entry.subjects)):
+            try:
+                fx, fy, fd = (np.atleast_1d(np.asarray(getattr(subj, f), dtype=np.float64))
+                              for f in ("fix_x", "fix_y", "fix_duration"))
+            except (AttributeError, TypeError, ValueError) as e:
+                raise DataError(f"{path}: image {name}, subject {s}: bad fixation fields ({e})") from e
+            if not (fx.ndim == fy.ndim == fd.ndim == 1 and fx.shape == fy.shape == fd.shape):
+                raise DataError(f"{path}: image {name}, subject {s}: fixations of the wrong shape "
+                                f"(fix_x {fx.shape}, fix_y {fy.shape}, fix_duration {fd.shape})")
+            k = np.arange(fx.size)
+            keep = k >= (0 if initial_fixation else 1)
+            n = int(keep.sum())
+            cols["image"].append(np.full(n, i))
+            cols["subject"].append(np.full(n, s))
+            cols["x"].append(fx[keep] - 0.5)
+            cols["y"].append(fy[keep] - 0.5)
+            cols["fix_index"].append(k[keep])
+            cols["duration"].append(fd[keep])
+    if not names:
+        raise DataError(f"{path}: 'fixations' is empty")
+    return names, {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+
+
+def load_osie(local_dir: str | os.PathLike | None = None, download: bool = True,
+              initial_fixation: bool = False, base_url: str = BASE_URL,
+              checksums: str | os.PathLike = CHECKSUMS, use_mirror: bool = True,
+              cache: bool = True) -> FixationDataset:
+    """Load OSIE (see the module docstring for the source order and every decision).
+
+    ``initial_fixation=True`` keeps the first fixation of each trial. ``base_url`` and
+    ``checksums`` exist so the download path can be tested on a local ``file://`` copy;
+    ``use_mirror=False`` skips the workplace mirror; ``cache=False`` always re-parses.
+    """
+    checksums = Path(checksums)
+    if not checksums.exists():
+        raise DataError(f"{checksums}: the OSIE checksum list is missing (broken installation)")
+    sums = read_sha256sums(checksums)
+    folder, origin = find_source(local_dir, use_mirror)
+    if folder is None:
+        folder = data_dir() / "osie"
+        origin = f"downloaded from {base_url} into {folder}"
+    folder = folder.resolve()
+    key = cache_file("osie", (PARSER_VERSION, str(folder), initial_fixation, sorted(sums.items())))
+    if cache and (ds := load_cache(key)) is not None:
+        return ds
+
+    if origin.startswith("downloaded"):
+        if not download and any(not (folder / n).exists() for n in sums):
+            raise DataError(f"{folder}: OSIE is not there and download=False; pass local_dir=, set "
+                            f"${ENV_VAR}, or allow the download from {base_url}")
+        download_files(folder, sums, base_url)
+    verify_folder(folder, sums)
+
+    mat_path = folder / FIXATIONS_FILE
+    names, cols = parse_fixations_mat(mat_path, initial_fixation=initial_fixation)
+    stimuli = [str(folder / "stimuli" / n) for n in names]
+    unknown = [n for n in names if f"stimuli/{n}" not in sums]
+    if unknown:
+        raise DataError(f"{mat_path}: refers to images not in the published list: {unknown[:3]}")
+    sizes = image_sizes(stimuli)
+    fx, dropped = make_fixation_table(cols["image"], cols["subject"], cols["x"], cols["y"],
+                                      cols["fix_index"], duration=cols["duration"], sizes=sizes,
+                                      origin=str(mat_path))
+    notes = {
+        "initial_fixation": "kept" if initial_fixation else "dropped (first fixation of each trial)",
+        "dropped_outside": dropped,
+        "onset": "unknown (fixations.mat has durations only)",
+        "coordinates": "x = fix_x - 0.5, y = fix_y - 0.5 (MATLAB 1-based -> dgstudy)",
+    }
+    ds = FixationDataset(name="osie", stimuli=stimuli, sizes=sizes, fixations=fx,
+                         source=origin, notes=notes)
+    if cache:
+        save_cache(key, ds, [mat_path, *stimuli])
+    return ds
