@@ -1,0 +1,803 @@
+"""Use a trained DeepGaze II run on any image: :func:`load_model`, :func:`predict_images`, the CLI.
+
+Conventions
+-----------
+* A prediction is a **natural-log density** over the pixels of the image, shape ``(H, W)``,
+  ``exp`` sums to 1 — the same convention as every model in dgstudy.
+* Fixation coordinates follow :mod:`dgstudy.datasets`: ``x`` is the column and ``y`` the row, in
+  pixels of the (orientation-corrected) image, 0-based and continuous with pixel centres at
+  integer + 0.5; a fixation at ``(x, y)`` falls in pixel ``(floor(y), floor(x))``.
+* Images are read as RGB: the EXIF orientation tag is applied first (``ImageOps.exif_transpose``,
+  so the image is the way a viewer shows it), grayscale is replicated to three channels, an alpha
+  channel is **composited on white** (transparent pixels become white), 16-bit images are scaled to
+  8 bits, and only the first frame of a multi-frame file is used.
+* A run with several folds is combined as the paper does for MIT300: the **average of the fold
+  densities**, ``log p = logsumexp_k(log p_k) - log K`` (still normalised). With one fold the
+  prediction is exactly that fold's, so ``load_model(run, fold=k)`` reproduces bit for bit what the
+  training evaluation (``training.CrossValModel``) gives for the images held out by fold ``k``.
+
+Layout of a run (written by :mod:`dgstudy.training`): ``results/<run>/config.json`` and
+``fold_XX/{model.pt, config.json, center_bias.json, log.csv}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .io import DataError, atomic_path, write_json
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+LN2 = math.log(2.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading images
+# ----------------------------------------------------------------------------------------------
+def read_rgb(image) -> np.ndarray:
+    """Any image (file path or array) as an (H, W, 3) uint8 RGB array.
+
+    Paths: EXIF orientation applied, grayscale → RGB, alpha composited on white, 16-bit → 8-bit,
+    first frame only. Arrays: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of uint8 (0–255), other
+    integers (0–255), or floats in [0, 1]; (H, W, 4) is composited on white like a file.
+    Raises :class:`DataError` naming the file (or describing the array) if it cannot be used.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return _read_rgb_file(Path(image))
+    return _rgb_from_array(np.asarray(image), what="image array")
+
+
+def _read_rgb_file(path: Path) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.seek(0)
+            im = ImageOps.exif_transpose(im)
+            arr = _pil_to_array(im)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: image file is missing") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: image does not decode ({e})") from e
+    return _rgb_from_array(arr, what=str(path))
+
+
+def _pil_to_array(im) -> np.ndarray:
+    """PIL image → array with 1, 3 or 4 channels in the 0..255 range (uint8)."""
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        return np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8)   # 65535 → 255
+    if mode == "F":
+        return np.clip(np.round(np.asarray(im, dtype=np.float64)), 0, 255).astype(np.uint8)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        return np.asarray(im.convert("RGBA"), dtype=np.uint8)
+    if mode in ("L", "1"):
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _rgb_from_array(a: np.ndarray, what: str) -> np.ndarray:
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise DataError(f"{what}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {a.shape}")
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise DataError(f"{what}: empty image of shape {a.shape}")
+    if a.dtype == np.uint8:
+        u = a
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise DataError(f"{what}: a float image must hold finite values in [0, 1]")
+        u = np.round(a * 255.0).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
+        if a.min() < 0 or a.max() > 255:
+            raise DataError(f"{what}: an integer image must hold values in 0..255 "
+                            f"(got {a.min()}..{a.max()})")
+        u = a.astype(np.uint8)
+    else:
+        raise DataError(f"{what}: unsupported image dtype {a.dtype}")
+    if u.ndim == 2:
+        return np.repeat(u[..., None], 3, axis=2)
+    if u.shape[2] == 4:
+        return composite_on_white(u)
+    return np.ascontiguousarray(u)
+
+
+def composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA → (H, W, 3) uint8 RGB over a white background."""
+    rgb = rgba[..., :3].astype(np.float64)
+    alpha = rgba[..., 3:4].astype(np.float64) / 255.0
+    return np.round(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+
+
+def expand_image_args(args: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given; folders replaced by their image files (sorted, not recursive)."""
+    out: list[Path] = []
+    for a in args:
+        p = Path(a)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                warnings.warn(f"{p}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Combining fold models
+# ----------------------------------------------------------------------------------------------
+def average_log_densities(log_densities: Sequence[np.ndarray]) -> np.ndarray:
+    """Log of the average of the densities: ``logsumexp_k(l_k) - log K``.
+
+    One input is returned unchanged (so a one-fold ensemble is exactly that fold). The result has
+    the dtype of the inputs; the sum is done in float64.
+    """
+    from scipy.special import logsumexp
+
+    if len(log_densities) == 0:
+        raise ValueError("no log-densities to average")
+    if len(log_densities) == 1:
+        return log_densities[0]
+    stack = np.stack([np.asarray(l, dtype=np.float64) for l in log_densities])
+    out = logsumexp(stack, axis=0) - math.log(len(log_densities))
+    return out.astype(np.result_type(*[np.asarray(l).dtype for l in log_densities]), copy=False)
+
+
+def uniform_log_density(h: int, w: int) -> np.ndarray:
+    return np.full((h, w), -math.log(h * w), dtype=np.float64)
+
+
+def resize_log_density(log_density: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A log-density resampled to (h, w): bilinear on the density, renormalised."""
+    import torch
+    import torch.nn.functional as F
+
+    ld = np.asarray(log_density, dtype=np.float64)
+    if ld.shape == (h, w):
+        return ld
+    d = torch.from_numpy(np.exp(ld - ld.max()))[None, None]
+    r = F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    r = np.maximum(r, 0)
+    return np.log(r) - np.log(r.sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# The predictor
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class FoldMember:
+    """One trained fold: its readout model and the centre bias of its training images."""
+
+    name: str                      # e.g. "fold_03"
+    model: object                  # dgstudy.model.DeepGazeII (torch module, eval mode)
+    center_bias: object | None     # dgstudy.baselines.CenterBias (None if not recorded)
+
+
+@dataclass
+class FeatureSpec:
+    """How the readout's input features were made (from the run's recorded configuration)."""
+
+    backbone: str
+    layers: list[str]
+    downsample: int
+    dtype: str
+    weights_sha256: str | None = None
+
+
+class Predictor:
+    """A trained run as a model for any image: ``log_density(image) -> (H, W)`` natural-log density.
+
+    ``image`` is an RGB array or a path (see :func:`read_rgb`). Built by :func:`load_model`.
+    ``center_bias`` is ``'training'`` (each fold's own training centre bias, rescaled to the image),
+    ``'uniform'``, an (H, W) log-density array (resampled to other sizes, renormalised) or a callable
+    ``(h, w) -> log-density``.
+    """
+
+    def __init__(self, members: list[FoldMember], backbone, spec: FeatureSpec,
+                 center_bias="training", device: str = "cpu", run_dir: Path | None = None):
+        if not members:
+            raise ValueError("a Predictor needs at least one fold model")
+        self.members = members
+        self.backbone = backbone
+        self.spec = spec
+        self.center_bias = center_bias
+        self.device = device
+        self.run_dir = run_dir
+        if isinstance(center_bias, str):
+            if center_bias not in ("training", "uniform"):
+                raise ValueError(f"center_bias must be 'training', 'uniform', an array or a callable, "
+                                 f"got {center_bias!r}")
+            if center_bias == "training":
+                missing = [m.name for m in members if m.center_bias is None]
+                if missing:
+                    raise DataError(f"{run_dir}: no center_bias.json for {', '.join(missing)}; "
+                                    "use center_bias='uniform' or give one")
+
+    def __repr__(self) -> str:
+        cb = self.center_bias if isinstance(self.center_bias, str) else type(self.center_bias).__name__
+        return (f"Predictor({self.run_dir}, folds={[m.name for m in self.members]}, "
+                f"backbone={self.spec.backbone}, layers={self.spec.layers}, downsample={self.spec.downsample}, "
+                f"dtype={self.spec.dtype}, center_bias={cb}, device={self.device})")
+
+    # -- centre bias ----------------------------------------------------------------------------
+    def _member_center_bias(self, member: FoldMember, h: int, w: int) -> np.ndarray:
+        cb = self.center_bias
+        if isinstance(cb, str):
+            if cb == "uniform":
+                return uniform_log_density(h, w)
+            return np.asarray(member.center_bias.log_density_for_size(h, w))
+        if callable(cb):
+            out = np.asarray(cb(h, w), dtype=np.float64)
+            if out.shape != (h, w):
+                raise ValueError(f"the centre-bias callable returned shape {out.shape} for a {h}x{w} image")
+            return out
+        return resize_log_density(cb, h, w)
+
+    def center_bias_log_density(self, h: int, w: int) -> np.ndarray:
+        """The centre bias the model uses for an (h, w) image (fold centre biases averaged).
+
+        This is also the baseline of the information gain in :func:`predict_images`.
+        """
+        return average_log_densities([self._member_center_bias(m, h, w).astype(np.float64)
+                                      for m in self.members])
+
+    # -- features and prediction ----------------------------------------------------------------
+    def features(self, rgb: np.ndarray) -> np.ndarray:
+        """The stacked readout input (C, h, w) float32, exactly as the feature store gives it."""
+        from . import features as F
+
+        feats = F.compute(self.backbone, rgb, self.spec.layers, self.spec.downsample, self.spec.dtype)
+        return F.stack_layers(feats, self.spec.layers)
+
+    def log_densities_per_fold(self, image) -> list[np.ndarray]:
+        """Each fold's (H, W) log-density for ``image``."""
+        import torch
+
+        rgb = read_rgb(image)
+        h, w = rgb.shape[:2]
+        x = torch.from_numpy(np.ascontiguousarray(self.features(rgb), dtype=np.float32))[None].to(self.device)
+        out = []
+        with torch.no_grad():
+            for m in self.members:
+                cb = self._member_center_bias(m, h, w)
+                cb_t = torch.from_numpy(np.ascontiguousarray(cb, dtype=np.float32))[None].to(self.device)
+                out.append(m.model(x, cb_t)[0].detach().cpu().numpy())
+        return out
+
+    def log_density(self, image) -> np.ndarray:
+        """(H, W) natural-log density for ``image`` (array or path): average of the fold densities."""
+        return average_log_densities(self.log_densities_per_fold(image))
+
+    __call__ = log_density
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading a run
+# ----------------------------------------------------------------------------------------------
+def _resolve_run_path(run) -> Path:
+    p = Path(run)
+    if not p.exists() and not p.is_absolute():
+        from .paths import results_dir
+        q = results_dir() / p
+        if q.exists():
+            p = q
+    if not p.exists():
+        raise DataError(f"{run}: no such run folder, fold folder or checkpoint "
+                        "(give results/<run>/, results/<run>/fold_XX/ or a model.pt)")
+    return p
+
+
+def find_fold_dirs(run, fold: int | Sequence[int] | None = None) -> tuple[Path, list[Path]]:
+    """(run folder, trained fold folders) for a run folder, a fold folder or a checkpoint file."""
+    p = _resolve_run_path(run)
+    if p.is_file():
+        if p.suffix != ".pt":
+            raise DataError(f"{p}: not a checkpoint (expected a .pt file)")
+        return p.parent.parent, [p.parent]
+    if (p / "model.pt").exists():
+        return p.parent, [p]
+    folds = sorted(d for d in p.glob("fold_*") if d.is_dir())
+    trained = [d for d in folds if (d / "model.pt").exists()]
+    if not folds:
+        raise DataError(f"{p}: not a training run (no fold_XX/ folders and no model.pt)")
+    if fold is not None:
+        wanted = [fold] if isinstance(fold, (int, np.integer)) else list(fold)
+        chosen = []
+        for k in wanted:
+            d = p / f"fold_{int(k):02d}"
+            if not (d / "model.pt").exists():
+                raise DataError(f"{d}: fold {k} is not trained (no model.pt); "
+                                f"trained folds: {[x.name for x in trained]}")
+            chosen.append(d)
+        return p, chosen
+    if not trained:
+        raise DataError(f"{p}: no fold has finished training (no fold_XX/model.pt)")
+    untrained = [d.name for d in folds if d not in trained]
+    if untrained:
+        warnings.warn(f"{p}: folds {untrained} are not trained; the ensemble uses {len(trained)} folds")
+    return p, trained
+
+
+def _cfg_get(cfg, key, default=None):
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+
+
+def recorded_weights_sha256(fold_dir: Path, cfg) -> str | None:
+    """The backbone-weights hash recorded with a fold: its config, the run config or its feature store."""
+    for source in (_cfg_get(cfg, "weights_sha256"),
+                   _read_json(fold_dir / "config.json").get("weights_sha256"),
+                   _read_json(fold_dir.parent / "config.json").get("weights_sha256")):
+        if source:
+            return str(source)
+    fp = _cfg_get(cfg, "feature_path")
+    if fp and Path(fp).exists():
+        from .features import FeatureStore
+        return FeatureStore(fp).attrs.get("weights_sha256")
+    return None
+
+
+def _feature_spec(fold_dir: Path, cfg, backbone) -> FeatureSpec:
+    layers = _cfg_get(cfg, "layers")
+    fp = _cfg_get(cfg, "feature_path")
+    if not layers and fp and Path(fp).exists():
+        from .features import FeatureStore
+        layers = FeatureStore(fp).attrs.get("layers")
+    if not layers:
+        layers = list(backbone.default_layers)
+    return FeatureSpec(backbone=str(_cfg_get(cfg, "backbone")), layers=[str(l) for l in layers],
+                       downsample=int(_cfg_get(cfg, "downsample")),
+                       dtype=str(_cfg_get(cfg, "feature_dtype")),
+                       weights_sha256=recorded_weights_sha256(fold_dir, cfg))
+
+
+def load_model(run, fold: int | Sequence[int] | None = None, center_bias="training",
+               device: str = "cpu", weights=None) -> Predictor:
+    """A trained run as a model for any image (see :class:`Predictor`).
+
+    ``run``: a run folder ``results/<run>/`` (all trained folds, averaged as densities), a name under
+    ``results/``, one fold folder ``results/<run>/fold_XX/`` or its ``model.pt``. ``fold``: restrict a
+    run folder to one fold (or a list of folds). ``center_bias``: ``'training'`` | ``'uniform'`` | an
+    (H, W) log-density array | a callable ``(h, w) -> log-density``. ``weights``: passed to
+    ``dgstudy.backbones.get`` (a local weights file); the backbone is rebuilt from the recorded
+    configuration and its weights hash must equal the recorded one (else :class:`DataError`).
+    """
+    from . import backbones
+    from .training import load_fold
+
+    run_dir, fold_dirs = find_fold_dirs(run, fold)
+    members, specs = [], []
+    backbone = None
+    for d in fold_dirs:
+        model, cfg, cb = load_fold(d)
+        model = model.to(device).eval()
+        if backbone is None:
+            backbone = backbones.get(str(_cfg_get(cfg, "backbone")), weights=weights, device=device)
+        specs.append(_feature_spec(d, cfg, backbone))
+        members.append(FoldMember(name=d.name, model=model, center_bias=cb))
+    spec = specs[0]
+    for d, s in zip(fold_dirs, specs):
+        if (s.backbone, s.layers, s.downsample, s.dtype) != (spec.backbone, spec.layers, spec.downsample, spec.dtype):
+            raise DataError(f"{d}: its features ({s}) differ from {fold_dirs[0]} ({spec}); "
+                            "the folds of one ensemble must share backbone, layers, downsample and dtype")
+    check_backbone_weights(backbone, specs, fold_dirs)
+    return Predictor(members, backbone, spec, center_bias=center_bias, device=device, run_dir=run_dir)
+
+
+def check_backbone_weights(backbone, specs: list[FeatureSpec], fold_dirs: list[Path]) -> None:
+    """Raise DataError unless the rebuilt backbone's weights hash equals the one each fold recorded."""
+    have = getattr(backbone, "weights_sha256", None)
+    for d, s in zip(fold_dirs, specs):
+        if s.weights_sha256 is None:
+            warnings.warn(f"{d}: no backbone weights hash recorded; cannot verify the "
+                          f"{s.backbone} weights (using {have})")
+            continue
+        if have != s.weights_sha256:
+            raise DataError(f"{d}: the run was trained on {s.backbone} features with weights "
+                            f"sha256={s.weights_sha256}, but the backbone loaded here has sha256={have}; "
+                            "install the weights the run was trained with")
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixation CSV
+# ----------------------------------------------------------------------------------------------
+REQUIRED_CSV_COLUMNS = ("image", "x", "y")
+
+
+@dataclass
+class FixationTable:
+    """Valid fixations (``image`` = index into the image list) and the problems found."""
+
+    fixations: pd.DataFrame                    # columns image (int), subject, x, y, fix_index
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+UNKNOWN, AMBIGUOUS = -2, -1
+
+
+def read_fixation_csv(path, images: Sequence[Path], given: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read an ``image,x,y[,subject]`` CSV and match each row to one of ``images``.
+
+    ``image`` may be the image argument as given, its file name or its stem. Returns one row per CSV
+    row: ``line`` (1-based line in the file), ``name``, ``image`` (index into ``images``;
+    ``UNKNOWN`` = -2 if no image has that name, ``AMBIGUOUS`` = -1 if several have), ``x``, ``y``,
+    ``subject`` (floats, NaN where not a number) and ``x_text``, ``y_text`` as written. A file that
+    is missing, unreadable or lacks a column raises :class:`DataError` naming it.
+    """
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, skipinitialspace=True, keep_default_na=False)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: fixation file is missing") from e
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable CSV ({e})") from e
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in REQUIRED_CSV_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; need image,x,y[,subject] "
+                        f"(found {list(df.columns)})")
+    lookup = _name_lookup(images, given)
+    names = df["image"].str.strip()
+    subject = df["subject"] if "subject" in df.columns else pd.Series(["0"] * len(df))
+    return pd.DataFrame({
+        "line": np.arange(len(df)) + 2,               # the header is line 1
+        "name": names.to_numpy(),
+        "image": np.array([lookup.get(n, UNKNOWN) for n in names], dtype=np.int64),
+        "x": pd.to_numeric(df["x"], errors="coerce").to_numpy(np.float64),
+        "y": pd.to_numeric(df["y"], errors="coerce").to_numpy(np.float64),
+        "subject": pd.to_numeric(subject, errors="coerce").to_numpy(np.float64),
+        "x_text": df["x"].to_numpy(), "y_text": df["y"].to_numpy(),
+    })
+
+
+def check_fixations(rows: pd.DataFrame, sizes: dict[int, tuple[int, int]], path="fixations") -> FixationTable:
+    """The valid fixations among ``rows`` (from :func:`read_fixation_csv`) and one error per bad row.
+
+    ``sizes`` maps image index -> (height, width) of the images that decoded; rows of other images
+    are skipped silently (their image is reported on its own). Rows naming no given image are
+    counted in ``notes``. Bad rows: an ambiguous name, a non-numeric x/y/subject, a position
+    outside the image (need ``0 <= x < width``, ``0 <= y < height``).
+    """
+    table = FixationTable(fixations=pd.DataFrame())
+    keep = np.zeros(len(rows), dtype=bool)
+    unknown: dict[str, int] = {}
+    for r, row in enumerate(rows.itertuples(index=False)):
+        where = f"{path}: line {row.line} (image {row.name!r}, x={row.x_text!r}, y={row.y_text!r})"
+        if row.image == UNKNOWN:
+            unknown[row.name] = unknown.get(row.name, 0) + 1
+        elif row.image == AMBIGUOUS:
+            table.errors.append(f"{where}: the name fits several of the images given; write the path as given")
+        elif row.image not in sizes:
+            pass
+        elif not (np.isfinite(row.x) and np.isfinite(row.y)):
+            table.errors.append(f"{where}: x and y must be numbers")
+        elif not np.isfinite(row.subject):
+            table.errors.append(f"{where}: subject must be a number")
+        else:
+            h, w = sizes[row.image]
+            if 0 <= row.x < w and 0 <= row.y < h:
+                keep[r] = True
+            else:
+                table.errors.append(f"{where}: outside the {w}x{h} image (need 0 <= x < {w} and 0 <= y < {h}; "
+                                    "0-based pixel coordinates, pixel centres at +0.5)")
+    if unknown:
+        names = sorted(unknown)
+        table.notes.append(f"{path}: {sum(unknown.values())} rows name images not given here, ignored "
+                           f"({', '.join(names[:5])}{' ...' if len(names) > 5 else ''})")
+    fx = rows.loc[keep, ["image", "subject", "x", "y"]].reset_index(drop=True)
+    fx["subject"] = fx["subject"].astype(np.int64)
+    fx["fix_index"] = fx.groupby(["image", "subject"]).cumcount().astype(np.int64)
+    table.fixations = fx
+    return table
+
+
+def _name_lookup(images: Sequence[Path], given: Sequence[str] | None) -> dict[str, int]:
+    """{name: image index}; -1 marks a name shared by several images."""
+    given = list(given) if given is not None else [str(p) for p in images]
+    lookup: dict[str, int] = {}
+    for i, (p, g) in enumerate(zip(images, given)):
+        for name in {str(g), str(p), Path(p).name, Path(p).stem}:
+            if lookup.get(name, i) != i:
+                lookup[name] = -1
+            else:
+                lookup[name] = i
+    return lookup
+
+
+# ----------------------------------------------------------------------------------------------
+# Predicting a list of images (the CLI's work)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class PredictReport:
+    outputs: dict[str, Path]                 # image as given -> .npy written
+    errors: list[str]
+    evaluation: dict | None = None
+    per_image: pd.DataFrame | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def output_stems(images: Sequence[Path]) -> list[str]:
+    """Unique file stems for the outputs (``name``, ``name-2``, ... when stems collide)."""
+    seen: dict[str, int] = {}
+    stems = []
+    for p in images:
+        s = Path(p).stem
+        seen[s] = seen.get(s, 0) + 1
+        stems.append(s if seen[s] == 1 else f"{s}-{seen[s]}")
+    return stems
+
+
+def predict_images(model, images: Sequence[str | os.PathLike], out, fixations=None,
+                   plot: bool = True, progress: bool | None = None) -> PredictReport:
+    """Write ``<stem>.npy`` (float32 log-density) and ``<stem>.png`` for each image into ``out``.
+
+    ``model`` needs ``log_density(rgb_array)`` and, for an evaluation, ``center_bias_log_density(h, w)``
+    (a :class:`Predictor` has both). ``fixations``: a CSV (see :func:`read_fixation_csv`); then the
+    images with fixations are evaluated with :func:`dgstudy.metrics.evaluate` — LL and IG (over the
+    model's centre bias) in bits/fixation, AUC, NSS, ... — and ``evaluation.json`` and
+    ``evaluation_per_image.csv`` are written to ``out``. An image that fails is reported in
+    ``errors`` and the others still run.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    given = [str(p) for p in images]
+    paths = [Path(p) for p in images]
+    stems = output_stems(paths)
+    errors: list[str] = []
+    outputs: dict[str, Path] = {}
+    sizes: dict[int, tuple[int, int]] = {}
+    rows = None
+    if fixations is not None:
+        try:                                           # check the CSV before the long loop
+            rows = read_fixation_csv(fixations, paths, given)
+        except DataError as e:
+            errors.append(str(e))
+    disable = (len(paths) < 2) if progress is None else not progress
+    for i, (p, stem) in enumerate(tqdm(list(zip(paths, stems)), desc="predict", unit="img", disable=disable)):
+        try:
+            rgb = read_rgb(p)
+            logd = np.asarray(model.log_density(rgb), dtype=np.float32)
+            if logd.shape != rgb.shape[:2]:
+                raise DataError(f"{p}: model returned shape {logd.shape} for a {rgb.shape[1]}x{rgb.shape[0]} image")
+            npy = out / f"{stem}.npy"
+            with atomic_path(npy, suffix=".npy") as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, logd)
+            if plot:
+                fx = None
+                if rows is not None:
+                    fx = check_fixations(rows[rows["image"] == i], {i: rgb.shape[:2]}, fixations).fixations
+                save_density_plot(out / f"{stem}.png", rgb, logd, fx, title=p.name)
+            outputs[str(p)] = npy
+            sizes[i] = rgb.shape[:2]
+        except DataError as e:
+            errors.append(str(e))
+        except Exception as e:                       # noqa: BLE001 - keep going, report at the end
+            errors.append(f"{p}: prediction failed ({type(e).__name__}: {e})")
+    report = PredictReport(outputs=outputs, errors=errors)
+    if rows is not None:
+        table = check_fixations(rows, sizes, fixations)
+        errors.extend(table.errors)
+        for n in table.notes:
+            warnings.warn(n)
+        if len(table.fixations):
+            report.evaluation, report.per_image = evaluate_predictions(
+                model, paths, stems, sizes, table.fixations, out)
+        else:
+            errors.append(f"{fixations}: no valid fixation on any image given; nothing evaluated")
+    return report
+
+
+class _SavedPredictions:
+    """The written .npy files as a dgstudy model over the evaluation dataset (memory-mapped)."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+
+    def log_density(self, i: int) -> np.ndarray:
+        return np.load(self.files[i], mmap_mode="r").astype(np.float64)
+
+    __call__ = log_density
+
+
+class _SizeModel:
+    """A model whose log-density depends only on image size (the centre-bias baseline)."""
+
+    def __init__(self, fn: Callable[[int, int], np.ndarray], sizes: np.ndarray):
+        self.fn, self.sizes, self._cache = fn, sizes, {}
+
+    def log_density(self, i: int) -> np.ndarray:
+        key = tuple(int(s) for s in self.sizes[i])
+        if key not in self._cache:
+            self._cache[key] = np.asarray(self.fn(*key), dtype=np.float64)
+        return self._cache[key]
+
+    __call__ = log_density
+
+
+def evaluate_predictions(model, paths: Sequence[Path], stems: Sequence[str], sizes: dict[int, tuple[int, int]],
+                         fixations: pd.DataFrame, out: Path) -> tuple[dict, pd.DataFrame]:
+    """Evaluate the written predictions on ``fixations`` with :func:`dgstudy.metrics.evaluate`."""
+    from . import metrics
+    from .datasets import FixationDataset
+
+    used = sorted(int(i) for i in fixations["image"].unique())
+    remap = {old: new for new, old in enumerate(used)}
+    fx = fixations.copy()
+    fx["image"] = fx["image"].map(remap).astype(np.int64)
+    fx["onset"] = np.nan
+    fx["duration"] = np.nan
+    fx = fx.sort_values(["image", "subject", "fix_index"], kind="stable").reset_index(drop=True)
+    ds = FixationDataset(name="predict", stimuli=[str(paths[i]) for i in used],
+                         sizes=np.array([sizes[i] for i in used]), fixations=fx, source="dgstudy predict")
+    preds = _SavedPredictions([out / f"{stems[i]}.npy" for i in used])
+    baseline = _SizeModel(model.center_bias_log_density, ds.sizes)
+    summary, per_image = metrics.evaluate(preds, ds, baseline=baseline, per_image=True)
+    per_image = per_image.copy()
+    per_image.insert(0, "file", [str(paths[used[int(j)]]) for j in per_image["image"]])
+    summary = {"n_images": len(used), "n_fixations": int(len(fx)), **dict(summary),
+               "baseline": "the model's centre bias (bits/fixation for LL and IG)"}
+    write_json(out / "evaluation.json", {"summary": summary, "per_image": per_image.to_dict(orient="records")})
+    with atomic_path(out / "evaluation_per_image.csv", suffix=".csv") as tmp:
+        per_image.to_csv(tmp, index=False)
+    return summary, per_image
+
+
+# ----------------------------------------------------------------------------------------------
+# Plot
+# ----------------------------------------------------------------------------------------------
+def save_density_plot(path, rgb: np.ndarray, log_density: np.ndarray, fixations: pd.DataFrame | None = None,
+                      title: str = "") -> None:
+    """The image (dimmed, grey) with the predicted density on top, fixations as dots; PNG via Agg."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    h, w = log_density.shape
+    scale = 6.0 / max(h, w)
+    fig = Figure(figsize=(max(w * scale, 2.0) * 2 + 0.6, max(h * scale, 2.0) + 0.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax0, ax1 = fig.subplots(1, 2)
+    ax0.imshow(rgb)
+    ax0.set_title(title or "image", fontsize=9)
+    gray = rgb.astype(np.float32).mean(axis=2)
+    ax1.imshow(gray, cmap="gray", alpha=1.0, vmin=0, vmax=255)
+    dens = np.exp(log_density.astype(np.float64))
+    ax1.imshow(dens, cmap="magma", alpha=0.7)
+    ax1.set_title("predicted fixation density", fontsize=9)
+    if fixations is not None and len(fixations):
+        # imshow puts pixel (r, c) at [c-0.5, c+0.5]; dgstudy's pixel (r, c) spans [c, c+1).
+        ax1.scatter(fixations["x"] - 0.5, fixations["y"] - 0.5, s=8, c="cyan", edgecolors="k", linewidths=0.3)
+    for ax in (ax0, ax1):
+        ax.set_axis_off()
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+PREDICT_HELP = """\
+Predict fixation densities with a trained run (the average of its fold models' densities).
+
+For each IMAGE (a folder stands for the image files in it) writes into --out:
+  <stem>.npy   natural-log density over the pixels, float32 (H, W); exp sums to 1
+  <stem>.png   the image and the predicted density
+
+Images of any size; grayscale is replicated to RGB, transparency is composited on white,
+the EXIF orientation is applied first (coordinates refer to the image as displayed).
+
+--fixations FILE.csv evaluates the predictions. Columns: image,x,y[,subject]
+  image    the image as given on the command line, its file name, or its stem
+  x, y     pixel coordinates: 0-based, x = column, y = row, pixel centres at +0.5
+           (the top-left pixel spans 0 <= x < 1, 0 <= y < 1; a MATLAB 1-based
+           coordinate c becomes c - 0.5); must lie inside the image
+  subject  observer id (optional, default 0)
+prints LL and IG (over the model's centre bias, bits/fixation), AUC, NSS, ... and writes
+evaluation.json and evaluation_per_image.csv into --out.
+
+Bad inputs (an image that does not decode, a CSV row outside its image) are reported with the
+file and the CSV line; the other images still run and the exit status is 1.
+"""
+
+
+def add_predict_command(subparsers) -> argparse.ArgumentParser:
+    """Register ``dgstudy predict`` on an argparse ``subparsers`` object.
+
+    The handler is stored as ``func`` (and ``handler``) in the namespace: ``args.func(args)`` runs
+    it and returns the exit status (0 = all fine, 1 = some image or row failed).
+    """
+    p = subparsers.add_parser("predict", help="predict fixation densities for images with a trained run",
+                              description=PREDICT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(p)
+    p.set_defaults(func=run_predict_command, handler=run_predict_command)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--model", required=True, metavar="RUN",
+                   help="training run folder (results/<run>/ or a run name), a fold folder or a model.pt")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--fold", type=int, default=None, metavar="K", help="use only fold K (default: all folds)")
+    p.add_argument("--fixations", default=None, metavar="FILE.csv",
+                   help="CSV image,x,y[,subject] to evaluate against (coordinates: see above)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--center-bias", default="training", choices=["training", "uniform"],
+                   help="centre bias of the training data rescaled to each image (default) or uniform")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
+
+
+def run_predict_command(args: argparse.Namespace) -> int:
+    """The ``dgstudy predict`` handler; returns the exit status."""
+    images = expand_image_args(args.images)
+    if not images:
+        print("dgstudy predict: no images found", file=sys.stderr)
+        return 1
+    try:
+        model = load_model(args.model, fold=args.fold, center_bias=args.center_bias, device=args.device)
+    except DataError as e:
+        print(f"dgstudy predict: {e}", file=sys.stderr)
+        return 1
+    report = predict_images(model, images, args.out, fixations=args.fixations, plot=not args.no_plot,
+                            progress=len(images) > 1)
+    print(f"wrote {len(report.outputs)} of {len(images)} predictions to {args.out}")
+    if report.evaluation is not None:
+        print(format_summary(report.evaluation))
+        print(f"evaluation written to {Path(args.out) / 'evaluation.json'}")
+    for e in report.errors:
+        print(f"error: {e}", file=sys.stderr)
+    if report.errors:
+        print(f"dgstudy predict: {len(report.errors)} problem(s); see above", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def format_summary(summary: dict) -> str:
+    """A two-column text table of the scalar metrics."""
+    rows = [(k, v) for k, v in summary.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)]
+    width = max(len(k) for k, _ in rows) if rows else 0
+    lines = []
+    for k, v in rows:
+        text = f"{v:d}" if isinstance(v, (int, np.integer)) else f"{float(v):.4f}"
+        lines.append(f"  {k:<{width}}  {text}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dgstudy.predict IMAGE... --model RUN --out DIR`` (same as ``dgstudy predict``)."""
+    p = argparse.ArgumentParser(prog="dgstudy predict", description=PREDICT_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(p)
+    return run_predict_command(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""dgstudy.predict: reading any image, combining folds, the fixation CSV, the CLI and load_model.
+
+The end-to-end tests train a tiny 3-fold run on a synthetic dataset (vgg19_random features, two
+epochs) once per session and check that ``load_model`` reproduces the training evaluation exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy.special import logsumexp
+
+from dgstudy import predict
+from dgstudy.io import DataError
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def _rng_image(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+class FixedModel:
+    """A model that gives the same log-density to every image of a size (for known answers)."""
+
+    def __init__(self, make, center_bias=None):
+        self.make, self.cb = make, center_bias
+
+    def log_density(self, image):
+        rgb = predict.read_rgb(image)
+        return self.make(*rgb.shape[:2])
+
+    def center_bias_log_density(self, h, w):
+        return self.cb(h, w) if self.cb else predict.uniform_log_density(h, w)
+
+
+def _random_log_density(h, w, seed=1):
+    z = np.random.default_rng(seed).normal(size=(h, w)) * 2
+    return z - logsumexp(z)
+
+
+# ------------------------------------------------------------------------------------------------
+# reading images
+# ------------------------------------------------------------------------------------------------
+def test_grayscale_rgba_and_16bit_files_become_rgb(tmp_path):
+    g = np.arange(12 * 7, dtype=np.uint8).reshape(7, 12) * 3
+    Image.fromarray(g, mode="L").save(tmp_path / "g.png")
+    got = predict.read_rgb(tmp_path / "g.png")
+    assert got.shape == (7, 12, 3) and got.dtype == np.uint8
+    assert (got == g[..., None]).all()
+
+    rgba = np.zeros((5, 6, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 0            # fully transparent -> white
+    rgba[2, 3, 3] = 255         # one opaque red-ish pixel keeps its colour
+    rgba[4, 5, 3] = 128         # half transparent: halfway to white
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    got = predict.read_rgb(tmp_path / "a.png")
+    assert got.shape == (5, 6, 3)
+    assert tuple(got[0, 0]) == (255, 255, 255)
+    assert tuple(got[2, 3]) == (200, 0, 0)
+    assert tuple(got[4, 5]) == (round(200 * 128 / 255 + 255 * 127 / 255), round(255 * 127 / 255),
+                                round(255 * 127 / 255))
+    # the same compositing for arrays
+    assert (predict.read_rgb(rgba) == got).all()
+
+    g16 = (np.arange(20, dtype=np.uint16).reshape(4, 5) * 3000)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    got = predict.read_rgb(tmp_path / "g16.png")
+    assert (got[..., 0] == np.round(g16 / 257)).all() and (got[..., 2] == got[..., 0]).all()
+
+    # arrays: (H, W), (H, W, 1), floats in [0, 1]
+    assert (predict.read_rgb(g) == np.repeat(g[..., None], 3, 2)).all()
+    assert (predict.read_rgb(g[..., None]) == np.repeat(g[..., None], 3, 2)).all()
+    assert (predict.read_rgb(g / 255.0) == np.repeat(g[..., None], 3, 2)).all()
+    with pytest.raises(DataError, match="shape"):
+        predict.read_rgb(np.zeros((4, 4, 2), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        predict.read_rgb(np.full((4, 4), 3.0))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # a 3 (high) x 5 (wide) image stored with orientation 6 ("rotate 90 CW to display")
+    a = _rng_image(3, 5)
+    im = Image.fromarray(a)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=100, subsampling=0)
+    stored = np.asarray(Image.open(tmp_path / "rot.jpg").convert("RGB"))
+    got = predict.read_rgb(tmp_path / "rot.jpg")
+    assert got.shape == (5, 3, 3)                       # displayed: 5 high, 3 wide
+    assert (got == np.rot90(stored, k=-1)).all()        # rotated 90 degrees clockwise
+
+
+def test_undecodable_and_missing_images_name_the_file(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    with pytest.raises(DataError, match="broken.png.*does not decode"):
+        predict.read_rgb(bad)
+    with pytest.raises(DataError, match="nothere.jpg.*missing"):
+        predict.read_rgb(tmp_path / "nothere.jpg")
+
+
+def test_folders_expand_to_their_images(tmp_path):
+    for name in ["b.png", "a.jpg", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    got = predict.expand_image_args([tmp_path, tmp_path / "notes.txt"])
+    assert [p.name for p in got] == ["a.jpg", "b.png", "notes.txt"]
+    assert predict.output_stems([tmp_path / "x/a.png", tmp_path / "y/a.jpg", tmp_path / "b.png"]) == \
+        ["a", "a-2", "b"]
+
+
+# ------------------------------------------------------------------------------------------------
+# combining folds and centre biases
+# ------------------------------------------------------------------------------------------------
+def test_average_of_densities_is_normalised_and_matches_hand_computation():
+    lds = [_random_log_density(6, 9, seed=s) for s in range(3)]
+    got = predict.average_log_densities(lds)
+    by_hand = np.log(sum(np.exp(l) for l in lds) / 3)
+    np.testing.assert_allclose(got, by_hand, rtol=0, atol=1e-12)
+    assert abs(np.exp(got).sum() - 1) < 1e-12
+    # it is not the average of the log-densities (the geometric mean would not be normalised)
+    assert np.abs(got - np.mean(lds, axis=0)).max() > 0.1
+    # one input: returned unchanged, bit for bit
+    one = lds[0].astype(np.float32)
+    assert predict.average_log_densities([one]) is one
+    # float32 in, float32 out
+    assert predict.average_log_densities([l.astype(np.float32) for l in lds]).dtype == np.float32
+
+
+def test_resized_log_density_stays_normalised():
+    ld = _random_log_density(8, 10)
+    r = predict.resize_log_density(ld, 16, 20)
+    assert r.shape == (16, 20) and abs(np.exp(r).sum() - 1) < 1e-9
+    # a uniform density stays uniform at any size; the same size is returned unchanged
+    np.testing.assert_allclose(predict.resize_log_density(predict.uniform_log_density(8, 10), 5, 7),
+                               predict.uniform_log_density(5, 7), atol=1e-12)
+    np.testing.assert_array_equal(predict.resize_log_density(ld, 8, 10), ld)
+
+
+# ------------------------------------------------------------------------------------------------
+# fixation CSV
+# ------------------------------------------------------------------------------------------------
+def _write_images(folder, n=3, h=20, w=30):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"img{i}.png"
+        Image.fromarray(_rng_image(h, w, seed=i)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_csv_rows_match_names_and_bad_rows_are_reported(tmp_path):
+    paths = _write_images(tmp_path / "im", n=2, h=20, w=30)
+    csv = tmp_path / "fix.csv"
+    csv.write_text("image,x,y,subject\n"
+                   f"{paths[0]},0.0,0.0,1\n"          # path as given
+                   "img0.png,29.99,19.99,1\n"         # file name; last pixel
+                   "img1,15,10,2\n"                   # stem
+                   "img1,30,5,2\n"                    # x == width: outside
+                   "img1,-0.1,5,2\n"                  # negative: outside
+                   "img1,abc,5,2\n"                   # not a number
+                   "other.png,1,1,0\n")               # not given: ignored, noted
+    rows = predict.read_fixation_csv(csv, paths)
+    assert list(rows["image"]) == [0, 0, 1, 1, 1, 1, predict.UNKNOWN]
+    table = predict.check_fixations(rows, {0: (20, 30), 1: (20, 30)}, csv)
+    assert len(table.fixations) == 3
+    assert table.fixations["fix_index"].tolist() == [0, 1, 0]
+    assert len(table.errors) == 3
+    assert "fix.csv: line 5" in table.errors[0] and "outside the 30x20 image" in table.errors[0]
+    assert "line 6" in table.errors[1] and "line 7" in table.errors[2] and "numbers" in table.errors[2]
+    assert table.notes and "other.png" in table.notes[0]
+
+
+def test_csv_missing_column_is_an_error_naming_the_file(tmp_path):
+    paths = _write_images(tmp_path / "im", n=1)
+    csv = tmp_path / "nox.csv"
+    csv.write_text("image,y\nimg0.png,3\n")
+    with pytest.raises(DataError, match=r"nox.csv: missing column\(s\) \['x'\]"):
+        predict.read_fixation_csv(csv, paths)
+
+
+# ------------------------------------------------------------------------------------------------
+# predict_images / CLI with models whose answer is known
+# ------------------------------------------------------------------------------------------------
+def test_uniform_model_scores_zero_information_gain_and_chance_auc(tmp_path):
+    paths = _write_images(tmp_path / "im", n=3, h=20, w=30)
+    rng = np.random.default_rng(0)
+    csv = tmp_path / "fix.csv"
+    pd.DataFrame({"image": [p.name for p in paths for _ in range(10)],
+                  "x": rng.uniform(0, 30, 30), "y": rng.uniform(0, 20, 30),
+                  "subject": np.tile(np.arange(5), 6)}).to_csv(csv, index=False)
+    model = FixedModel(predict.uniform_log_density)
+    rep = predict.predict_images(model, paths, tmp_path / "out", fixations=csv, plot=False)
+    assert rep.ok, rep.errors
+    s = rep.evaluation
+    assert s["n_fixations"] == 30
+    assert abs(s["IG"]) < 1e-9 and abs(s["LL"]) < 1e-9
+    assert abs(s["AUC"] - 0.5) < 1e-9
+    saved = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert abs(saved["summary"]["IG"]) < 1e-9
+    ld = np.load(tmp_path / "out" / "img1.npy")
+    assert ld.dtype == np.float32 and ld.shape == (20, 30)
+
+
+def test_information_gain_uses_the_pixel_of_each_fixation(tmp_path):
+    """IG of a fixed density against uniform = mean of log2(p(pixel) * H * W) over fixations."""
+    h, w = 12, 16
+    paths = _write_images(tmp_path / "im", n=2, h=h, w=w)
+    ld = _random_log_density(h, w, seed=3)
+    rng = np.random.default_rng(1)
+    x, y = rng.uniform(0, w, 40), rng.uniform(0, h, 40)
+    names = [paths[i % 2].stem for i in range(40)]
+    csv = tmp_path / "fix.csv"
+    pd.DataFrame({"image": names, "x": x, "y": y}).to_csv(csv, index=False)
+    rep = predict.predict_images(FixedModel(lambda hh, ww: ld), paths, tmp_path / "out", fixations=csv,
+                                 plot=True)
+    assert rep.ok, rep.errors
+    ll = ld.astype(np.float32).astype(np.float64)[np.floor(y).astype(int), np.floor(x).astype(int)]
+    expected_ig = np.mean(ll + math.log(h * w)) / math.log(2)
+    assert rep.evaluation["IG"] == pytest.approx(expected_ig, abs=1e-6)
+    # NSS of the density map, by hand, per fixation
+    d = np.exp(ld.astype(np.float32).astype(np.float64))
+    nss = (d - d.mean()) / d.std()
+    assert rep.evaluation["NSS"] == pytest.approx(nss[np.floor(y).astype(int), np.floor(x).astype(int)].mean(),
+                                                  rel=1e-4)
+    assert (tmp_path / "out" / "img0.png").stat().st_size > 1000
+
+
+def test_bad_images_and_rows_fail_alone_with_nonzero_exit(tmp_path, monkeypatch, capsys):
+    paths = _write_images(tmp_path / "im", n=2, h=10, w=10)
+    (tmp_path / "im" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    csv = tmp_path / "fix.csv"
+    csv.write_text("image,x,y\nimg0,5,5\nimg1,11,5\ncorrupt,1,1\n")
+    monkeypatch.setattr(predict, "load_model", lambda *a, **k: FixedModel(predict.uniform_log_density))
+    code = predict.main([str(tmp_path / "im"), "--model", "whatever", "--out", str(tmp_path / "out"),
+                         "--fixations", str(csv), "--no-plot"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "corrupt.jpg: image does not decode" in err
+    assert "fix.csv: line 3" in err and "outside the 10x10 image" in err
+    assert (tmp_path / "out" / "img0.npy").exists() and (tmp_path / "out" / "img1.npy").exists()
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["summary"]["n_fixations"] == 1
+
+
+def test_cli_registers_on_subparsers():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="dgstudy")
+    sub = parser.add_subparsers(dest="command")
+    predict.add_predict_command(sub)
+    args = parser.parse_args(["predict", "a.png", "b", "--model", "results/x", "--out", "o", "--fold", "2",
+                              "--center-bias", "uniform", "--device", "cuda"])
+    assert args.func is predict.run_predict_command
+    assert (args.images, args.model, args.fold, args.center_bias, args.device) == \
+        (["a.png", "b"], "results/x", 2, "uniform", "cuda")
+    assert "pixel centres at +0.5" in sub.choices["predict"].format_help()
