@@ -1,0 +1,206 @@
+"""dgstudy.study: bootstrap intervals against closed forms, the results table, grids, preflight."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from dgstudy import study
+from dgstudy.io import DataError
+
+
+# -- bootstrap --------------------------------------------------------------------------------
+def test_bootstrap_mean_of_normals_matches_the_normal_interval():
+    """Mean of n iid N(mu, s^2): the bootstrap interval ~ mean +- z * sd / sqrt(n)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(3.0, 2.0, size=2000)
+    iv = study.bootstrap_mean(x, n_boot=4000, seed=2)
+    half = stats.norm.ppf(0.975) * x.std(ddof=0) / np.sqrt(x.size)
+    assert iv.estimate == pytest.approx(x.mean(), abs=1e-12)
+    assert iv.low == pytest.approx(x.mean() - half, abs=0.08 * half)
+    assert iv.high == pytest.approx(x.mean() + half, abs=0.08 * half)
+
+
+def test_bootstrap_interval_covers_the_true_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(3)
+    mu, hits, reps = 1.5, 0, 300
+    for r in range(reps):
+        x = rng.normal(mu, 1.0, size=60)
+        iv = study.bootstrap_mean(x, n_boot=400, seed=r)
+        hits += iv.low <= mu <= iv.high
+    # binomial sd at p=0.95, n=300 is 1.3 points; small-sample percentile intervals undercover a bit
+    assert 0.89 <= hits / reps <= 0.99
+
+
+def test_weighted_bootstrap_is_the_per_fixation_average_and_resamples_images():
+    # two kinds of images: 10 fixations with IG 1, 30 fixations with IG 0 -> per-fixation mean 0.25
+    values = np.array([1.0, 0.0] * 50)
+    weights = np.array([10.0, 30.0] * 50)
+    iv = study.bootstrap_mean(values, weights, n_boot=3000, seed=0)
+    assert iv.estimate == pytest.approx(0.25)
+    # closed form by the delta method for the ratio sum(w v)/sum(w) over n images
+    n = values.size
+    r = iv.estimate
+    resid = weights * (values - r)
+    se = np.sqrt((resid ** 2).mean() / n) / weights.mean()
+    half = stats.norm.ppf(0.975) * se
+    assert iv.high - iv.low == pytest.approx(2 * half, rel=0.12)
+
+
+def test_constant_values_give_a_zero_width_interval_and_bad_input_raises():
+    iv = study.bootstrap_mean(np.full(30, 0.7), np.arange(1, 31), n_boot=200)
+    assert iv.low == pytest.approx(0.7) and iv.high == pytest.approx(0.7)
+    with pytest.raises(ValueError):
+        study.bootstrap_mean([], n_boot=10)
+    with pytest.raises(ValueError):
+        study.bootstrap_mean([1.0, 2.0], [1.0], n_boot=10)
+
+
+def test_paired_difference_is_narrower_than_unpaired_for_correlated_conditions():
+    rng = np.random.default_rng(5)
+    base = rng.normal(0, 1, 200)                 # image difficulty shared by both conditions
+    a, b = base + 0.1 + rng.normal(0, 0.05, 200), base + rng.normal(0, 0.05, 200)
+    w = np.ones(200)
+    d = study.bootstrap_paired_difference(a, b, w, n_boot=2000, seed=0)
+    assert d.estimate == pytest.approx((a - b).mean())
+    assert d.low > 0  # the 0.1 shift is detected although a, b intervals overlap heavily
+    ia, ib = study.bootstrap_mean(a, n_boot=2000), study.bootstrap_mean(b, n_boot=2000)
+    assert ia.low < ib.high
+
+
+def _per_image(rng, n=40, ig=0.5, gold=1.0):
+    n_fix = rng.integers(5, 40, size=n)
+    return pd.DataFrame({"image": np.arange(n), "n_fix": n_fix,
+                         "LL": rng.normal(1.0, 0.3, n), "IG": rng.normal(ig, 0.2, n),
+                         "IG_gold": rng.normal(gold, 0.1, n)})
+
+
+def test_summarize_and_ablation_table():
+    rng = np.random.default_rng(0)
+    pa, pb = _per_image(rng, ig=0.5), _per_image(rng, ig=0.1)
+    summ_a = {"IG": float((pa.IG * pa.n_fix).sum() / pa.n_fix.sum()), "AUC": 0.8}
+    table = study.ablation_table({"a": (summ_a, pa), "b": ({}, pb)}, n_boot=500,
+                                 describe={"a": "layers A"})
+    assert list(table.condition) == ["a", "b"]
+    assert table.loc[0, "detail"] == "layers A" and table.loc[0, "AUC"] == 0.8
+    for _, row in table.iterrows():
+        assert row.IG_lo < row.IG < row.IG_hi
+        assert row.explained_IG_lo < row.explained_IG < row.explained_IG_hi
+    b = table.iloc[1]
+    assert b.IG == pytest.approx((pb.IG * pb.n_fix).sum() / pb.n_fix.sum())
+    assert b.explained_IG == pytest.approx((pb.IG * pb.n_fix).sum() / (pb.IG_gold * pb.n_fix).sum())
+    assert b.n_fixations == pb.n_fix.sum() and b.n_images == 40
+
+
+def test_ablation_table_reads_run_directories(tmp_path):
+    rng = np.random.default_rng(1)
+    pi = _per_image(rng)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"IG": 0.42, "AUC": 0.81, "note": {"x": 1}}))
+    pi.to_csv(run / "per_image.csv", index=False)
+    t = study.ablation_table({"r": run}, n_boot=100)
+    assert t.loc[0, "IG"] == 0.42 and t.loc[0, "AUC"] == 0.81 and "note" not in t
+
+
+# -- results table ----------------------------------------------------------------------------
+def test_results_table_puts_paper_numbers_beside_ours_and_flags_the_setting(tmp_path):
+    metrics = {"IG": 0.9, "IG_lo": 0.8, "IG_hi": 1.0, "explained_IG": 0.7, "AUC": 0.86, "LL": 2.0}
+    paper = dict(profile="paper", dataset="mit1003", backbone="vgg19", layers=study.PAPER_LAYERS,
+                 n_images=None)
+    t = study.results_table(metrics, paper)
+    assert list(t.metric) == study.METRICS
+    t = t.set_index("metric")
+    assert t.loc["explained_IG", "paper"] == 0.87 and "abstract" in t.loc["explained_IG", "paper_source"]
+    assert t.loc["AUC", "paper"] == 0.88 and t.loc["AUC", "this_run"] == 0.86
+    assert t.loc["IG", "ci_low"] == 0.8 and np.isnan(t.loc["IG", "paper"])
+    assert t.loc["AUC", "comparable"] and not t.loc["IG", "comparable"]   # no paper number for IG
+    assert np.isnan(t.loc["SIM", "this_run"])
+
+    osie = dict(paper, profile="osie", dataset="osie", backbone="efficientnet_lite0", layers=None)
+    t2 = study.results_table(metrics, osie).set_index("metric")
+    assert not t2["comparable"].any()
+    assert "osie" in t2.loc["AUC", "setting"] and "efficientnet_lite0" in t2.loc["AUC", "setting"]
+    prose = study.compare_prose(t2.reset_index(), osie)
+    assert "0.900 bit/fixation" in prose and "70%" in prose and "87%" in prose
+
+    paths = study.write_table(t2.reset_index(), tmp_path, "results")
+    md = paths["md"].read_text().splitlines()
+    assert md[0].startswith("| metric | unit | this_run") and len(md) == 2 + len(study.METRICS)
+    back = pd.read_csv(paths["csv"])
+    assert back.loc[back.metric == "AUC", "paper"].item() == 0.88
+    records = json.loads(paths["json"].read_text())
+    assert records[1]["metric"] == "IG" and records[1]["this_run"] == 0.9
+    assert not list(tmp_path.glob(".*tmp"))   # nothing half-written left behind
+
+
+# -- grids ------------------------------------------------------------------------------------
+def _fake_backbone(name, layer_names, strides, default):
+    return SimpleNamespace(name=name, layer_names=layer_names, strides=dict(zip(layer_names, strides)),
+                           default_layers=default)
+
+
+def test_layer_grids():
+    from dgstudy.backbones import vgg19
+    stages, _, strides = vgg19.named_layers()
+    vgg = _fake_backbone("vgg19", list(stages), [strides[n] for n in stages], vgg19.PAPER_LAYERS)
+    g = study.layer_grid(vgg)
+    assert g["paper5"] == study.PAPER_LAYERS and g["block5"][-1] == "relu5_4"
+    assert all(vgg.strides[layer] >= 8 for ls in g.values() for layer in ls)
+    assert study.layer_grid(vgg, tiny=True) == {"default": study.PAPER_LAYERS, "relu5_4": ["relu5_4"]}
+    assert study.layer_grid(vgg, ["relu4_4", "pool5"]) == {
+        "relu4_4": ["relu4_4"], "pool5": ["pool5"], "default": study.PAPER_LAYERS}
+    with pytest.raises(ValueError, match="conv9_9"):
+        study.layer_grid(vgg, {"x": ["conv9_9"]})
+
+    other = _fake_backbone("net", ["a", "b", "c", "d", "e"], [2, 8, 8, 16, 16], ["c", "e"])
+    assert study.layer_grid(other) == {"c": ["c"], "e": ["e"], "block_s16": ["d", "e"],
+                                       "default": ["c", "e"]}
+
+
+def test_output_tag(monkeypatch, tmp_path):
+    monkeypatch.setenv("DGSTUDY_RESULTS", str(tmp_path))
+    assert study.output_tag({"profile": "osie", "backbone": "efficientnet_lite0"}) == "osie"
+    assert study.output_tag({"profile": "osie", "backbone": "vgg19"}) == "osie-vgg19"
+    assert study.output_dir({"profile": "smoke", "backbone": "efficientnet_lite0"}) == tmp_path / "smoke"
+
+
+# -- preflight --------------------------------------------------------------------------------
+def test_preflight_reports_the_loaders_own_messages(monkeypatch):
+    from dgstudy import backbones, datasets
+
+    def no_data(name, **kw):
+        raise DataError(f"{name}: /nowhere/DATA.zip is missing; set DGSTUDY_MIT1003_DIR")
+
+    def no_weights(name, **kw):
+        raise DataError(f"{name}: vgg19-dcbb9e9d.pth not found; set DGSTUDY_VGG19_WEIGHTS")
+
+    monkeypatch.setattr(datasets, "load", no_data)
+    monkeypatch.setattr(backbones, "get", no_weights)
+    problems = study.preflight("paper")
+    assert len(problems) == 2
+    assert problems[0].startswith("dataset 'mit1003': DataError") and "DGSTUDY_MIT1003_DIR" in problems[0]
+    assert problems[1].startswith("backbone 'vgg19'") and "DGSTUDY_VGG19_WEIGHTS" in problems[1]
+
+    monkeypatch.setattr(datasets, "load", lambda name, **kw: None)
+    monkeypatch.setattr(backbones, "get", lambda name, **kw: None)
+    assert study.preflight("paper") == []
+    assert study.main(["preflight", "--profile", "paper"]) == 0
+
+
+def test_preflight_cli_fails_fast_on_a_machine_without_mit1003(tmp_path, monkeypatch, capsys):
+    """The real loaders, an empty data root and no weights: fails, naming both, in seconds."""
+    import time
+    monkeypatch.setenv("DGSTUDY_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("DGSTUDY_MIT1003_DIR", str(tmp_path / "no-mit"))
+    monkeypatch.delenv("DGSTUDY_VGG19_WEIGHTS", raising=False)
+    t0 = time.perf_counter()
+    rc = study.main(["preflight", "--profile", "paper"])
+    err = capsys.readouterr().err
+    assert rc == 1 and time.perf_counter() - t0 < 30
+    assert "dataset 'mit1003'" in err and "backbone 'vgg19'" in err
