@@ -175,12 +175,14 @@ def bootstrap_paired_difference(values_a, values_b, weights, n_boot: int = 1000,
 
 # -- per-run summaries ------------------------------------------------------------------------
 def load_run_metrics(run_dir: str | Path) -> tuple[dict, pd.DataFrame]:
-    """(metrics.json, per_image.csv) of a training run; evaluates the run if they are missing."""
+    """(metrics dict, per-image DataFrame) of a training run, from ``metrics.json`` (its ``summary``)
+    and ``per_image.csv``; evaluates the run (``training.evaluate_run``) if they are missing."""
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").exists() or not (run_dir / "per_image.csv").exists():
         from .training import evaluate_run
         evaluate_run(run_dir)
     summary = json.loads((run_dir / "metrics.json").read_text())
+    summary = summary.get("summary", summary)   # evaluate_run nests the metrics under "summary"
     per_image = pd.read_csv(run_dir / "per_image.csv")
     return summary, per_image
 

@@ -101,7 +101,8 @@ def test_ablation_table_reads_run_directories(tmp_path):
     pi = _per_image(rng)
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.json").write_text(json.dumps({"IG": 0.42, "AUC": 0.81, "note": {"x": 1}}))
+    (run / "metrics.json").write_text(json.dumps({"run": "r", "config": {},
+                                                  "summary": {"IG": 0.42, "AUC": 0.81, "note": {"x": 1}}}))
     pi.to_csv(run / "per_image.csv", index=False)
     t = study.ablation_table({"r": run}, n_boot=100)
     assert t.loc[0, "IG"] == 0.42 and t.loc[0, "AUC"] == 0.81 and "note" not in t

@@ -1,0 +1,209 @@
+"""The study's figures: one function per figure, one seaborn style, saved as PNG and PDF.
+
+Every ``plot_*`` function takes plain data (arrays, DataFrames, a dataset and a model) and returns a
+matplotlib ``Figure``; :func:`save` writes it to ``<folder>/<name>.png`` and ``.pdf`` atomically.
+Densities are shown as the natural-log density a model returns (``log_density(i)``, (H, W), image
+pixel grid); fixations are drawn at their continuous (x, y) positions, pixel centres at integer + 0.5,
+so ``imshow`` uses ``extent=(0, W, H, 0)`` to put pixel (row i, column j) on [j, j+1) x [i, i+1).
+Information gain and log-likelihood are in bit/fixation.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; no display is needed (and none exists under papermill)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+
+PALETTE = "colorblind"
+DENSITY_CMAP = "magma"
+
+
+def set_style() -> None:
+    """The one style of every figure in the study."""
+    sns.set_theme(context="paper", style="whitegrid", palette=PALETTE, font_scale=1.1,
+                  rc={"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight",
+                      "axes.titlesize": "medium"})
+
+
+def save(fig, name: str, folder: str | Path) -> list[Path]:
+    """Write ``fig`` as ``<folder>/<name>.png`` and ``.pdf`` (each via a temporary file + rename)."""
+    folder = Path(folder)
+    out = []
+    for ext in ("png", "pdf"):
+        path = folder / f"{name}.{ext}"
+        with atomic_path(path, suffix=f".{ext}") as tmp:
+            fig.savefig(tmp, format=ext)
+        out.append(path)
+    return out
+
+
+def _density_image(ax, log_density, title: str, log: bool = False):
+    log_density = np.asarray(log_density, dtype=np.float64)
+    h, w = log_density.shape
+    img = log_density if log else np.exp(log_density - log_density.max())
+    im = ax.imshow(img, cmap=DENSITY_CMAP, extent=(0, w, h, 0), interpolation="nearest")
+    ax.set_title(title)
+    ax.set_axis_off()
+    return im
+
+
+def _as_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def plot_examples(dataset, models: dict, images, max_fixations: int | None = None):
+    """Rows = images; columns = stimulus with its fixations, then each model's predicted density.
+
+    ``models``: {column title: model with ``log_density(i)`` or a callable ``f(i)``}, e.g.
+    ``{"centre bias": cb, "DeepGaze II": crossval_model}``. Densities are shown relative to their
+    maximum on a linear scale (the way the paper shows them).
+    """
+    set_style()
+    images = list(images)
+    ncols = 1 + len(models)
+    fig, axes = plt.subplots(len(images), ncols, figsize=(2.8 * ncols, 2.2 * len(images)), squeeze=False)
+    for r, i in enumerate(images):
+        ax = axes[r, 0]
+        img = dataset.image(i)
+        h, w = img.shape[:2]
+        ax.imshow(img, extent=(0, w, h, 0))
+        fx = dataset.fixations_of(i)
+        if max_fixations:
+            fx = fx.iloc[:max_fixations]
+        ax.scatter(fx["x"], fx["y"], s=8, c="#00e5ff", edgecolors="black", linewidths=0.4)
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.set_axis_off()
+        ax.set_title(f"image {i}: {len(fx)} fixations" if r == 0 else f"image {i}")
+        for c, (title, model) in enumerate(models.items(), start=1):
+            f = model.log_density if hasattr(model, "log_density") else model
+            _density_image(axes[r, c], _as_numpy(f(i)), title if r == 0 else "")
+    fig.tight_layout()
+    return fig
+
+
+def plot_center_bias(log_density, fixations_xy=None, title: str = "centre bias"):
+    """The centre-bias density (log scale, nats) with, optionally, all fixations in the same
+    normalised frame (``fixations_xy``: (n, 2) of x/W, y/H in [0, 1])."""
+    set_style()
+    log_density = _as_numpy(log_density)
+    h, w = log_density.shape
+    fig, axes = plt.subplots(1, 2 if fixations_xy is not None else 1,
+                             figsize=(9 if fixations_xy is not None else 4.8, 3.4), squeeze=False)
+    im = _density_image(axes[0, 0], log_density, f"{title}: log density", log=True)
+    fig.colorbar(im, ax=axes[0, 0], shrink=0.8, label="log p (nats)")
+    if fixations_xy is not None:
+        xy = np.asarray(fixations_xy)
+        ax = axes[0, 1]
+        ax.hist2d(xy[:, 0] * w, xy[:, 1] * h, bins=(32, max(1, round(32 * h / w))),
+                  range=((0, w), (0, h)), cmap=DENSITY_CMAP)
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.set_aspect("equal")
+        ax.set_title(f"all fixations ({len(xy)})")
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def plot_ablation(table: pd.DataFrame, metric: str = "IG", title: str = "", order=None,
+                  highlight: str | None = None):
+    """Bar chart of ``metric`` per condition with its bootstrap interval as error bar.
+
+    ``table``: from :func:`dgstudy.study.ablation_table` (columns ``condition``, ``<metric>``,
+    ``<metric>_lo``, ``<metric>_hi``). ``highlight``: a condition drawn in the accent colour.
+    """
+    set_style()
+    t = table.set_index("condition").loc[list(order) if order is not None else list(table["condition"])]
+    y = t[metric].to_numpy(dtype=float)
+    lo = t.get(f"{metric}_lo", pd.Series(np.nan, index=t.index)).to_numpy(dtype=float)
+    hi = t.get(f"{metric}_hi", pd.Series(np.nan, index=t.index)).to_numpy(dtype=float)
+    yerr = np.vstack([y - lo, hi - y])
+    colors = sns.color_palette(PALETTE)
+    bar_colors = [colors[1] if c == highlight else colors[0] for c in t.index]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(t) + 1.5), 3.4))
+    x = np.arange(len(t))
+    ax.bar(x, y, color=bar_colors)
+    ax.errorbar(x, y, yerr=np.where(np.isfinite(yerr), yerr, 0), fmt="none", ecolor="black",
+                capsize=3, lw=1)
+    ax.set_xticks(x, list(t.index), rotation=30 if len(t) > 4 else 0, ha="right" if len(t) > 4 else "center")
+    ax.axhline(0, color="black", lw=0.8)
+    unit = " (bit/fix)" if metric in ("IG", "LL") else ""
+    ax.set_ylabel(f"{metric}{unit}")
+    ax.set_title(title or f"{metric} per condition (95% image-bootstrap intervals)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_image_ig(per_image: pd.DataFrame, title: str = ""):
+    """Per image: the model's log-likelihood against the centre bias's (bit/fix), and the sorted IG.
+
+    ``per_image``: columns ``LL`` (model) and ``IG`` (model minus centre bias), as in a run's
+    ``per_image.csv``; the centre bias's LL is ``LL - IG``.
+    """
+    set_style()
+    ll_model = per_image["LL"].to_numpy(dtype=float)
+    ig = per_image["IG"].to_numpy(dtype=float)
+    ll_cb = ll_model - ig
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.8))
+    a.scatter(ll_cb, ll_model, s=10, alpha=0.7)
+    lim = [np.nanmin([ll_cb, ll_model]), np.nanmax([ll_cb, ll_model])]
+    a.plot(lim, lim, color="black", lw=0.8, ls="--")
+    a.set_xlabel("centre bias LL (bit/fix)")
+    a.set_ylabel("model LL (bit/fix)")
+    better = float(np.mean(ig > 0))
+    a.set_title(f"per image: model better on {100 * better:.0f}% of images")
+    order = np.argsort(ig)
+    b.bar(np.arange(len(ig)), ig[order], width=1.0)
+    b.axhline(0, color="black", lw=0.8)
+    b.set_xlabel("image (sorted by IG)")
+    b.set_ylabel("IG over centre bias (bit/fix)")
+    b.set_title(title or "information gain per image")
+    fig.tight_layout()
+    return fig
+
+
+def plot_blur(sigmas_px, labels=None, title: str = "learned blur"):
+    """The learned Gaussian blur of each fold model: its width (stimulus pixels) and kernel profile."""
+    set_style()
+    s = np.asarray(sigmas_px, dtype=float)
+    labels = list(labels) if labels is not None else [f"fold {k}" for k in range(len(s))]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.bar(np.arange(len(s)), s)
+    a.set_xticks(np.arange(len(s)), labels, rotation=30 if len(s) > 4 else 0)
+    a.set_ylabel("sigma (stimulus px)")
+    a.set_title(f"{title}: mean sigma {s.mean():.1f} px")
+    r = np.linspace(-3 * s.max(), 3 * s.max(), 401)
+    for sk, lab in zip(s, labels):
+        b.plot(r, np.exp(-0.5 * (r / sk) ** 2), lw=1, label=lab)
+    b.set_xlabel("offset (stimulus px)")
+    b.set_ylabel("kernel (peak = 1)")
+    if len(s) <= 10:
+        b.legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(logs: dict, y: str = "val_ig", x: str = "epoch", title: str = "training"):
+    """One line per fold: ``y`` against ``x`` from each fold's ``log.csv`` ({label: DataFrame})."""
+    set_style()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for label, df in logs.items():
+        if y in df and x in df:
+            ax.plot(df[x], df[y], lw=1, label=label)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    if len(logs) <= 10:
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
