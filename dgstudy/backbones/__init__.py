@@ -31,13 +31,23 @@ import torch
 from torch import nn
 
 _REGISTRY: dict[str, Callable[..., "SequentialBackbone"]] = {}
+_DEFAULT_LAYERS: dict[str, list[str]] = {}
 
 
-def register(name: str):
+def register(name: str, default_layers: Sequence[str]):
     def deco(fn):
         _REGISTRY[name] = fn
+        _DEFAULT_LAYERS[name] = list(default_layers)
         return fn
     return deco
+
+
+def default_layers(name: str) -> list[str]:
+    """The default layer set of backbone ``name``, without building the network."""
+    _import_all()
+    if name not in _DEFAULT_LAYERS:
+        raise KeyError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return list(_DEFAULT_LAYERS[name])
 
 
 def available() -> list[str]:

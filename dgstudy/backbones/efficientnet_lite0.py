@@ -87,7 +87,7 @@ class EfficientNetLite0(SequentialBackbone):
         return self.classifier(self.pool(h))
 
 
-@register("efficientnet_lite0")
+@register("efficientnet_lite0", DEFAULT_LAYERS)
 def efficientnet_lite0(weights=None) -> EfficientNetLite0:
     """EfficientNet-Lite0 with the packaged ImageNet weights (``weights=``: another copy of that file)."""
     path = checkpoint_path() if weights is None else Path(weights)

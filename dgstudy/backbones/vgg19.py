@@ -145,7 +145,7 @@ def _check_prefix(path: Path) -> str:
     return digest
 
 
-@register("vgg19")
+@register("vgg19", PAPER_LAYERS)
 def vgg19(weights: str | os.PathLike | None = None, download: bool = True) -> SequentialBackbone:
     """VGG-19 with torchvision's ImageNet weights (see the module docstring for where from)."""
     path = resolve_weights(weights, download=download)
@@ -167,11 +167,13 @@ def torchvision_random_state(seed: int = 0) -> dict:
     return {k: v for k, v in net.state_dict().items() if k.startswith("features.")}
 
 
-@register("vgg19_random")
+@register("vgg19_random", PAPER_LAYERS)
 def vgg19_random(weights=None, seed: int = 0) -> SequentialBackbone:
     """VGG-19 with torchvision's random initialisation (kaiming-normal convs, zero biases), seeded."""
     if weights is not None:
         raise ValueError("vgg19_random takes no weights file (it is the random-weights control)")
-    sd = torchvision_random_state(seed)
-    digest = f"random-seed{seed}:" + tensors_sha256(sd)
-    return _build("vgg19_random", sd, digest, f"torchvision init, torch.manual_seed({seed})")
+    bb = _build("vgg19_random", torchvision_random_state(seed), "",
+                f"torchvision init, torch.manual_seed({seed})")
+    named = {k: v for k, v in bb.state_dict().items() if k.startswith("stages.")}
+    bb.weights_sha256 = f"random-seed{seed}:" + tensors_sha256(named)
+    return bb

@@ -1,0 +1,140 @@
+"""Backbones: named VGG-19 == torchvision, EfficientNet-Lite0 classifies, missing weights fail loudly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dgstudy import backbones
+from dgstudy.backbones import vgg19 as vgg_mod
+from dgstudy.backbones import efficientnet_lite0 as eff_mod
+from dgstudy.io import DataError
+
+VGG_NAMES = ("conv1_1 relu1_1 conv1_2 relu1_2 pool1 conv2_1 relu2_1 conv2_2 relu2_2 pool2 "
+             "conv3_1 relu3_1 conv3_2 relu3_2 conv3_3 relu3_3 conv3_4 relu3_4 pool3 "
+             "conv4_1 relu4_1 conv4_2 relu4_2 conv4_3 relu4_3 conv4_4 relu4_4 pool4 "
+             "conv5_1 relu5_1 conv5_2 relu5_2 conv5_3 relu5_3 conv5_4 relu5_4 pool5").split()
+
+
+@pytest.fixture(scope="module")
+def vgg_random():
+    return backbones.get("vgg19_random")
+
+
+@pytest.fixture(scope="module")
+def effnet():
+    return backbones.get("efficientnet_lite0")
+
+
+def test_vgg19_named_layers_equal_torchvision(vgg_random):
+    import torchvision
+
+    assert vgg_random.layer_names == VGG_NAMES
+    assert vgg_random.default_layers == ["conv5_1", "relu5_1", "relu5_2", "conv5_3", "relu5_4"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        tv = torchvision.models.vgg19(weights=None).eval()
+    img = torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    h = (img.float() / 255 - mean) / std
+    ref = []
+    with torch.inference_mode():
+        for layer in tv.features:          # torchvision's ReLUs are in place: keep copies
+            h = layer(h)
+            ref.append(h.clone())
+        ours = vgg_random.features(img, VGG_NAMES)
+        as_float = vgg_random.features(img.float() / 255, ["relu5_4"])["relu5_4"]
+    assert list(ours) == VGG_NAMES
+    for name, r in zip(VGG_NAMES, ref):
+        assert torch.equal(ours[name], r), name
+    assert torch.equal(as_float, ours["relu5_4"])
+    assert ours["conv5_1"].shape == (2, 512, 40 // 16, 56 // 16)
+    assert ours["conv5_1"].min() < 0 and ours["relu5_1"].min() >= 0   # ReLU did not overwrite conv
+    assert all(vgg_random.strides[n] == 16 for n in VGG_NAMES if n[4:5] == "5" and n != "pool5")
+
+
+def test_vgg19_random_is_seeded_and_named(vgg_random):
+    # (that a fresh seeded torchvision build gives the same network is the test above)
+    assert vgg_random.name == "vgg19_random"
+    sd = {k: v for k, v in vgg_random.state_dict().items() if k.startswith("stages.")}
+    assert vgg_random.weights_sha256 == "random-seed0:" + backbones.tensors_sha256(sd)
+    # torchvision's init: kaiming normal, fan_out, relu -> std sqrt(2 / (64 * 9))
+    w = vgg_random.stages.conv3_1.weight
+    assert abs(w.std().item() / np.sqrt(2 / (256 * 9)) - 1) < 0.02
+
+
+def test_features_stop_at_deepest_layer(vgg_random):
+    called = []
+    hook = vgg_random.stages.conv4_1.register_forward_hook(lambda *a: called.append(1))
+    try:
+        vgg_random.features(torch.zeros(1, 3, 32, 32), ["relu3_1", "conv1_1"])
+        assert called == []
+        vgg_random.features(torch.zeros(1, 3, 32, 32), ["conv4_1"])
+        assert called == [1]
+    finally:
+        hook.remove()
+    with pytest.raises(KeyError, match="conv9_9"):
+        vgg_random.features(torch.zeros(1, 3, 32, 32), ["conv9_9"])
+
+
+def test_missing_vgg19_weights_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(vgg_mod.WEIGHTS_ENV, raising=False)
+    with pytest.raises(DataError) as e:
+        backbones.get("vgg19", download=False)
+    msg = str(e.value)
+    assert "vgg19-dcbb9e9d.pth" in msg and vgg_mod.VGG19_URL in msg
+    assert "DGSTUDY_VGG19_WEIGHTS" in msg and str(tmp_path / "torch") in msg
+    # a named file that does not exist is named in the message
+    monkeypatch.setenv(vgg_mod.WEIGHTS_ENV, str(tmp_path / "nowhere.pth"))
+    with pytest.raises(DataError, match="nowhere.pth"):
+        backbones.get("vgg19", download=False)
+
+
+def test_vgg19_weights_with_wrong_hash_rejected(tmp_path, monkeypatch):
+    fake = tmp_path / "vgg19-dcbb9e9d.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, fake)
+    monkeypatch.setenv(vgg_mod.WEIGHTS_ENV, str(fake))
+    with pytest.raises(DataError, match="published prefix dcbb9e9d"):
+        backbones.get("vgg19")
+
+
+def _classify(bb, img):
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    with torch.inference_mode():
+        return int(bb.logits(x).argmax())
+
+
+def test_efficientnet_lite0_classifies(effnet):
+    import skimage.data
+
+    assert 281 <= _classify(effnet, skimage.data.chelsea()) <= 285      # a cat
+    assert _classify(effnet, skimage.data.coffee()) == 967              # espresso
+    assert effnet.weights_sha256 == eff_mod.CHECKPOINT_SHA256
+    assert effnet.layer_names == ["stem"] + [f"block{k}" for k in range(7)] + ["head"]
+    f = effnet.features(torch.zeros(1, 3, 64, 96))
+    assert {k: tuple(v.shape) for k, v in f.items()} == {
+        "block3": (1, 80, 4, 6), "block4": (1, 112, 4, 6), "block5": (1, 192, 2, 3), "block6": (1, 320, 2, 3)}
+
+
+def test_efficientnet_conversion_fails_loudly():
+    import timm
+
+    dst = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    src = torch.load(eff_mod.checkpoint_path(), map_location="cpu", weights_only=True)
+    src = dict(src)
+    k = list(src)[7]
+    src[k] = src[k][:-1]
+    with pytest.raises(DataError, match="does not fit"):
+        eff_mod.convert_state(src, dst, "ckpt")
+    src.pop(k)
+    with pytest.raises(DataError, match="tensors"):
+        eff_mod.convert_state(src, dst, "ckpt")
+
+
+def test_unknown_backbone():
+    with pytest.raises(KeyError, match="vgg19_random"):
+        backbones.get("resnet9000")
