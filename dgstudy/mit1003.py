@@ -60,7 +60,7 @@ import numpy as np
 
 from .datasets import (FixationDataset, cache_file, image_sizes, load_cache, make_fixation_table,
                        save_cache)
-from .io import DataError, fetch
+from .io import DataError, atomic_path, fetch
 from .paths import data_dir
 
 BASE_URL = "http://people.csail.mit.edu/tjudd/WherePeopleLook"
@@ -288,7 +288,7 @@ def read_eye_data(path: Path) -> np.ndarray:
     if not path.exists():
         raise DataError(f"{path}: file is missing")
     try:
-        mat = loadmat(path, squeeze_me=True, struct_as_record=False)
+        mat = loadmat(path, squeeze_me=False, struct_as_record=False)   # keep (n, 2) shapes
     except Exception as e:
         raise DataError(f"{path}: could not be read as a MATLAB file (truncated or corrupt: {e})") from e
     names = [k for k in mat if not k.startswith("__")]
@@ -297,13 +297,10 @@ def read_eye_data(path: Path) -> np.ndarray:
     if var is None:
         raise DataError(f"{path}: no variable {stem!r} (found {names})")
     try:
-        data = mat[var].DATA
-        first = data[0] if isinstance(data, np.ndarray) and data.dtype == object else data
-        eye = np.asarray(first.eyeData, dtype=np.float64)
+        data = np.asarray(mat[var]).flat[0].DATA             # struct -> DATA (1 x k struct array)
+        eye = np.asarray(np.asarray(data).flat[0].eyeData, dtype=np.float64)   # DATA(1).eyeData
     except (AttributeError, IndexError, TypeError, ValueError) as e:
         raise DataError(f"{path}: {var}.DATA(1).eyeData not found ({e})") from e
-    if eye.ndim == 1 and eye.size == 2:
-        eye = eye[None, :]
     if eye.ndim != 2 or eye.shape[1] < 2 or eye.shape[0] < 1:
         raise DataError(f"{path}: eyeData has the wrong shape {eye.shape}, expected (n_samples, 2)")
     return eye[:, :2]
@@ -366,24 +363,38 @@ def prepare_source(local_dir=None, download: bool = True, base_url: str = BASE_U
         src = target
         origin = f"downloaded from {base_url} into {target}"
         check_md5 = md5 is not False
-        if all((target / r).is_dir() for r in REQUIRED):
+        if all((target / r).is_dir() and (target / f".{r}.extracted").exists() for r in REQUIRED):
             return target, origin
         if not download and any(not (src / f"{r}.zip").exists() for r in REQUIRED):
             raise DataError(_missing_message(f"in {target} (download=False)"))
-        for name, (url, _) in FILES.items():
-            fetch(f"{base_url.rstrip('/')}/{url}", target / name)
+        for name, (url, digest) in FILES.items():
+            dest = target / name
+            if dest.exists():
+                continue
+            fetch(f"{base_url.rstrip('/')}/{url}", dest)
+            if check_md5 and _md5(dest) != digest:
+                dest.unlink()     # a wrong download never counts as done
+                raise DataError(f"{name}: downloaded from {base_url}/{url} but its MD5 is not the "
+                                f"published {digest}")
     for r in REQUIRED:
-        z = src / f"{r}.zip"
-        if not z.exists():
+        z, stamp = src / f"{r}.zip", target / f".{r}.extracted"
+        if z.exists():
+            st = z.stat()
+            signature = f"{z.resolve()} {st.st_size} {st.st_mtime_ns}"
+            if (target / r).is_dir() and stamp.exists() and stamp.read_text() == signature:
+                continue                      # extracted from this very zip before
+            if check_md5 and _md5(z) != FILES[z.name][1]:
+                raise DataError(f"{z}: MD5 mismatch with the published {FILES[z.name][1]}; the file is "
+                                "corrupt or not the published one")
+            if (target / r).exists():
+                shutil.rmtree(target / r)     # from another zip: replace
+            _extract(z, target)
+            if not (target / r).is_dir():
+                raise DataError(f"{z}: does not contain a top-level folder {r}/")
+            with atomic_path(stamp) as tmp:
+                tmp.write_text(signature)
+        elif not ((target / r).is_dir() and stamp.exists()):
             raise DataError(f"{z}: file is missing. " + _missing_message(f"in {src}"))
-        if check_md5 and _md5(z) != FILES[z.name][1]:
-            raise DataError(f"{z}: MD5 mismatch with the published {FILES[z.name][1]}; the file is "
-                            "corrupt or not the published one")
-    for r in REQUIRED:
-        if not (target / r).is_dir():
-            _extract(src / f"{r}.zip", target)
-        if not (target / r).is_dir():
-            raise DataError(f"{src / (r + '.zip')}: does not contain a top-level folder {r}/")
     return target, origin
 
 
