@@ -66,6 +66,7 @@ UNITS = {"LL": "bit/fix", "IG": "bit/fix", "explained_IG": "fraction", "AUC": ""
 PAPER_SOURCE_ABSTRACT = "arXiv:1610.01563, abstract: MIT300 hold-out benchmark"
 PAPER_SOURCE_MIT300 = ("MIT Saliency Benchmark, MIT300 entry 'DeepGaze II' (classic single-map "
                        "evaluation), the benchmark cited in arXiv:1610.01563")
+MODEL_NAMES = {"deepgaze2": "DeepGaze II", "deepgaze1": "DeepGaze I"}
 PAPER_RESULTS = {
     "deepgaze2": {
         "explained_IG": (0.87, PAPER_SOURCE_ABSTRACT),
@@ -174,31 +175,43 @@ def bootstrap_paired_difference(values_a, values_b, weights, n_boot: int = 1000,
 
 
 # -- per-run summaries ------------------------------------------------------------------------
-def load_run_metrics(run_dir: str | Path) -> tuple[dict, pd.DataFrame]:
+def load_run_metrics(run_dir: str | Path, **evaluate_kw) -> tuple[dict, pd.DataFrame]:
     """(metrics dict, per-image DataFrame) of a training run, from ``metrics.json`` (its ``summary``)
-    and ``per_image.csv``; evaluates the run (``training.evaluate_run``) if they are missing."""
+    and ``per_image.csv``; evaluates the run first (``training.evaluate_run(run_dir,
+    **evaluate_kw)``, e.g. with a shared ``dataset``, ``baseline`` and ``gold``) if they are missing.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").exists() or not (run_dir / "per_image.csv").exists():
         from .training import evaluate_run
-        evaluate_run(run_dir)
+        evaluate_run(run_dir, **evaluate_kw)
     summary = json.loads((run_dir / "metrics.json").read_text())
     summary = summary.get("summary", summary)   # evaluate_run nests the metrics under "summary"
     per_image = pd.read_csv(run_dir / "per_image.csv")
     return summary, per_image
 
 
+# How the headline value of each metric averages (as dgstudy.metrics.evaluate does, following the
+# benchmark): over fixations (weight = fixations of the image) or over images (equal weights).
+PER_FIXATION_METRICS = ("LL", "IG")
+PER_IMAGE_METRICS = ("AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM")
+
+
 def summarize(summary: dict, per_image: pd.DataFrame, n_boot: int = 1000, level: float = 0.95,
               seed: int = 0) -> dict:
-    """The run's metrics plus image-bootstrap intervals for IG, LL (per fixation) and, when the
-    per-image table has the gold standard's IG (column ``IG_gold``), for explained IG.
+    """The run's metrics plus image-bootstrap intervals ``<m>_lo``, ``<m>_hi`` for every metric in
+    the per-image table: LL and IG as per-fixation averages (images weighted by their fixation
+    count), AUC, sAUC, NSS, CC, KLDiv, SIM as per-image averages, and explained IG (the ratio of
+    summed IG to summed gold-standard IG, column ``IG_gold``) when the table has it.
 
-    Returns a flat dict: every scalar metric of ``summary`` and ``IG_lo``, ``IG_hi``, ... .
+    Returns a flat dict: every scalar entry of ``summary`` (the headline values win over the
+    bootstrap's point estimates, which equal them up to rounding), plus the intervals.
     """
     out = {k: v for k, v in summary.items() if np.isscalar(v) or v is None}
     n = per_image["n_fix"].to_numpy(dtype=np.float64)
-    for col in ("IG", "LL"):
+    for col in PER_FIXATION_METRICS + PER_IMAGE_METRICS:
         if col in per_image:
-            iv = bootstrap_mean(per_image[col].to_numpy(), n, n_boot, level, seed)
+            w = n if col in PER_FIXATION_METRICS else None
+            iv = bootstrap_mean(per_image[col].to_numpy(), w, n_boot, level, seed)
             out[f"{col}_lo"], out[f"{col}_hi"] = iv.low, iv.high
             out.setdefault(col, iv.estimate)
     if "IG_gold" in per_image and "IG" in per_image:
@@ -212,23 +225,58 @@ def summarize(summary: dict, per_image: pd.DataFrame, n_boot: int = 1000, level:
 
 
 def ablation_table(results: dict, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
-                   describe: dict | None = None) -> pd.DataFrame:
+                   describe: dict | None = None, reference: str | None = None,
+                   evaluate_kw: dict | None = None) -> pd.DataFrame:
     """One row per condition: metrics with intervals.
 
     ``results``: {condition: run directory, or a (summary dict, per-image DataFrame) pair}.
     ``describe``: optional {condition: text} (e.g. the layers), put in column ``detail``.
+    ``reference``: a condition; adds ``IG_diff`` (condition minus reference, bit/fix) with a
+    *paired* interval (the same images resampled for both; images matched by ``image``).
+    ``evaluate_kw``: passed to ``training.evaluate_run`` for runs not yet evaluated.
     The same ``seed`` is used for every condition, so the resampled image sets are identical
-    across conditions (their intervals are comparable and paired).
+    across conditions.
     """
+    loaded = {cond: (load_run_metrics(res, **(evaluate_kw or {})) if isinstance(res, (str, Path)) else res)
+              for cond, res in results.items()}
     rows = []
-    for cond, res in results.items():
-        summary, per_image = load_run_metrics(res) if isinstance(res, (str, Path)) else res
+    for cond, (summary, per_image) in loaded.items():
         row = {"condition": cond}
         if describe and cond in describe:
             row["detail"] = describe[cond]
         row.update(summarize(summary, per_image, n_boot, level, seed))
+        if reference is not None:
+            ref = loaded[reference][1][["image", "IG"]]
+            both = per_image[["image", "n_fix", "IG"]].merge(ref, on="image", suffixes=("", "_ref"))
+            d = bootstrap_paired_difference(both["IG"], both["IG_ref"], both["n_fix"], n_boot, level, seed)
+            row.update(IG_diff=d.estimate, IG_diff_lo=d.low, IG_diff_hi=d.high)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def fold_parameters(run_dir: str | Path) -> pd.DataFrame:
+    """Per finished fold: learned blur width (reduced-grid px and stimulus px), centre-bias weight,
+    best epoch, epochs run, seconds (from ``fold_XX/config.json``)."""
+    rows = []
+    for d in sorted(Path(run_dir).glob("fold_*")):
+        f = d / "config.json"
+        if not f.exists():
+            continue
+        info = json.loads(f.read_text())
+        factor = info.get("train_config", {}).get("saliency_map_factor", 1)
+        rows.append({"fold": info.get("fold"), "sigma": info.get("sigma"),
+                     "sigma_px": info.get("sigma", np.nan) * factor,
+                     "center_bias_weight": info.get("center_bias_weight"),
+                     "best_epoch": info.get("best_epoch"), "epochs_run": info.get("epochs_run"),
+                     "seconds": info.get("seconds")})
+    return pd.DataFrame(rows)
+
+
+def example_images(per_image: pd.DataFrame, k: int = 3, min_fix: int = 1) -> list[int]:
+    """``k`` images spread over the per-image IG range (best, ..., median, ..., worst)."""
+    t = per_image[per_image["n_fix"] >= min_fix].sort_values("IG", ascending=False)
+    pos = np.unique(np.linspace(0, len(t) - 1, num=min(k, len(t))).round().astype(int))
+    return [int(i) for i in t["image"].to_numpy()[pos]]
 
 
 # -- ablation grids ---------------------------------------------------------------------------
@@ -367,16 +415,17 @@ def run_center_bias_ablation(params: dict, conditions: dict | None = None) -> di
     return runs
 
 
-def center_bias_alone(dataset, gold=None, per_image: bool = True):
+def center_bias_alone(dataset, baseline=None, gold=None, per_image: bool = True):
     """The centre bias itself as a model (leave-image-out), scored like every other model.
 
-    Its IG against the (same) centre-bias baseline is 0 by construction; its LL (bit/fix) is the
-    number to read. Returns what ``metrics.evaluate`` returns.
+    ``baseline``: the fitted leave-image-out ``CenterBias`` (fitted here if None); it is both the
+    model and the IG baseline, so its IG is 0 by construction and its LL (bit/fix over uniform)
+    is the number to read. Returns what ``metrics.evaluate`` returns.
     """
     from .baselines import CenterBias
     from .metrics import evaluate
 
-    cb = CenterBias.fit(dataset)
+    cb = CenterBias.fit(dataset) if baseline is None else baseline
     return evaluate(cb, dataset, baseline=cb, gold=gold, per_image=per_image)
 
 
@@ -405,7 +454,9 @@ def results_table(metrics: dict, params: dict, model: str = "deepgaze2") -> pd.D
     """This run's metrics beside the paper's published figures.
 
     ``metrics``: a flat dict as from :func:`summarize` (``IG``, ``IG_lo``, ``IG_hi``, ...).
-    Columns: metric, unit, this_run, ci_low, ci_high, paper, paper_source, comparable, setting.
+    ``model``: ``'deepgaze2'`` or ``'deepgaze1'`` (which published figures to put beside).
+    Columns: model, metric, unit, this_run, ci_low, ci_high, paper, paper_source, comparable,
+    setting.
     ``paper`` is NaN where the paper publishes no number for that metric.
     """
     comparable, note = setting_note(params)
@@ -413,7 +464,7 @@ def results_table(metrics: dict, params: dict, model: str = "deepgaze2") -> pd.D
     for m in METRICS:
         paper, source = PAPER_RESULTS.get(model, {}).get(m, (np.nan, ""))
         rows.append({
-            "metric": m, "unit": UNITS[m],
+            "model": MODEL_NAMES.get(model, model), "metric": m, "unit": UNITS[m],
             "this_run": _float(metrics.get(m)),
             "ci_low": _float(metrics.get(f"{m}_lo")), "ci_high": _float(metrics.get(f"{m}_hi")),
             "paper": paper, "paper_source": source,
@@ -434,7 +485,8 @@ def compare_prose(table: pd.DataFrame, params: dict) -> str:
     """Markdown paragraphs that explain how this run's numbers relate to the paper's."""
     comparable, note = setting_note(params)
     lines = [f"**Setting.** {note}."]
-    t = table.set_index("metric")
+    t = table[table["model"] == MODEL_NAMES["deepgaze2"]] if "model" in table else table
+    t = t.set_index("metric")
     ig, eig = t.loc["IG", "this_run"], t.loc["explained_IG", "this_run"]
     if np.isfinite(ig):
         lines.append(f"**This run.** The model gains {ig:.3f} bit/fixation over the centre bias "

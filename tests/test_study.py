@@ -129,9 +129,9 @@ def test_results_table_puts_paper_numbers_beside_ours_and_flags_the_setting(tmp_
     prose = study.compare_prose(t2.reset_index(), osie)
     assert "0.900 bit/fixation" in prose and "70%" in prose and "87%" in prose
 
-    paths = study.write_table(t2.reset_index(), tmp_path, "results")
+    paths = study.write_table(study.results_table(metrics, osie), tmp_path, "results")
     md = paths["md"].read_text().splitlines()
-    assert md[0].startswith("| metric | unit | this_run") and len(md) == 2 + len(study.METRICS)
+    assert md[0].startswith("| model | metric | unit | this_run") and len(md) == 2 + len(study.METRICS)
     back = pd.read_csv(paths["csv"])
     assert back.loc[back.metric == "AUC", "paper"].item() == 0.88
     records = json.loads(paths["json"].read_text())
@@ -205,3 +205,38 @@ def test_preflight_cli_fails_fast_on_a_machine_without_mit1003(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert rc == 1 and time.perf_counter() - t0 < 30
     assert "dataset 'mit1003'" in err and "backbone 'vgg19'" in err
+
+
+def test_per_image_metrics_average_over_images_and_paired_reference():
+    rng = np.random.default_rng(2)
+    pa = _per_image(rng, ig=0.5)
+    pa["AUC"] = rng.uniform(0.7, 0.9, len(pa))
+    pb = pa.assign(IG=pa.IG - 0.05 + rng.normal(0, 0.01, len(pa)))
+    t = study.ablation_table({"a": ({}, pa), "b": ({}, pb.sample(frac=1, random_state=0))},
+                             n_boot=800, reference="a")
+    a, b = t.iloc[0], t.iloc[1]
+    assert a.AUC == pytest.approx(pa.AUC.mean())              # unweighted: mean over images
+    assert a.IG == pytest.approx((pa.IG * pa.n_fix).sum() / pa.n_fix.sum())   # over fixations
+    assert a.AUC_lo < a.AUC < a.AUC_hi
+    assert a.IG_diff == 0 and a.IG_diff_lo == 0 and a.IG_diff_hi == 0
+    w = pa.n_fix
+    assert b.IG_diff == pytest.approx(((pb.IG - pa.IG) * w).sum() / w.sum())   # matched by image
+    assert b.IG_diff_hi < 0 < b.IG_hi - b.IG_lo      # paired: the small loss is resolved
+
+
+def test_fold_parameters_and_example_images(tmp_path):
+    for k, (sigma, w) in enumerate([(7.5, 0.9), (8.5, 1.1)]):
+        d = tmp_path / f"fold_{k:02d}"
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({
+            "fold": k, "sigma": sigma, "center_bias_weight": w, "best_epoch": 3, "epochs_run": 8,
+            "seconds": 1.0, "train_config": {"saliency_map_factor": 4}}))
+    (tmp_path / "fold_02").mkdir()   # unfinished fold: skipped
+    fp = study.fold_parameters(tmp_path)
+    assert list(fp.fold) == [0, 1] and list(fp.sigma_px) == [30.0, 34.0]
+    assert list(fp.center_bias_weight) == [0.9, 1.1]
+
+    per_image = pd.DataFrame({"image": [10, 11, 12, 13, 14, 15], "n_fix": [5, 5, 5, 5, 5, 0],
+                              "IG": [0.1, 0.9, 2.0, -0.3, 0.4, 9.0]})
+    # by IG: 12, 11, 14, 10, 13 (15 has no fixations) -> best, median, worst
+    assert study.example_images(per_image, k=3) == [12, 14, 13]
