@@ -211,8 +211,11 @@ def available() -> list[str]:
 def load(name: str, n_images: int | None = None, **options) -> FixationDataset:
     """Load a dataset by name: ``'osie'``, ``'mit1003'`` or ``'synthetic'``.
 
-    ``n_images`` keeps only the first N images (in the dataset's order), for quick runs.
-    Other options are passed to the loader (see each loader's docstring).
+    ``n_images`` keeps only the first N images (in the dataset's order), for quick runs; the
+    subset keeps the name but has its own ``checksum``. Other options are passed to the loader:
+    :func:`dgstudy.osie.load_osie` (``local_dir``, ``download``, ``initial_fixation``, ...),
+    :func:`dgstudy.mit1003.load_mit1003` (same, plus ``params`` of the fixation detector) and
+    :func:`load_synthetic`. Real datasets are parsed once and then read from ``cache_dir()``.
     """
     if name not in _LOADERS:
         raise KeyError(f"unknown dataset {name!r}; available: {', '.join(available())}")
