@@ -55,7 +55,7 @@ CHECKSUMS = Path(__file__).resolve().parent / "checksums" / "osie.sha256"
 MIRROR = REPO_ROOT.parent / "shared" / "datasets" / "osie"
 ENV_VAR = "DGSTUDY_OSIE_DIR"
 FIXATIONS_FILE = "fixations.mat"
-PARSER_VERSION = 1
+PARSER_VERSION = 2
 
 
 def upstream_url(name: str, base_url: str = BASE_URL) -> str:
@@ -111,7 +111,7 @@ def parse_fixations_mat(path: Path, sizes_of: dict[str, tuple[int, int]] | None 
 
     Returns ``(image_names, columns)``: the image file names in file order, and a dict of
     equal-length arrays ``image`` (index into image_names), ``subject``, ``x``, ``y`` (dgstudy
-    convention), ``fix_index``, ``duration``. Raises DataError naming ``path`` on any
+    convention), ``fix_index``, ``duration``, plus ``n_trials`` (non-empty trials). Raises DataError naming ``path`` on any
     structural problem.
     """
     from scipy.io import loadmat
@@ -126,6 +126,7 @@ def parse_fixations_mat(path: Path, sizes_of: dict[str, tuple[int, int]] | None 
     if "fixations" not in mat:
         raise DataError(f"{path}: no variable 'fixations' (found {sorted(k for k in mat if not k.startswith('__'))})")
     names, cols = [], {k: [] for k in ("image", "subject", "x", "y", "fix_index", "duration")}
+    n_trials = 0
     for i, entry in enumerate(_cells(mat["fixations"])):
         if not (hasattr(entry, "img") and hasattr(entry, "subjects")):
             raise DataError(f"{path}: entry {i} of 'fixations' lacks the fields img/subjects")
@@ -141,6 +142,7 @@ def parse_fixations_mat(path: Path, sizes_of: dict[str, tuple[int, int]] | None 
                 raise DataError(f"{path}: image {name}, subject {s}: fixations of the wrong shape "
                                 f"(fix_x {fx.shape}, fix_y {fy.shape}, fix_duration {fd.shape})")
             k = np.arange(fx.size)
+            n_trials += fx.size > 0
             keep = k >= (0 if initial_fixation else 1)
             n = int(keep.sum())
             cols["image"].append(np.full(n, i))
@@ -151,7 +153,9 @@ def parse_fixations_mat(path: Path, sizes_of: dict[str, tuple[int, int]] | None 
             cols["duration"].append(fd[keep])
     if not names:
         raise DataError(f"{path}: 'fixations' is empty")
-    return names, {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+    out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+    out["n_trials"] = n_trials
+    return names, out
 
 
 def load_osie(local_dir: str | os.PathLike | None = None, download: bool = True,
@@ -195,7 +199,7 @@ def load_osie(local_dir: str | os.PathLike | None = None, download: bool = True,
                                       cols["fix_index"], duration=cols["duration"], sizes=sizes,
                                       origin=str(mat_path))
     notes = {
-        "initial_fixation": "kept" if initial_fixation else "dropped (first fixation of each trial)",
+        "initial_fixation": "kept" if initial_fixation else f"dropped ({cols['n_trials']} first fixations)",
         "dropped_outside": dropped,
         "onset": "unknown (fixations.mat has durations only)",
         "coordinates": "x = fix_x - 0.5, y = fix_y - 0.5 (MATLAB 1-based -> dgstudy)",

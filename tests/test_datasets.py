@@ -208,6 +208,17 @@ def test_real_osie_from_mirror(osie_dir, data_root):
     # first fixation of image 1001, subject 0 in fixations.mat is (395.5, 265.7), 246 ms
     np.testing.assert_allclose(full.fixations.iloc[0][["x", "y", "duration"]].to_numpy(float),
                                [395.0, 265.2, 246.0])
+    assert ds.notes["initial_fixation"] == "dropped (10500 first fixations)"
+    # independent route (as pysaliency reads it: no squeezing, explicit [0, 0] indexing)
+    raw = sio.loadmat(osie_dir / "fixations.mat")["fixations"].ravel()
+    ref = []
+    for i, e in enumerate(raw):
+        for s, subj in enumerate(e[0, 0]["subjects"].ravel()):
+            t = subj[0, 0]
+            for k, (x, y) in enumerate(zip(t["fix_x"].ravel(), t["fix_y"].ravel())):
+                ref.append((i, s, x - 0.5, y - 0.5, k))
+    np.testing.assert_allclose(full.fixations[["image", "subject", "x", "y", "fix_index"]].to_numpy(float),
+                               np.array(ref, float))
     sub = datasets.load("osie", local_dir=osie_dir, n_images=10)
     assert sub.name == "osie" and sub.n_images == 10 and sub.checksum != ds.checksum
     assert sub.image(0).shape == (600, 800, 3)
