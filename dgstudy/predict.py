@@ -194,6 +194,11 @@ class FeatureSpec:
     downsample: int
     dtype: str
     weights_sha256: str | None = None
+    autocast_bf16: bool = False
+
+    def key(self) -> tuple:
+        return (self.backbone, self.weights_sha256, tuple(self.layers), float(self.downsample), self.dtype,
+                self.autocast_bf16)
 
 
 class Predictor:
@@ -258,7 +263,8 @@ class Predictor:
         """The stacked readout input (C, h, w) float32, exactly as the feature store gives it."""
         from . import features as F
 
-        feats = F.compute(self.backbone, rgb, self.spec.layers, self.spec.downsample, self.spec.dtype)
+        feats = F.compute(self.backbone, rgb, self.spec.layers, self.spec.downsample, self.spec.dtype,
+                          autocast_bf16=self.spec.autocast_bf16)
         return F.stack_layers(feats, self.spec.layers)
 
     def log_densities_per_fold(self, image) -> list[np.ndarray]:
@@ -345,32 +351,42 @@ def _read_json(path: Path) -> dict:
         raise DataError(f"{path}: not valid JSON ({e})") from e
 
 
-def recorded_weights_sha256(fold_dir: Path, cfg) -> str | None:
-    """The backbone-weights hash recorded with a fold: its config, the run config or its feature store."""
-    for source in (_cfg_get(cfg, "weights_sha256"),
-                   _read_json(fold_dir / "config.json").get("weights_sha256"),
-                   _read_json(fold_dir.parent / "config.json").get("weights_sha256")):
-        if source:
-            return str(source)
-    fp = _cfg_get(cfg, "feature_path")
+def recorded_store_attrs(fold_dir: Path, cfg) -> dict:
+    """The feature-store attributes a fold was trained on (backbone, weights_sha256, layers, ...).
+
+    From ``fold_XX/config.json`` (``store_attrs``, written by training), else from the feature
+    store itself if it is still there; ``{}`` if neither is available.
+    """
+    info = _read_json(fold_dir / "config.json")
+    if info.get("store_attrs"):
+        return dict(info["store_attrs"])
+    fp = info.get("feature_path") or _cfg_get(cfg, "feature_path")
     if fp and Path(fp).exists():
         from .features import FeatureStore
-        return FeatureStore(fp).attrs.get("weights_sha256")
-    return None
+        return dict(FeatureStore(fp).attrs)
+    return {}
 
 
-def _feature_spec(fold_dir: Path, cfg, backbone) -> FeatureSpec:
-    layers = _cfg_get(cfg, "layers")
-    fp = _cfg_get(cfg, "feature_path")
-    if not layers and fp and Path(fp).exists():
-        from .features import FeatureStore
-        layers = FeatureStore(fp).attrs.get("layers")
+def feature_spec(fold_dir: Path, cfg, default_layers: Sequence[str] | None = None) -> FeatureSpec:
+    """How fold ``fold_dir`` made its features: the recorded store attributes win over the config."""
+    attrs = recorded_store_attrs(fold_dir, cfg)
+    layers = _cfg_get(cfg, "layers") or attrs.get("layers") or default_layers
     if not layers:
-        layers = list(backbone.default_layers)
-    return FeatureSpec(backbone=str(_cfg_get(cfg, "backbone")), layers=[str(l) for l in layers],
-                       downsample=int(_cfg_get(cfg, "downsample")),
-                       dtype=str(_cfg_get(cfg, "feature_dtype")),
-                       weights_sha256=recorded_weights_sha256(fold_dir, cfg))
+        raise DataError(f"{fold_dir}: the run records no feature layers")
+    return FeatureSpec(backbone=str(attrs.get("backbone") or _cfg_get(cfg, "backbone")),
+                       layers=[str(l) for l in layers],
+                       downsample=attrs.get("downsample", _cfg_get(cfg, "downsample")),
+                       dtype=str(attrs.get("dtype") or _cfg_get(cfg, "feature_dtype")),
+                       weights_sha256=attrs.get("weights_sha256"),
+                       autocast_bf16=bool(attrs.get("autocast_bf16", False)))
+
+
+def _backbone_options(spec: FeatureSpec) -> dict:
+    """Builder options implied by the recorded hash (the seed of a randomly initialised network)."""
+    h = spec.weights_sha256 or ""
+    if h.startswith("random-seed") and ":" in h:
+        return {"seed": int(h[len("random-seed"):h.index(":")])}
+    return {}
 
 
 def load_model(run, fold: int | Sequence[int] | None = None, center_bias="training",
@@ -381,43 +397,44 @@ def load_model(run, fold: int | Sequence[int] | None = None, center_bias="traini
     ``results/``, one fold folder ``results/<run>/fold_XX/`` or its ``model.pt``. ``fold``: restrict a
     run folder to one fold (or a list of folds). ``center_bias``: ``'training'`` | ``'uniform'`` | an
     (H, W) log-density array | a callable ``(h, w) -> log-density``. ``weights``: passed to
-    ``dgstudy.backbones.get`` (a local weights file); the backbone is rebuilt from the recorded
-    configuration and its weights hash must equal the recorded one (else :class:`DataError`).
+    ``dgstudy.backbones.get`` (a local weights file). The backbone is rebuilt from the recorded
+    feature configuration (backbone, layers, downsample, dtype) and its weights hash must equal the
+    recorded one (else :class:`DataError`).
     """
     from . import backbones
     from .training import load_fold
 
     run_dir, fold_dirs = find_fold_dirs(run, fold)
     members, specs = [], []
-    backbone = None
     for d in fold_dirs:
         model, cfg, cb = load_fold(d)
-        model = model.to(device).eval()
-        if backbone is None:
-            backbone = backbones.get(str(_cfg_get(cfg, "backbone")), weights=weights, device=device)
-        specs.append(_feature_spec(d, cfg, backbone))
-        members.append(FoldMember(name=d.name, model=model, center_bias=cb))
+        backbone_name = str(_cfg_get(cfg, "backbone"))
+        specs.append(feature_spec(d, cfg, backbones.default_layers(backbone_name)))
+        members.append(FoldMember(name=d.name, model=model.to(device).eval(), center_bias=cb))
     spec = specs[0]
     for d, s in zip(fold_dirs, specs):
-        if (s.backbone, s.layers, s.downsample, s.dtype) != (spec.backbone, spec.layers, spec.downsample, spec.dtype):
-            raise DataError(f"{d}: its features ({s}) differ from {fold_dirs[0]} ({spec}); "
-                            "the folds of one ensemble must share backbone, layers, downsample and dtype")
-    check_backbone_weights(backbone, specs, fold_dirs)
+        if s.key() != spec.key():
+            raise DataError(f"{d}: its features ({s}) differ from those of {fold_dirs[0]} ({spec}); "
+                            "the folds of one ensemble must share backbone, weights, layers, downsample "
+                            "and dtype")
+    backbone = backbones.get(spec.backbone, weights=weights, device=device, **_backbone_options(spec))
+    check_backbone_weights(backbone, spec, fold_dirs)
     return Predictor(members, backbone, spec, center_bias=center_bias, device=device, run_dir=run_dir)
 
 
-def check_backbone_weights(backbone, specs: list[FeatureSpec], fold_dirs: list[Path]) -> None:
-    """Raise DataError unless the rebuilt backbone's weights hash equals the one each fold recorded."""
+def check_backbone_weights(backbone, spec: FeatureSpec, fold_dirs: Sequence[Path]) -> None:
+    """Raise DataError unless the rebuilt backbone's weights hash equals the recorded one."""
     have = getattr(backbone, "weights_sha256", None)
-    for d, s in zip(fold_dirs, specs):
-        if s.weights_sha256 is None:
-            warnings.warn(f"{d}: no backbone weights hash recorded; cannot verify the "
-                          f"{s.backbone} weights (using {have})")
-            continue
-        if have != s.weights_sha256:
-            raise DataError(f"{d}: the run was trained on {s.backbone} features with weights "
-                            f"sha256={s.weights_sha256}, but the backbone loaded here has sha256={have}; "
-                            "install the weights the run was trained with")
+    where = fold_dirs[0] if len(fold_dirs) == 1 else fold_dirs[0].parent
+    if spec.weights_sha256 is None:
+        warnings.warn(f"{where}: no backbone weights hash recorded (fold config.json has no store_attrs "
+                      f"and the feature store is gone); cannot verify the {spec.backbone} weights")
+        return
+    if have != spec.weights_sha256:
+        raise DataError(f"{where}: the run was trained on {spec.backbone} features from weights with "
+                        f"sha256 {spec.weights_sha256}, but the backbone loaded here has sha256 {have} "
+                        f"({getattr(backbone, 'weights_source', '?')}); give the weights the run was "
+                        "trained with")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -780,14 +797,20 @@ def run_predict_command(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+SUMMARY_KEYS = ("n_images", "n_fixations", "LL", "IG", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM")
+
+
 def format_summary(summary: dict) -> str:
-    """A two-column text table of the scalar metrics."""
-    rows = [(k, v) for k, v in summary.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)]
-    width = max(len(k) for k, _ in rows) if rows else 0
-    lines = []
-    for k, v in rows:
-        text = f"{v:d}" if isinstance(v, (int, np.integer)) else f"{float(v):.4f}"
-        lines.append(f"  {k:<{width}}  {text}")
+    """The headline metrics as a text table (LL, IG in bits/fixation; averages as in metrics.py)."""
+    conv = summary.get("conventions", {}) if isinstance(summary.get("conventions"), dict) else {}
+    lines = [f"  {'metric':<12} {'value':>10}  average"]
+    for k in SUMMARY_KEYS:
+        v = summary.get(k)
+        if v is None or (isinstance(v, float) and not np.isfinite(v)):
+            continue
+        text = f"{int(v):d}" if k.startswith("n_") else f"{float(v):.4f}"
+        unit = " bits/fix" if k in ("LL", "IG") else ""
+        lines.append(f"  {k:<12} {text:>10}  {conv.get(k, '')}{unit}")
     return "\n".join(lines)
 
 

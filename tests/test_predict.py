@@ -238,7 +238,7 @@ def test_bad_images_and_rows_fail_alone_with_nonzero_exit(tmp_path, monkeypatch,
     paths = _write_images(tmp_path / "im", n=2, h=10, w=10)
     (tmp_path / "im" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
     csv = tmp_path / "fix.csv"
-    csv.write_text("image,x,y\nimg0,5,5\nimg1,11,5\ncorrupt,1,1\n")
+    csv.write_text("image,x,y\nimg0,5,5\nimg1,11,5\ncorrupt,1,1\nimg1,2,2\n")
     monkeypatch.setattr(predict, "load_model", lambda *a, **k: FixedModel(predict.uniform_log_density))
     code = predict.main([str(tmp_path / "im"), "--model", "whatever", "--out", str(tmp_path / "out"),
                          "--fixations", str(csv), "--no-plot"])
@@ -247,7 +247,7 @@ def test_bad_images_and_rows_fail_alone_with_nonzero_exit(tmp_path, monkeypatch,
     assert "corrupt.jpg: image does not decode" in err
     assert "fix.csv: line 3" in err and "outside the 10x10 image" in err
     assert (tmp_path / "out" / "img0.npy").exists() and (tmp_path / "out" / "img1.npy").exists()
-    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["summary"]["n_fixations"] == 1
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["summary"]["n_fixations"] == 2
 
 
 def test_cli_registers_on_subparsers():
@@ -262,3 +262,138 @@ def test_cli_registers_on_subparsers():
     assert (args.images, args.model, args.fold, args.center_bias, args.device) == \
         (["a.png", "b"], "results/x", 2, "uniform", "cuda")
     assert "pixel centres at +0.5" in sub.choices["predict"].format_help()
+
+
+# ------------------------------------------------------------------------------------------------
+# a real trained run: load_model reproduces the training evaluation; the ensemble
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 3-fold run on 9 synthetic 96x128 images, efficientnet_lite0 features, 2 epochs.
+
+    Torch runs single-threaded here (restored afterwards): on this shared 2-core machine the tiny
+    convolutions are many times faster without thread contention.
+    """
+    import torch
+
+    from dgstudy import features, training
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("predict_run")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DGSTUDY_DATA", str(root / "data"))
+    mp.setenv("DGSTUDY_RESULTS", str(root / "results"))
+    cfg = training.TrainConfig(dataset="synthetic", n_images=9, backbone="efficientnet_lite0",
+                               dataset_options={"size": [96, 128], "seed": 3, "n_subjects": 4,
+                                                "fixations_per_subject": 6},
+                               folds=3, max_epochs=2, patience=2, batch_size=4, run="tiny")
+    ds = training.load_dataset(cfg)
+    features.extract(ds, cfg.backbone, downsample=cfg.downsample, out=training.feature_path(cfg, ds),
+                     progress=False)
+    run_dir = training.train_crossval(cfg, progress=False)
+    yield run_dir, ds, training.CrossValModel(run_dir)
+    mp.undo()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ensemble(tiny_run):
+    return predict.load_model(tiny_run[0])
+
+
+def test_one_fold_reproduces_the_training_evaluation_exactly(tiny_run, ensemble):
+    run_dir, ds, cvm = tiny_run
+    # every way of naming one fold: run + fold, the fold folder, its checkpoint file
+    for k, how in [(0, dict(run=run_dir, fold=0)), (1, dict(run=run_dir / "fold_01")),
+                   (2, dict(run=run_dir / "fold_02" / "model.pt"))]:
+        one = predict.load_model(**how)
+        assert [m.name for m in one.members] == [f"fold_{k:02d}"]
+        for i in np.flatnonzero(cvm.fold_of == k):
+            got = one.log_density(ds.stimuli[i])             # from the file, features recomputed
+            np.testing.assert_array_equal(got.astype(np.float64), cvm.log_density(i))
+    # the ensemble's per-fold predictions are those single folds
+    i = int(np.flatnonzero(cvm.fold_of == 1)[0])
+    np.testing.assert_array_equal(ensemble.log_densities_per_fold(ds.stimuli[i])[1].astype(np.float64),
+                                  cvm.log_density(i))
+
+
+def test_ensemble_is_the_average_of_fold_densities(tiny_run, ensemble, tmp_path):
+    run_dir, ds, cvm = tiny_run
+    assert len(ensemble.members) == 3
+    # a new image of another size and aspect ratio, given as an array
+    img = np.random.default_rng(5).integers(0, 256, size=(70, 45, 3), dtype=np.uint8)
+    per_fold = ensemble.log_densities_per_fold(img)
+    by_hand = logsumexp(np.stack([p.astype(np.float64) for p in per_fold]), axis=0) - math.log(3)
+    got = ensemble.log_density(img)
+    assert got.shape == (70, 45)
+    np.testing.assert_allclose(got, by_hand, rtol=0, atol=1e-6)
+    assert abs(np.exp(got.astype(np.float64)).sum() - 1) < 1e-5
+    assert np.abs(per_fold[0] - per_fold[1]).max() > 1e-4          # the folds do differ
+    # the centre bias: each fold's own training centre bias, rescaled; uniform on request
+    from dgstudy.baselines import CenterBias
+    cb0 = CenterBias.from_dict(json.loads((run_dir / "fold_00" / "center_bias.json").read_text()))
+    np.testing.assert_allclose(ensemble._member_center_bias(ensemble.members[0], 70, 45),
+                               cb0.log_density_for_size(70, 45))
+    uni = predict.Predictor(ensemble.members, ensemble.backbone, ensemble.spec, center_bias="uniform")
+    assert np.abs(uni.log_density(img) - got).max() > 1e-4
+    given = predict.Predictor(ensemble.members, ensemble.backbone, ensemble.spec,
+                              center_bias=lambda h, w: predict.uniform_log_density(h, w))
+    np.testing.assert_array_equal(given.log_density(img), uni.log_density(img))
+
+
+def test_grayscale_and_rgba_files_predict_like_their_rgb(ensemble, tmp_path):
+    g = np.random.default_rng(2).integers(0, 256, size=(40, 60), dtype=np.uint8)
+    Image.fromarray(g, mode="L").save(tmp_path / "g.png")
+    rgba = np.dstack([np.repeat(g[..., None], 3, 2), np.full_like(g, 255)])
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    ref = ensemble.log_density(np.repeat(g[..., None], 3, 2))
+    np.testing.assert_array_equal(ensemble.log_density(tmp_path / "g.png"), ref)
+    np.testing.assert_array_equal(ensemble.log_density(str(tmp_path / "a.png")), ref)
+
+
+def test_weights_hash_mismatch_is_a_clear_error(tiny_run, tmp_path):
+    import shutil
+
+    run_dir = tiny_run[0]
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    cfg_path = copy / "fold_00" / "config.json"
+    info = json.loads(cfg_path.read_text())
+    info["store_attrs"]["weights_sha256"] = "0" * 64
+    cfg_path.write_text(json.dumps(info))
+    with pytest.raises(DataError, match="sha256 0000000000"):
+        predict.load_model(copy / "fold_00")
+    with pytest.raises(DataError, match="differ"):
+        predict.load_model(copy)                                  # folds disagree on the weights
+    with pytest.raises(DataError, match="not trained"):
+        predict.load_model(copy, fold=7)
+
+
+def test_cli_on_a_trained_run(tiny_run, tmp_path, capsys):
+    import dgstudy
+
+    run_dir, ds, cvm = tiny_run
+    assert dgstudy.load_model is predict.load_model
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        (images / f"s{i}.png").write_bytes(open(ds.stimuli[i], "rb").read())
+    fx = ds.fixations[ds.fixations["image"] < 3]
+    csv = tmp_path / "fix.csv"
+    pd.DataFrame({"image": [f"s{i}.png" for i in fx["image"]], "x": fx["x"], "y": fx["y"],
+                  "subject": fx["subject"]}).to_csv(csv, index=False)
+    out = tmp_path / "out"
+    code = predict.main([str(images), "--model", str(run_dir), "--fold", "0", "--out", str(out),
+                         "--fixations", str(csv)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "IG" in printed and "AUC" in printed
+    for i in range(3):
+        saved = np.load(out / f"s{i}.npy")
+        assert saved.dtype == np.float32 and saved.shape == tuple(ds.sizes[i])
+        if cvm.fold_of[i] == 0:
+            np.testing.assert_array_equal(saved.astype(np.float64), cvm.log_density(i))
+        assert (out / f"s{i}.png").exists()
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["summary"]["n_fixations"] == len(fx) and np.isfinite(ev["summary"]["IG"])
