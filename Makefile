@@ -40,6 +40,40 @@ test: env
 smoke: env
 	$(MAKE) --no-print-directory reproduce PROFILE=smoke
 
+# -- the notebook chain: `make reproduce` (owner: dgstudy/study.py) ------------------------------
+# results/<tag>/NN_x.ipynb is rebuilt only when its notebook, the profile yaml or a dgstudy source
+# changed, or an earlier notebook was rebuilt (the library itself skips finished extraction and
+# folds). papermill writes to <target>.running.ipynb, renamed into place only on success, so a
+# failed or interrupted notebook never counts as up to date; the failed copy keeps the error.
+# <tag> = PROFILE, or PROFILE-BACKBONE when BACKBONE is not the profile's own backbone.
+PROFILE_YAML = dgstudy/profiles/$(PROFILE).yaml
+PROFILE_BACKBONE = $(shell sed -n 's/^backbone:[[:space:]]*\([^[:space:]#]*\).*/\1/p' $(PROFILE_YAML))
+OUT_TAG = $(PROFILE)$(if $(and $(BACKBONE),$(filter-out $(PROFILE_BACKBONE),$(BACKBONE))),-$(BACKBONE))
+OUT_DIR = results/$(OUT_TAG)
+NOTEBOOKS := $(sort $(wildcard notebooks/0[1-6]_*.ipynb))
+DGSTUDY_SOURCES := $(wildcard dgstudy/*.py dgstudy/*/*.py)
+PAPERMILL_FLAGS = -f $(PROFILE_YAML) $(if $(BACKBONE),-p backbone $(BACKBONE)) --cwd $(CURDIR) -k python3 $(PAPERMILL_ARGS)
+
+reproduce: env
+	@test -f $(PROFILE_YAML) || { echo "unknown PROFILE=$(PROFILE): no $(PROFILE_YAML)"; exit 2; }
+	$(PY) -m dgstudy.study preflight --profile $(PROFILE) $(if $(BACKBONE),--backbone $(BACKBONE))
+	@$(MAKE) --no-print-directory notebooks PROFILE=$(PROFILE) BACKBONE=$(BACKBONE)
+	@echo "done: executed notebooks in $(OUT_DIR)/, figures in figures/$(OUT_TAG)/"
+
+# one rule per notebook, each depending on the one before it
+define NOTEBOOK_RULE
+$(OUT_DIR)/$(notdir $(1)): $(1) $(PROFILE_YAML) $(DGSTUDY_SOURCES) $(2)
+	@mkdir -p $$(@D)
+	@echo "== $$< -> $$@"
+	@$(PY) -m papermill $$< $$@.running.ipynb $(PAPERMILL_FLAGS) || { \
+	  echo "FAILED: $$< (the executed copy with the error: $$@.running.ipynb)"; exit 1; }
+	@mv $$@.running.ipynb $$@
+endef
+$(foreach nb,$(NOTEBOOKS),$(eval $(call NOTEBOOK_RULE,$(nb),$(if $(prev),$(OUT_DIR)/$(notdir $(prev))))$(eval prev := $(nb))))
+
+.PHONY: notebooks
+notebooks: $(addprefix $(OUT_DIR)/,$(notdir $(NOTEBOOKS)))
+
 bench: env
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 

@@ -30,7 +30,7 @@ i.e. 1/16 of the stimulus after the factor-2 downsampling. For VGG-19 the defaul
 
 Storage (float16): the layers outside the paper set cost about 14 MB per MIT1003 image
 (1024x768 -> 512x384 input), i.e. about 14 GB for MIT1003 and 6 GB for OSIE; they go to a store of
-their own (:func:`ablation_store_path`). For other backbones the grid is derived from
+their own (``features.default_store_path`` with those layers). For other backbones the grid is derived from
 ``backbone.strides``: the last layer of every stride group >= 8 (the block outputs), the deepest
 group as a block, and the backbone's default set. The ``smoke`` grid is the default set and the
 deepest single layer.
@@ -38,7 +38,6 @@ deepest single layer.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from dataclasses import dataclass, replace
@@ -348,13 +347,6 @@ CENTER_BIAS_CONDITIONS = {
 }
 
 
-def ablation_store_path(main_store: Path, layers) -> Path:
-    """The feature store for ablation layers: beside the main store, named by a hash of the layers."""
-    key = hashlib.sha256(" ".join(sorted(layers)).encode()).hexdigest()[:8]
-    main_store = Path(main_store)
-    return main_store.with_name(f"{main_store.stem}-ablation-{key}{main_store.suffix}")
-
-
 def train_condition(cfg, run: str, **overrides) -> Path:
     """Train (or resume / reuse) the cross-validated run ``run``: ``cfg`` with ``overrides``."""
     from .training import train_crossval
@@ -365,8 +357,9 @@ def train_condition(cfg, run: str, **overrides) -> Path:
 def run_layer_ablation(params: dict, grid: dict[str, list[str]], dataset=None, backbone=None) -> dict:
     """Train every condition of ``grid``; returns {condition: run directory}.
 
-    Layers missing from the main feature store are extracted once into an ablation store
-    (:func:`ablation_store_path`); the condition whose layers equal the main run's reuses the main run.
+    Layers missing from the main feature store are extracted once into a store of their own
+    (``features.default_store_path(..., layers=<those layers>)``, named by a hash of the layers);
+    the condition whose layers equal the main run's reuses the main run.
     """
     from . import backbones, datasets, features
     from .training import TrainConfig
@@ -378,12 +371,20 @@ def run_layer_ablation(params: dict, grid: dict[str, list[str]], dataset=None, b
     backbone = backbone or backbones.get(params["backbone"], device=params["device"])
     main_layers = main_layers or list(backbone.default_layers)
     main_store = Path(cfg.feature_path) if cfg.feature_path else features.default_store_path(
-        dataset, backbone, params["downsample"])
-    have = set(features.FeatureStore(main_store).layers) if main_store.exists() else set(main_layers)
-    extra = sorted({layer for ls in grid.values() for layer in ls} - have)
+        dataset, backbone, params["downsample"], layers=params.get("layers"),
+        dtype=params["feature_dtype"])
+    if main_store.exists():
+        with features.FeatureStore(main_store) as store:
+            have = set(store.layers)
+    else:   # training will say that the main store is missing
+        have = set(main_layers)
+    # every condition reads one store: the main one if it has all its layers, else the ablation
+    # store, which holds all layers of all such conditions (so some layers may be stored twice)
+    extra = sorted({layer for ls in grid.values() if not set(ls) <= have for layer in ls})
     extra_store = None
     if extra:
-        extra_store = ablation_store_path(main_store, extra)
+        extra_store = features.default_store_path(dataset, backbone, params["downsample"], layers=extra,
+                                                  dtype=params["feature_dtype"])
         features.extract(dataset, backbone, layers=extra, downsample=params["downsample"],
                          dtype=params["feature_dtype"], device=params["device"], out=extra_store)
     runs = {}
@@ -392,11 +393,8 @@ def run_layer_ablation(params: dict, grid: dict[str, list[str]], dataset=None, b
             runs[cond] = train_condition(cfg, params["run"])
             continue
         store = main_store if set(layers) <= have else extra_store
-        if store is extra_store and not set(layers) <= set(extra):
-            raise ValueError(f"condition {cond!r} mixes layers of the main store and the ablation "
-                             f"store ({layers}); give it layers from one store")
         runs[cond] = train_condition(cfg, f"{params['run']}-layers-{cond}", layers=list(layers),
-                                     feature_path=store)
+                                     feature_path=str(store))
     return runs
 
 
