@@ -1,0 +1,272 @@
+"""The DeepGaze II model (Kümmerer, Wallis & Bethge 2016) on precomputed features.
+
+Pipeline (each step is a named, separately switchable piece)::
+
+    features (B, C, h, w)                 frozen backbone maps, stacked on one grid
+      -> standardise per channel          ``.feature_mean`` / ``.feature_std`` buffers (set from
+                                          the training images; identity by default)
+      -> .readout                         1x1 convolutions: DeepGaze II 16, 32, 2, 1 channels with a
+                                          pointwise nonlinearity after each hidden layer (ReLU as in
+                                          the paper, or softplus + channel layer norm as in the
+                                          authors' later code); DeepGaze I: one linear 1x1 conv
+      -> .finalizer.resize                bilinear to the *reduced* grid, H/f x W/f with
+                                          f = ``saliency_map_factor`` (as DeepGaze's Finalizer)
+      -> .blur                            separable Gaussian, learned width ``.blur.sigma`` in
+                                          pixels of the reduced grid (so stimulus px = sigma * f)
+      -> .center_bias                     + ``.center_bias.weight`` x log centre bias (the log
+                                          centre bias is area-averaged down to the reduced grid)
+      -> .finalizer                       bilinear up to the stimulus size H x W, log-softmax over
+                                          all H*W pixels
+
+The output is a natural-log density over the stimulus pixels: ``logsumexp(out[b]) == 0``.
+The blur and the centre bias act on the readout map *before* the softmax (in log space), as in
+the paper. Computing them at 1/f resolution keeps the cost low; the final bilinear upsampling
+is smooth, and the normalisation is done at full resolution so the output is exactly normalised.
+
+Pixel convention: output[b, i, j] is the log-probability of pixel (row i, column j), i.e. of a
+fixation with ``floor(y) == i`` and ``floor(x) == j`` (see :mod:`dgstudy.datasets`).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+READOUT_CHANNELS = (16, 32, 2, 1)   # the paper's readout network
+
+
+class ChannelLayerNorm(nn.Module):
+    """Layer norm over the channel axis of (B, C, h, w), separately at every position."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=eps)
+
+    def forward(self, x):
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def make_readout(in_channels: int, readout: str = "deepgaze2", nonlinearity: str = "relu"
+                 ) -> nn.Sequential:
+    """The readout network as a named ``nn.Sequential`` (``conv0``, ``act0``, ... ``conv3``).
+
+    ``readout='deepgaze2'``: 1x1 convs with 16, 32, 2, 1 output channels; after each of the
+    first three, ``nonlinearity`` = ``'relu'`` (paper) or ``'softplus_layernorm'`` (channel layer
+    norm, then softplus; also a layer norm on the input). The last conv is linear.
+    ``readout='deepgaze1'``: a single linear 1x1 conv to one channel (DeepGaze I).
+    """
+    layers: list[tuple[str, nn.Module]] = []
+    if readout == "deepgaze1":
+        layers.append(("conv0", nn.Conv2d(in_channels, 1, 1)))
+        return nn.Sequential(OrderedDict(layers))
+    if readout != "deepgaze2":
+        raise ValueError(f"readout must be 'deepgaze2' or 'deepgaze1', got {readout!r}")
+    if nonlinearity not in ("relu", "softplus_layernorm"):
+        raise ValueError(f"nonlinearity must be 'relu' or 'softplus_layernorm', got {nonlinearity!r}")
+    if nonlinearity == "softplus_layernorm":
+        layers.append(("norm_in", ChannelLayerNorm(in_channels)))
+    c_in = in_channels
+    for k, c_out in enumerate(READOUT_CHANNELS):
+        layers.append((f"conv{k}", nn.Conv2d(c_in, c_out, 1)))
+        if k < len(READOUT_CHANNELS) - 1:
+            if nonlinearity == "relu":
+                layers.append((f"act{k}", nn.ReLU()))
+            else:
+                layers.append((f"norm{k}", ChannelLayerNorm(c_out)))
+                layers.append((f"act{k}", nn.Softplus()))
+        c_in = c_out
+    return nn.Sequential(OrderedDict(layers))
+
+
+class GaussianBlur(nn.Module):
+    """Separable Gaussian blur of (B, C, h, w) with a learnable width ``sigma`` (pixels).
+
+    The kernel is sampled at integer offsets up to ``radius = int(truncate * sigma + 0.5)`` (as
+    ``scipy.ndimage.gaussian_filter``; at least 1, at most the map's side) and normalised to sum 1, so constant maps are unchanged.
+    Borders are padded by replication (no darkening towards the edges). The gradient with
+    respect to ``sigma`` is exact for the sampled kernel (the radius is piecewise constant).
+    """
+
+    def __init__(self, sigma: float = 8.0, learn_sigma: bool = True, truncate: float = 3.0,
+                 min_sigma: float = 1e-2):
+        super().__init__()
+        self.sigma = nn.Parameter(torch.tensor(float(sigma)), requires_grad=learn_sigma)
+        self.truncate = truncate
+        self.min_sigma = min_sigma
+
+    def kernel(self, size_limit: int, dtype, device) -> torch.Tensor:
+        sigma = self.sigma.to(dtype).clamp(min=self.min_sigma)
+        radius = int(self.truncate * float(sigma.detach()) + 0.5)   # as scipy.ndimage
+        radius = max(1, min(radius, size_limit))
+        t = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+        k = torch.exp(-0.5 * (t / sigma) ** 2)
+        return k / k.sum()
+
+    def matrix(self, n: int, dtype, device) -> torch.Tensor:
+        """(n, n) matrix M with ``blur_1d(v) = v @ M`` for a length-n signal, borders replicated."""
+        k = self.kernel(n, dtype, device)
+        r = (len(k) - 1) // 2
+        j = torch.arange(n, device=device)
+        t = torch.arange(-r, r + 1, device=device)
+        src = (j[None, :] + t[:, None]).clamp(0, n - 1)          # (2r+1, n): input index per tap
+        m = torch.zeros(n, n, dtype=dtype, device=device)
+        return m.index_put((src.reshape(-1), j.repeat(len(k))), k[:, None].expand(-1, n).reshape(-1),
+                           accumulate=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Two small matrix products (rows, then columns): much faster on CPU than depthwise
+        # convolutions, in particular their backward pass, and exact replicate padding.
+        h, w = x.shape[-2:]
+        x = x @ self.matrix(w, x.dtype, x.device)
+        return self.matrix(h, x.dtype, x.device).transpose(0, 1) @ x
+
+    def extra_repr(self) -> str:
+        return f"sigma={float(self.sigma):.3f}, learn_sigma={self.sigma.requires_grad}"
+
+
+class CenterBiasTerm(nn.Module):
+    """Adds ``weight * log_center_bias`` to a map.
+
+    ``mode='learned'``: ``weight`` is trained; ``'fixed'``: kept at its initial value;
+    ``'none'``: nothing is added (the model ignores the centre bias).
+    """
+
+    def __init__(self, mode: str = "learned", weight: float = 1.0):
+        super().__init__()
+        if mode not in ("learned", "fixed", "none"):
+            raise ValueError(f"center_bias must be 'learned', 'fixed' or 'none', got {mode!r}")
+        self.mode = mode
+        self.weight = nn.Parameter(torch.tensor(float(weight)), requires_grad=mode == "learned")
+
+    def forward(self, x: torch.Tensor, log_center_bias: torch.Tensor | None) -> torch.Tensor:
+        """``x``: (B, 1, h, w); ``log_center_bias``: (B, 1, h, w) (or broadcastable)."""
+        if self.mode == "none":
+            return x
+        if log_center_bias is None:
+            raise ValueError(f"center_bias={self.mode!r} needs a log centre bias")
+        return x + self.weight.to(x.dtype) * log_center_bias
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, weight={float(self.weight):.3f}"
+
+
+class Finalizer(nn.Module):
+    """Resolution handling and normalisation: reduced grid size, resizing, log-softmax.
+
+    The reduced grid is ``(max(1, round(H / f)), max(1, round(W / f)))`` for ``f =
+    saliency_map_factor``; maps are resized bilinearly (``align_corners=False``), the log centre
+    bias is area-averaged onto it. ``forward`` upsamples a (B, 1, h', w') map to (H, W) and
+    returns its log-softmax over all pixels, shape (B, H, W).
+    """
+
+    def __init__(self, saliency_map_factor: int = 4):
+        super().__init__()
+        if saliency_map_factor < 1:
+            raise ValueError(f"saliency_map_factor must be >= 1, got {saliency_map_factor}")
+        self.saliency_map_factor = saliency_map_factor
+
+    def reduced_size(self, height: int, width: int) -> tuple[int, int]:
+        f = self.saliency_map_factor
+        return max(1, round(height / f)), max(1, round(width / f))
+
+    @staticmethod
+    def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    @staticmethod
+    def downscale(log_center_bias: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, H, W) -> (B, 1, h', w') by area averaging (of the log values)."""
+        x = log_center_bias[:, None]
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return F.interpolate(x, size=size, mode="area")
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        x = self.resize(x, size)[:, 0]
+        b = x.shape[0]
+        return torch.log_softmax(x.reshape(b, -1), dim=1).reshape(b, *size)
+
+    def extra_repr(self) -> str:
+        return f"saliency_map_factor={self.saliency_map_factor}"
+
+
+class DeepGazeII(nn.Module):
+    """DeepGaze II on precomputed features (see the module docstring for the pipeline).
+
+    ``forward(features (B, C, h, w), log_center_bias (B, H, W)) -> (B, H, W)`` natural-log density
+    over the stimulus pixels. ``log_center_bias`` fixes the output size; with
+    ``center_bias='none'`` it may be ``None`` only if ``out_size=(H, W)`` is given.
+
+    ``hparams`` holds the constructor arguments (JSON-able) so a saved state dict can be
+    rebuilt with ``DeepGazeII(**hparams)``.
+    """
+
+    def __init__(self, in_channels: int, readout: str = "deepgaze2", nonlinearity: str = "relu",
+                 center_bias: str = "learned", center_bias_weight: float = 1.0,
+                 blur_sigma: float = 8.0, saliency_map_factor: int = 4, learn_sigma: bool = True):
+        super().__init__()
+        self.hparams = dict(in_channels=in_channels, readout=readout, nonlinearity=nonlinearity,
+                            center_bias=center_bias, center_bias_weight=center_bias_weight,
+                            blur_sigma=blur_sigma, saliency_map_factor=saliency_map_factor,
+                            learn_sigma=learn_sigma)
+        self.register_buffer("feature_mean", torch.zeros(in_channels))
+        self.register_buffer("feature_std", torch.ones(in_channels))
+        self.readout = make_readout(in_channels, readout, nonlinearity)
+        self.blur = GaussianBlur(blur_sigma, learn_sigma=learn_sigma)
+        self.center_bias = CenterBiasTerm(center_bias, center_bias_weight)
+        self.finalizer = Finalizer(saliency_map_factor)
+
+    def set_feature_normalization(self, mean, std) -> None:
+        """Standardise each input channel as (x - mean) / std (std floored at 1e-6)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1).clamp(min=1e-6)
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
+
+    def readout_weights(self) -> list[torch.Tensor]:
+        """The readout's convolution weights (the L1 penalty's target; biases excluded)."""
+        return [m.weight for m in self.readout if isinstance(m, nn.Conv2d)]
+
+    def saliency_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Standardised features through the readout: (B, 1, h, w)."""
+        x = (features - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)
+        return self.readout(x)
+
+    def forward(self, features: torch.Tensor, log_center_bias: torch.Tensor | None,
+                out_size: tuple[int, int] | None = None) -> torch.Tensor:
+        if features.dim() != 4 or features.shape[1] != self.hparams["in_channels"]:
+            raise ValueError(f"features must be (B, {self.hparams['in_channels']}, h, w), "
+                             f"got {tuple(features.shape)}")
+        features = features.to(self.feature_mean.dtype)
+        if log_center_bias is not None:
+            log_center_bias = log_center_bias.to(features.dtype)
+            if log_center_bias.dim() == 2:
+                log_center_bias = log_center_bias.expand(features.shape[0], *log_center_bias.shape)
+            size = tuple(log_center_bias.shape[-2:])
+        elif out_size is not None:
+            size = tuple(out_size)
+        else:
+            raise ValueError("give log_center_bias (B, H, W) or out_size=(H, W)")
+        small = self.finalizer.reduced_size(*size)
+        x = self.finalizer.resize(self.saliency_logits(features), small)
+        x = self.blur(x)
+        cb = None if log_center_bias is None or self.center_bias.mode == "none" \
+            else self.finalizer.downscale(log_center_bias, small)
+        x = self.center_bias(x, cb)
+        return self.finalizer(x, size)
+
+
+def DeepGazeI(in_channels: int, **kw) -> DeepGazeII:
+    """DeepGaze I: the same machinery as :class:`DeepGazeII` with a linear readout."""
+    kw.setdefault("readout", "deepgaze1")
+    return DeepGazeII(in_channels, **kw)
+
+
+def build(hparams: dict) -> DeepGazeII:
+    """Rebuild a model from its ``hparams`` (as saved next to the state dict)."""
+    return DeepGazeII(**hparams)

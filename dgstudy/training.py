@@ -1,0 +1,531 @@
+"""Cross-validated training of the DeepGaze readout on stored features.
+
+What happens (``train_crossval``)
+---------------------------------
+1. The dataset is loaded, and the features of every image are read **once** from the
+   :class:`dgstudy.features.FeatureStore` into memory (as stored, e.g. float16; the backbone is
+   never run here).
+2. For each of ``cfg.folds`` image-wise folds (``dgstudy.datasets.fold_split``: test fold k,
+   validation fold k+1, training = the rest):
+
+   * the centre-bias input is ``CenterBias.fit(dataset, images=train)`` (training images only);
+   * the per-channel feature standardisation is computed from the training images only;
+   * the readout, blur width and centre-bias weight are fitted by Adam on the negative
+     log-likelihood of the training fixations in **bits per fixation** (every fixation weighs the
+     same) plus ``l1 * sum(|w|)`` over the readout's convolution weights;
+   * after every epoch the validation log-likelihood is computed; training stops after
+     ``patience`` epochs without improvement (or at ``max_epochs``) and the best epoch's weights
+     are kept.
+
+   So no test image influences its own prediction: not the readout, not early stopping, not the
+   centre bias, not the feature standardisation.
+3. Each finished fold writes ``fold_XX/{model.pt, center_bias.json, log.csv, config.json}``
+   atomically; ``config.json`` is written last and marks the fold as done, so an interrupted run
+   resumes at the next unfinished fold.
+
+Choices not fixed by the paper (recorded in every ``config.json``)
+------------------------------------------------------------------
+The paper (arXiv 1610.01563) does not give the settings below in a form we can reuse (it used a
+different optimiser setup and SALICON pre-training, which this study skips). Ours: Adam,
+``lr=0.002`` (betas 0.9/0.999), batches of ``batch_size=8`` images of one size, ``l1=1e-4`` per unit
+of ``sum |w|`` added to the loss in bits/fixation, ``patience=5`` epochs, initial blur sigma
+8 px of the reduced grid (32 stimulus px at ``saliency_map_factor=4``), centre-bias weight 1.
+
+Log-likelihoods reported (tqdm, ``log.csv`` columns ``train_LL``, ``val_LL``) are in bits per
+fixation **relative to a uniform density** over the image's pixels: ``mean(log2 p(fix)) +
+log2(H * W)`` (the train value is the running mean over the epoch's batches, the validation value
+is computed after the epoch). ``train_ig`` / ``val_ig`` are the same minus the log-likelihood of
+the fold's (training-image) centre-bias input, i.e. information gain over it. Other columns:
+``l1`` (sum |w|), ``sigma``, ``center_bias_weight``, ``seconds``.
+
+Results layout: ``results/<run>/config.json`` (the ``TrainConfig``), ``fold_XX/...`` as above,
+``metrics.json`` and ``per_image.csv`` from :func:`evaluate_run`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import datasets as _datasets
+from .io import DataError, atomic_path, write_json
+from .model import DeepGazeII
+
+LN2 = math.log(2.0)
+
+
+# -- configuration -----------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Everything that determines a cross-validated training run."""
+
+    dataset: str = "osie"
+    dataset_options: dict = field(default_factory=dict)
+    n_images: int | None = None
+    backbone: str = "efficientnet_lite0"
+    layers: list[str] | None = None          # None = every layer in the feature store
+    downsample: int = 2
+    feature_path: str | None = None          # None = dgstudy.features.default_store_path(...)
+    feature_dtype: str = "float16"
+    readout: str = "deepgaze2"               # or 'deepgaze1' (linear readout)
+    nonlinearity: str = "relu"               # or 'softplus_layernorm'
+    center_bias: str = "learned"             # or 'fixed', 'none'
+    folds: int = 10
+    seed: int = 0
+    max_epochs: int = 60
+    lr: float = 0.002
+    batch_size: int = 8
+    l1: float = 1e-4
+    patience: int = 5
+    device: str = "cpu"
+    run: str | None = None                   # results/<run>/; None = "<dataset>-<backbone>"
+    blur_sigma: float = 8.0                  # initial blur width, px of the reduced grid
+    saliency_map_factor: int = 4
+
+    def __post_init__(self):
+        if not self.run:
+            self.run = f"{self.dataset}-{self.backbone}"
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.layers is not None:
+            self.layers = list(self.layers)
+
+    @classmethod
+    def from_profile(cls, params: dict, **overrides) -> "TrainConfig":
+        """Build from a profile dict (``dgstudy.profiles.load``); unknown keys are ignored."""
+        params = {**params, **{k: v for k, v in overrides.items() if v is not None}}
+        if not params.get("run") and params.get("profile") and params.get("backbone"):
+            params["run"] = f"{params['profile']}-{params['backbone']}"
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in params.items() if k in names and v is not None}
+        return cls(**kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# -- data ------------------------------------------------------------------------------------
+def load_dataset(cfg: TrainConfig) -> _datasets.FixationDataset:
+    return _datasets.load(cfg.dataset, n_images=cfg.n_images, **(cfg.dataset_options or {}))
+
+
+def feature_path(cfg: TrainConfig, dataset) -> Path:
+    if cfg.feature_path:
+        return Path(cfg.feature_path)
+    from . import features
+    return Path(features.default_store_path(dataset, cfg.backbone, cfg.downsample))
+
+
+def open_store(cfg: TrainConfig, dataset):
+    """The run's FeatureStore, checked against the dataset (DataError naming the file if not)."""
+    from .features import FeatureStore
+    path = feature_path(cfg, dataset)
+    if not Path(path).exists():
+        raise DataError(f"{path}: feature store is missing; run dgstudy.features.extract(dataset, "
+                        f"'{cfg.backbone}', downsample={cfg.downsample}) first")
+    store = FeatureStore(path)
+    checksum = store.attrs.get("dataset_checksum")
+    if checksum and dataset.checksum and checksum != dataset.checksum:
+        raise DataError(f"{path}: features were extracted for another dataset "
+                        f"(checksum {checksum[:12]}, this dataset {dataset.checksum[:12]})")
+    missing = [i for i in range(len(dataset)) if not store.has(i)]
+    if missing:
+        raise DataError(f"{path}: no features for {len(missing)} images (first: {missing[:5]}); "
+                        "the extraction did not finish")
+    return store
+
+
+def read_features(store, images, layers=None, dtype=np.float16, progress=True) -> dict[int, np.ndarray]:
+    """{image: (C, h, w) array} for ``images``, stacked on one grid, kept as ``dtype`` in memory."""
+    out = {}
+    for i in tqdm(list(images), desc="reading features", disable=not progress, leave=False):
+        out[int(i)] = np.asarray(store.stacked(int(i), layers), dtype=dtype)
+    return out
+
+
+def fixation_pixels(dataset, i: int) -> np.ndarray:
+    """Flat pixel index ``row * W + col`` of every fixation of image ``i`` (order of fixations_of)."""
+    fx = dataset.fixations_of(i)
+    h, w = (int(v) for v in dataset.sizes[i])
+    col = np.clip(np.floor(fx["x"].to_numpy()).astype(np.int64), 0, w - 1)
+    row = np.clip(np.floor(fx["y"].to_numpy()).astype(np.int64), 0, h - 1)
+    return row * w + col
+
+
+def fit_center_bias(dataset, images):
+    """The centre-bias model of the training images (``dgstudy.baselines.CenterBias``)."""
+    from .baselines import CenterBias
+    return CenterBias.fit(dataset, images=np.asarray(images))
+
+
+def center_bias_from_dict(d: dict):
+    """Rebuild a saved centre bias (``dgstudy.baselines.CenterBias.from_dict``)."""
+    from .baselines import CenterBias
+    return CenterBias.from_dict(d)
+
+
+def make_batches(images, sizes, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    """Split ``images`` into batches of one image size each; shuffled if ``rng`` is given."""
+    images = np.asarray(images, dtype=np.int64)
+    if rng is not None:
+        images = images[rng.permutation(len(images))]
+    groups: dict[tuple, list[int]] = {}
+    for i in images:
+        groups.setdefault(tuple(int(v) for v in sizes[i]), []).append(int(i))
+    batches = [np.array(g[k:k + batch_size]) for g in groups.values()
+               for k in range(0, len(g), batch_size)]
+    if rng is not None:
+        batches = [batches[j] for j in rng.permutation(len(batches))]
+    return batches
+
+
+class _Batcher:
+    """Turns a list of images into tensors: features, log centre bias, fixation indices."""
+
+    def __init__(self, features: Mapping[int, np.ndarray], dataset, log_cb_for_size: Callable,
+                 device: str):
+        self.features, self.dataset, self.device = features, dataset, device
+        self.log_cb_for_size = log_cb_for_size
+        self._cb: dict[tuple, torch.Tensor] = {}
+        self._fix: dict[int, np.ndarray] = {}
+
+    def center_bias(self, size) -> torch.Tensor:
+        if size not in self._cb:
+            cb = np.asarray(self.log_cb_for_size(*size), dtype=np.float32)
+            if cb.shape != size:
+                raise ValueError(f"centre bias for size {size} has shape {cb.shape}")
+            self._cb[size] = torch.from_numpy(cb).to(self.device)
+        return self._cb[size]
+
+    def fixations(self, i: int) -> np.ndarray:
+        if i not in self._fix:
+            self._fix[i] = fixation_pixels(self.dataset, i)
+        return self._fix[i]
+
+    def __call__(self, batch):
+        size = tuple(int(v) for v in self.dataset.sizes[batch[0]])
+        x = torch.from_numpy(np.stack([self.features[int(i)] for i in batch])).to(self.device, torch.float32)
+        cb = self.center_bias(size).expand(len(batch), *size)
+        fix = [self.fixations(int(i)) for i in batch]
+        b_idx = torch.from_numpy(np.repeat(np.arange(len(batch)), [len(f) for f in fix])).to(self.device)
+        p_idx = torch.from_numpy(np.concatenate(fix)).to(self.device)
+        return x, cb, b_idx, p_idx, size
+
+
+def fixation_log_likelihoods(model, x, cb, b_idx, p_idx) -> torch.Tensor:
+    """Natural-log density of each fixation of the batch under the model."""
+    logd = model(x, cb)
+    return logd.reshape(logd.shape[0], -1)[b_idx, p_idx]
+
+
+def feature_normalization(features: Mapping[int, np.ndarray], images) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std over all positions of ``images`` (float64 accumulation)."""
+    c = next(iter(features.values())).shape[0]
+    s, s2, n = np.zeros(c), np.zeros(c), 0
+    for i in images:
+        f = features[int(i)].astype(np.float64).reshape(c, -1)
+        s += f.sum(1)
+        s2 += (f ** 2).sum(1)
+        n += f.shape[1]
+    mean = s / n
+    return mean, np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0))
+
+
+def build_model(cfg: TrainConfig, in_channels: int) -> DeepGazeII:
+    return DeepGazeII(in_channels, readout=cfg.readout, nonlinearity=cfg.nonlinearity,
+                      center_bias=cfg.center_bias, blur_sigma=cfg.blur_sigma,
+                      saliency_map_factor=cfg.saliency_map_factor)
+
+
+def center_bias_log_likelihood(batcher: _Batcher, images) -> float:
+    """Mean log-likelihood of the fixations on ``images`` under the centre-bias input alone
+    (bits/fixation relative to uniform): the reference for the IG columns of ``log.csv``."""
+    total, n = 0.0, 0
+    for i in images:
+        size = tuple(int(v) for v in batcher.dataset.sizes[i])
+        pix = batcher.fixations(int(i))
+        cb = batcher.center_bias(size).reshape(-1)[torch.from_numpy(pix).to(batcher.device)]
+        total += float(cb.double().sum()) / LN2 + len(pix) * math.log2(size[0] * size[1])
+        n += len(pix)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def mean_log_likelihood(model, batcher: _Batcher, images, batch_size: int) -> float:
+    """Mean log-likelihood of the fixations on ``images``, bits/fixation relative to uniform."""
+    total, n = 0.0, 0
+    model.eval()
+    for batch in make_batches(images, batcher.dataset.sizes, batch_size, None):
+        x, cb, b_idx, p_idx, size = batcher(batch)
+        ll = fixation_log_likelihoods(model, x, cb, b_idx, p_idx).double() / LN2
+        total += float(ll.sum()) + len(ll) * math.log2(size[0] * size[1])
+        n += len(ll)
+    return total / max(n, 1)
+
+
+# -- one fold --------------------------------------------------------------------------------
+def train_fold(cfg: TrainConfig, features: Mapping[int, np.ndarray], dataset, train, val,
+               log_cb_for_size: Callable, seed: int, progress: bool = True, desc: str = "fold"
+               ) -> tuple[DeepGazeII, pd.DataFrame]:
+    """Fit one model on ``train``, early-stopped on ``val``; returns (best model, per-epoch log)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    in_channels = next(iter(features.values())).shape[0]
+    model = build_model(cfg, in_channels).to(cfg.device)
+    model.set_feature_normalization(*feature_normalization(features, train))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    batcher = _Batcher(features, dataset, log_cb_for_size, cfg.device)
+
+    cb_train = center_bias_log_likelihood(batcher, train)
+    cb_val = center_bias_log_likelihood(batcher, val)
+    rows, best, best_state, waited = [], -np.inf, None, 0
+    bar = tqdm(range(1, cfg.max_epochs + 1), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        tot_ll, tot_n = 0.0, 0
+        for batch in make_batches(train, dataset.sizes, cfg.batch_size, rng):
+            x, cb, b_idx, p_idx, size = batcher(batch)
+            ll = fixation_log_likelihoods(model, x, cb, b_idx, p_idx)
+            nll_bits = -ll.mean() / LN2
+            l1 = sum(w.abs().sum() for w in model.readout_weights())
+            loss = nll_bits + cfg.l1 * l1
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot_ll += float(ll.detach().double().sum()) / LN2 + len(ll) * math.log2(size[0] * size[1])
+            tot_n += len(ll)
+        val_ll = mean_log_likelihood(model, batcher, val, cfg.batch_size)
+        train_ll = tot_ll / max(tot_n, 1)
+        rows.append(dict(epoch=epoch, train_LL=train_ll, val_LL=val_ll,
+                         train_ig=train_ll - cb_train, val_ig=val_ll - cb_val,
+                         l1=float(l1.detach()), sigma=float(model.blur.sigma.detach()),
+                         center_bias_weight=float(model.center_bias.weight.detach()),
+                         seconds=time.perf_counter() - t0))
+        bar.set_postfix(train_LL=f"{train_ll:.3f}", val_LL=f"{val_ll:.3f}", val_ig=f"{val_ll - cb_val:.3f}")
+        if val_ll > best:
+            best, best_state, waited = val_ll, copy.deepcopy(model.state_dict()), 0
+        else:
+            waited += 1
+            if waited >= cfg.patience:
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, pd.DataFrame(rows)
+
+
+# -- cross-validation --------------------------------------------------------------------------
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    return Path(run_dir) / f"fold_{fold:02d}"
+
+
+def fold_done(d: Path) -> bool:
+    return (d / "config.json").exists() and (d / "model.pt").exists()
+
+
+def _check_run_config(run_dir: Path, cfg: TrainConfig) -> None:
+    path = run_dir / "config.json"
+    new = cfg.to_dict()
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = {k for k in set(old) | set(new) if k != "device" and old.get(k) != new.get(k)}
+        if diff:
+            raise ValueError(f"{path}: this run was started with different settings ({sorted(diff)}); "
+                             "choose another run name or delete the folder")
+    else:
+        write_json(path, new)
+
+
+def train_crossval(cfg: TrainConfig, folds=None, *, dataset=None, features=None,
+                   progress: bool = True) -> Path:
+    """Train the cross-validation folds of ``cfg`` (default all) and return ``results/<run>/``.
+
+    Folds already finished (``fold_XX/config.json`` present) are skipped, so an interrupted run
+    resumes at the next unfinished fold. ``dataset`` and ``features`` ({image: (C, h, w) array})
+    may be given directly (tests, notebooks); by default they come from ``cfg``.
+    """
+    from .paths import results_dir
+    run_dir = results_dir() / cfg.run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_config(run_dir, cfg)
+    folds = range(cfg.folds) if folds is None else [int(f) for f in folds]
+    todo = [f for f in folds if not fold_done(fold_dir(run_dir, f))]
+    if not todo:
+        return run_dir
+    dataset = load_dataset(cfg) if dataset is None else dataset
+    store_info = {}
+    if features is None:
+        store = open_store(cfg, dataset)
+        store_info = {"feature_path": str(store.path if hasattr(store, "path") else feature_path(cfg, dataset)),
+                      "store_attrs": {k: v for k, v in store.attrs.items()
+                                      if isinstance(v, (str, int, float, list, type(None)))}}
+        features = read_features(store, range(len(dataset)), cfg.layers, progress=progress)
+    for fold in todo:
+        t0 = time.perf_counter()
+        train, val, test = _datasets.fold_split(len(dataset), fold, cfg.folds, cfg.seed)
+        cb = fit_center_bias(dataset, train)
+        model, log = train_fold(cfg, features, dataset, train, val, cb.log_density_for_size,
+                                seed=cfg.seed * 1000 + fold, progress=progress,
+                                desc=f"{cfg.run} fold {fold}/{cfg.folds}")
+        d = fold_dir(run_dir, fold)
+        d.mkdir(parents=True, exist_ok=True)
+        with atomic_path(d / "model.pt") as tmp:
+            torch.save({"hparams": model.hparams, "state_dict": model.state_dict()}, tmp)
+        write_json(d / "center_bias.json", cb.to_dict())
+        with atomic_path(d / "log.csv") as tmp:
+            log.to_csv(tmp, index=False)
+        best = log.loc[log["val_LL"].idxmax()]
+        write_json(d / "config.json", {
+            "fold": fold, "train_config": cfg.to_dict(),
+            "train_images": train, "val_images": val, "test_images": test,
+            "dataset_checksum": dataset.checksum, "n_images": len(dataset),
+            "best_epoch": int(best["epoch"]), "best_val_LL": float(best["val_LL"]),
+            "epochs_run": int(len(log)), "sigma": float(model.blur.sigma.detach()),
+            "center_bias_weight": float(model.center_bias.weight.detach()),
+            "seconds": time.perf_counter() - t0, "torch": torch.__version__, **store_info,
+            "optimizer": {"name": "Adam", "lr": cfg.lr, "betas": [0.9, 0.999]},
+            "loss": "mean NLL in bits/fixation + l1 * sum|readout conv weights|",
+        })
+    return run_dir
+
+
+# -- loading and predicting ---------------------------------------------------------------------
+def load_fold(d) -> tuple[DeepGazeII, TrainConfig, object]:
+    """(model in eval mode, its TrainConfig, its training CenterBias) from ``fold_XX/``."""
+    d = Path(d)
+    if not fold_done(d):
+        raise DataError(f"{d}: fold is not finished (config.json or model.pt missing)")
+    info = json.loads((d / "config.json").read_text())
+    saved = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
+    model = DeepGazeII(**saved["hparams"])
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    cb = center_bias_from_dict(json.loads((d / "center_bias.json").read_text()))
+    return model, TrainConfig.from_dict(info["train_config"]), cb
+
+
+class CrossValModel:
+    """The cross-validated prediction of a run: image ``i`` is predicted by the fold that held it
+    out (its model, with the centre bias fitted on that fold's training images).
+
+    ``log_density(i) -> (H, W)`` float64 natural-log density; ``.dataset``; ``.fold_of[i]``.
+    """
+
+    def __init__(self, run_dir, dataset=None, features=None):
+        self.run_dir = Path(run_dir)
+        cfg_path = self.run_dir / "config.json"
+        if not cfg_path.exists():
+            raise DataError(f"{cfg_path}: not a training run (config.json missing)")
+        self.cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        self.dataset = load_dataset(self.cfg) if dataset is None else dataset
+        self.fold_of = np.full(len(self.dataset), -1, dtype=np.int64)
+        self.folds = {}
+        for f in range(self.cfg.folds):
+            d = fold_dir(self.run_dir, f)
+            model, _, cb = load_fold(d)
+            info = json.loads((d / "config.json").read_text())
+            if info.get("n_images") != len(self.dataset):
+                raise DataError(f"{d / 'config.json'}: trained on {info.get('n_images')} images, "
+                                f"dataset has {len(self.dataset)}")
+            self.folds[f] = (model, cb)
+            self.fold_of[np.asarray(info["test_images"], dtype=np.int64)] = f
+        self._features = features
+        self._store = None
+        self._cb_cache: dict[tuple, np.ndarray] = {}
+
+    def features(self, i: int) -> np.ndarray:
+        if self._features is not None:
+            return self._features[i]
+        if self._store is None:
+            self._store = open_store(self.cfg, self.dataset)
+        return self._store.stacked(i, self.cfg.layers)
+
+    def log_center_bias(self, fold: int, size) -> np.ndarray:
+        key = (fold, *size)
+        if key not in self._cb_cache:
+            self._cb_cache[key] = np.asarray(self.folds[fold][1].log_density_for_size(*size), np.float32)
+        return self._cb_cache[key]
+
+    @torch.no_grad()
+    def log_density(self, i: int) -> np.ndarray:
+        fold = int(self.fold_of[i])
+        if fold < 0:
+            raise KeyError(f"image {i} is in no test fold of {self.run_dir}")
+        model = self.folds[fold][0]
+        size = tuple(int(v) for v in self.dataset.sizes[i])
+        x = torch.from_numpy(np.asarray(self.features(i), dtype=np.float32))[None]
+        cb = torch.from_numpy(self.log_center_bias(fold, size))[None]
+        return model(x, cb)[0].double().numpy()
+
+    __call__ = log_density
+
+
+def per_fold_summary(per_image: pd.DataFrame, fold_of: np.ndarray) -> pd.DataFrame:
+    """Per-fold fixation-weighted means of the per-image per-fixation metrics (LL, IG, ...)."""
+    df = per_image.copy()
+    df["fold"] = fold_of[df["image"].to_numpy()]
+    cols = [c for c in ("LL", "IG", "IG_gold", "LL_baseline") if c in df.columns]
+    rows = []
+    for f, g in df.groupby("fold"):
+        w = g["n_fix"].to_numpy(dtype=np.float64)
+        row = {"fold": int(f), "n_images": len(g), "n_fix": int(w.sum())}
+        for c in cols:
+            row[c] = float(np.sum(g[c].to_numpy() * w) / w.sum())
+        if "IG" in row and "IG_gold" in row and row["IG_gold"] != 0:
+            row["explained_IG"] = row["IG"] / row["IG_gold"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def evaluate_run(run_dir, *, dataset=None, features=None, baseline=None, gold=None,
+                 progress: bool = True) -> dict:
+    """Evaluate a run's cross-validated predictions; writes ``metrics.json`` and ``per_image.csv``.
+
+    Baseline: the leave-image-out centre bias ``CenterBias.fit(dataset)``; gold standard:
+    ``GoldStandard.fit(dataset, baseline)``. ``metrics.json`` holds the overall metrics
+    (``dgstudy.metrics.evaluate``) and, per fold, the fixation-weighted test IG over the baseline.
+    """
+    from . import metrics
+    from .baselines import CenterBias, GoldStandard
+    t0 = time.perf_counter()
+    cvm = CrossValModel(run_dir, dataset=dataset, features=features)
+    ds = cvm.dataset
+    baseline = CenterBias.fit(ds) if baseline is None else baseline
+    gold = GoldStandard.fit(ds, baseline) if gold is None else gold
+    summary, per_image = metrics.evaluate(cvm.log_density, ds, baseline=baseline, gold=gold,
+                                          per_image=True)
+    per_image = per_image.copy()
+    per_image["fold"] = cvm.fold_of[per_image["image"].to_numpy()]
+    folds = per_fold_summary(per_image, cvm.fold_of)
+    result = {"run": cvm.cfg.run, "config": cvm.cfg.to_dict(), "summary": summary,
+              "folds": folds.to_dict(orient="records"), "seconds": time.perf_counter() - t0}
+    run_dir = Path(run_dir)
+    write_json(run_dir / "metrics.json", result)
+    with atomic_path(run_dir / "per_image.csv") as tmp:
+        per_image.to_csv(tmp, index=False)
+    return result
+
+
+def fold_logs(run_dir) -> pd.DataFrame:
+    """All folds' ``log.csv`` in one table (column ``fold`` added), for learning curves."""
+    frames = []
+    for d in sorted(Path(run_dir).glob("fold_*")):
+        if (d / "log.csv").exists():
+            frames.append(pd.read_csv(d / "log.csv").assign(fold=int(d.name.split("_")[1])))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
