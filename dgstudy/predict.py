@@ -191,7 +191,7 @@ class FeatureSpec:
 
     backbone: str
     layers: list[str]
-    downsample: int
+    downsample: float
     dtype: str
     weights_sha256: str | None = None
     autocast_bf16: bool = False
@@ -204,10 +204,11 @@ class FeatureSpec:
 class Predictor:
     """A trained run as a model for any image: ``log_density(image) -> (H, W)`` natural-log density.
 
-    ``image`` is an RGB array or a path (see :func:`read_rgb`). Built by :func:`load_model`.
-    ``center_bias`` is ``'training'`` (each fold's own training centre bias, rescaled to the image),
-    ``'uniform'``, an (H, W) log-density array (resampled to other sizes, renormalised) or a callable
-    ``(h, w) -> log-density``.
+    ``image`` is an RGB array or a path (see :func:`read_rgb`); the result is float32 (the
+    readout's precision). Built by :func:`load_model`. ``center_bias`` is ``'training'`` (each fold's
+    own training centre bias, rescaled to the image), ``'uniform'``, an (H, W) log-density array
+    (resampled to other sizes, renormalised), an object with ``log_density_for_size(h, w)`` (e.g. a
+    :class:`dgstudy.baselines.CenterBias`) or a callable ``(h, w) -> log-density``.
     """
 
     def __init__(self, members: list[FoldMember], backbone, spec: FeatureSpec,
@@ -243,8 +244,9 @@ class Predictor:
             if cb == "uniform":
                 return uniform_log_density(h, w)
             return np.asarray(member.center_bias.log_density_for_size(h, w))
-        if callable(cb):
-            out = np.asarray(cb(h, w), dtype=np.float64)
+        if callable(cb) or hasattr(cb, "log_density_for_size"):
+            fn = cb.log_density_for_size if hasattr(cb, "log_density_for_size") else cb
+            out = np.asarray(fn(h, w), dtype=np.float64)
             if out.shape != (h, w):
                 raise ValueError(f"the centre-bias callable returned shape {out.shape} for a {h}x{w} image")
             return out
@@ -267,24 +269,35 @@ class Predictor:
                           autocast_bf16=self.spec.autocast_bf16)
         return F.stack_layers(feats, self.spec.layers)
 
-    def log_densities_per_fold(self, image) -> list[np.ndarray]:
-        """Each fold's (H, W) log-density for ``image``."""
+    def iter_fold_log_densities(self, image):
+        """Yield each fold's (H, W) float32 log-density for ``image`` (features computed once)."""
         import torch
 
         rgb = read_rgb(image)
         h, w = rgb.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(self.features(rgb), dtype=np.float32))[None].to(self.device)
-        out = []
         with torch.no_grad():
             for m in self.members:
                 cb = self._member_center_bias(m, h, w)
                 cb_t = torch.from_numpy(np.ascontiguousarray(cb, dtype=np.float32))[None].to(self.device)
-                out.append(m.model(x, cb_t)[0].detach().cpu().numpy())
-        return out
+                yield m.model(x, cb_t)[0].detach().cpu().numpy()
+
+    def log_densities_per_fold(self, image) -> list[np.ndarray]:
+        """Each fold's (H, W) log-density for ``image``."""
+        return list(self.iter_fold_log_densities(image))
 
     def log_density(self, image) -> np.ndarray:
-        """(H, W) natural-log density for ``image`` (array or path): average of the fold densities."""
-        return average_log_densities(self.log_densities_per_fold(image))
+        """(H, W) float32 natural-log density for ``image`` (array or path).
+
+        The average of the fold densities, ``logsumexp_k(l_k) - log K``, accumulated fold by fold
+        in float64 (so memory does not grow with K); one fold is returned unchanged.
+        """
+        acc, k = None, 0
+        for k, ld in enumerate(self.iter_fold_log_densities(image), start=1):
+            acc = ld if acc is None else np.logaddexp(acc, ld, dtype=np.float64)
+        if k == 1:
+            return acc
+        return (acc - math.log(k)).astype(np.float32)
 
     __call__ = log_density
 
@@ -305,6 +318,11 @@ def _resolve_run_path(run) -> Path:
     return p
 
 
+def _fold_done(d: Path) -> bool:
+    """Training writes config.json last: a fold is finished when it and model.pt exist."""
+    return (d / "model.pt").exists() and (d / "config.json").exists()
+
+
 def find_fold_dirs(run, fold: int | Sequence[int] | None = None) -> tuple[Path, list[Path]]:
     """(run folder, trained fold folders) for a run folder, a fold folder or a checkpoint file."""
     p = _resolve_run_path(run)
@@ -315,7 +333,7 @@ def find_fold_dirs(run, fold: int | Sequence[int] | None = None) -> tuple[Path, 
     if (p / "model.pt").exists():
         return p.parent, [p]
     folds = sorted(d for d in p.glob("fold_*") if d.is_dir())
-    trained = [d for d in folds if (d / "model.pt").exists()]
+    trained = [d for d in folds if _fold_done(d)]
     if not folds:
         raise DataError(f"{p}: not a training run (no fold_XX/ folders and no model.pt)")
     if fold is not None:
@@ -323,13 +341,13 @@ def find_fold_dirs(run, fold: int | Sequence[int] | None = None) -> tuple[Path, 
         chosen = []
         for k in wanted:
             d = p / f"fold_{int(k):02d}"
-            if not (d / "model.pt").exists():
-                raise DataError(f"{d}: fold {k} is not trained (no model.pt); "
+            if not _fold_done(d):
+                raise DataError(f"{d}: fold {k} is not trained (no model.pt and config.json); "
                                 f"trained folds: {[x.name for x in trained]}")
             chosen.append(d)
         return p, chosen
     if not trained:
-        raise DataError(f"{p}: no fold has finished training (no fold_XX/model.pt)")
+        raise DataError(f"{p}: no fold has finished training (no fold_XX/ with model.pt and config.json)")
     untrained = [d.name for d in folds if d not in trained]
     if untrained:
         warnings.warn(f"{p}: folds {untrained} are not trained; the ensemble uses {len(trained)} folds")
@@ -711,12 +729,12 @@ def save_density_plot(path, rgb: np.ndarray, log_density: np.ndarray, fixations:
     ax1.set_title("predicted fixation density", fontsize=9)
     if fixations is not None and len(fixations):
         # imshow puts pixel (r, c) at [c-0.5, c+0.5]; dgstudy's pixel (r, c) spans [c, c+1).
-        ax1.scatter(fixations["x"] - 0.5, fixations["y"] - 0.5, s=8, c="cyan", edgecolors="k", linewidths=0.3)
+        ax1.scatter(fixations["x"] - 0.5, fixations["y"] - 0.5, s=14, c="cyan", edgecolors="k", linewidths=0.3)
     for ax in (ax0, ax1):
         ax.set_axis_off()
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", pil_kwargs={"compress_level": 1})   # speed over size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -738,8 +756,10 @@ the EXIF orientation is applied first (coordinates refer to the image as display
            (the top-left pixel spans 0 <= x < 1, 0 <= y < 1; a MATLAB 1-based
            coordinate c becomes c - 0.5); must lie inside the image
   subject  observer id (optional, default 0)
-prints LL and IG (over the model's centre bias, bits/fixation), AUC, NSS, ... and writes
-evaluation.json and evaluation_per_image.csv into --out.
+prints (dgstudy.metrics conventions) LL (bits/fixation relative to a uniform density), IG
+(bits/fixation over the centre bias the model uses: the training one, or uniform with
+--center-bias uniform), AUC, sAUC, NSS, CC, KLDiv, SIM, and writes evaluation.json and
+evaluation_per_image.csv into --out.
 
 Bad inputs (an image that does not decode, a CSV row outside its image) are reported with the
 file and the CSV line; the other images still run and the exit status is 1.
@@ -781,8 +801,8 @@ def run_predict_command(args: argparse.Namespace) -> int:
         return 1
     try:
         model = load_model(args.model, fold=args.fold, center_bias=args.center_bias, device=args.device)
-    except DataError as e:
-        print(f"dgstudy predict: {e}", file=sys.stderr)
+    except (DataError, KeyError, ValueError, OSError) as e:
+        print(f"dgstudy predict: cannot load the model {args.model}: {e}", file=sys.stderr)
         return 1
     report = predict_images(model, images, args.out, fixations=args.fixations, plot=not args.no_plot,
                             progress=len(images) > 1)

@@ -340,6 +340,9 @@ def test_ensemble_is_the_average_of_fold_densities(tiny_run, ensemble, tmp_path)
     given = predict.Predictor(ensemble.members, ensemble.backbone, ensemble.spec,
                               center_bias=lambda h, w: predict.uniform_log_density(h, w))
     np.testing.assert_array_equal(given.log_density(img), uni.log_density(img))
+    # a CenterBias object given by the user: fold 0 with its own centre bias is fold 0 as trained
+    own = predict.Predictor(ensemble.members[:1], ensemble.backbone, ensemble.spec, center_bias=cb0)
+    np.testing.assert_array_equal(own.log_density(img), per_fold[0])
 
 
 def test_grayscale_and_rgba_files_predict_like_their_rgb(ensemble, tmp_path):
