@@ -1,0 +1,389 @@
+"""Baseline models: uniform, centre bias, and the leave-one-subject-out gold standard.
+
+Kernel density conventions
+--------------------------
+Every kernel density here is a sum of Gaussians centred on the **pixel** of each fixation
+(``(floor(y), floor(x))``, i.e. positions are binned to the pixel grid), evaluated at the pixel
+centres of the target image and normalised over its pixels (kernels are truncated at the image
+border, not reflected). Computed as ``Ky @ counts @ Kx.T`` with exact (untruncated) Gaussian
+matrices ``K[i, k] = exp(-(i - k)^2 / (2 sigma^2))``.
+
+- :class:`CenterBias`: fixations of all fitted images in coordinates normalised to the image size
+  (``u = x / W``, ``v = y / H``); on an ``h x w`` grid the kernel has ``sigma_x = bandwidth * w`` and
+  ``sigma_y = bandwidth * h``. Mixed with a uniform density: ``(1 - a) * KDE + a / (h w)``.
+- :class:`GoldStandard`: for a fixation of subject ``s`` on image ``i``, the KDE of the *other*
+  subjects' fixations on image ``i`` with an isotropic kernel ``sigma = bandwidth * max(H, W)`` px,
+  mixed with the (leave-image-out) centre bias and a uniform density:
+  ``w_kde * KDE + w_cb * CB + w_uniform / (H W)``. Where no other subject looked at the image the
+  KDE term is dropped and the other two weights are renormalised.
+
+Parameters are fitted by maximising the held-out log-likelihood (leave-image-out for the centre
+bias, leave-one-subject-out for the gold standard): a bounded 1-D search over log bandwidth
+(``scipy.optimize.minimize_scalar``), with the mixture weights solved exactly for each bandwidth
+(a concave problem: a bounded 1-D search for the centre bias, EM for the gold standard).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from .io import DataError
+from .metrics import single_threaded_blas
+
+BANDWIDTH_RANGE = (0.003, 0.5)       # search range of the relative bandwidths
+
+
+def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) unnormalised Gaussian ``exp(-(i-k)^2 / (2 sigma^2))``."""
+    d = np.arange(n, dtype=np.float64)
+    return np.exp(-0.5 * ((d[:, None] - d[None, :]) / sigma) ** 2)
+
+
+def _pixels(u, v, h, w):
+    """Grid cells (row, col) of normalised positions on an h x w grid."""
+    rows = np.clip(np.floor(np.asarray(v) * h).astype(np.int64), 0, h - 1)
+    cols = np.clip(np.floor(np.asarray(u) * w).astype(np.int64), 0, w - 1)
+    return rows, cols
+
+
+def _log_mix(kde_density: np.ndarray, weight_uniform: float, n_pixels: int) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log((1.0 - weight_uniform) * kde_density + weight_uniform / n_pixels)
+
+
+class Uniform:
+    """The uniform density over the pixels of each image."""
+
+    def __init__(self, dataset=None):
+        self.dataset = dataset
+
+    def log_density_for_size(self, h: int, w: int) -> np.ndarray:
+        return np.full((int(h), int(w)), -math.log(int(h) * int(w)))
+
+    def log_density(self, i: int) -> np.ndarray:
+        if self.dataset is None:
+            raise ValueError("Uniform() has no dataset: use Uniform(dataset) or log_density_for_size(h, w)")
+        return self.log_density_for_size(*self.dataset.sizes[i])
+
+
+# -- centre bias ---------------------------------------------------------------------------------
+@dataclass
+class CenterBias:
+    """Gaussian KDE of fixation positions normalised to image size, mixed with a uniform density.
+
+    ``log_density(i)`` (image ``i`` of the fitted dataset) leaves out image ``i``'s own fixations
+    when ``i`` was among the fitted images, so it is a cross-validated prediction;
+    ``log_density_for_size(h, w)`` uses all fitted fixations (for new images / the model input).
+    """
+
+    bandwidth: float                   # kernel sd as a fraction of image width (x) and height (y)
+    uniform_weight: float
+    u: np.ndarray                      # normalised x of every fitted fixation
+    v: np.ndarray                      # normalised y
+    image_of: np.ndarray               # dataset image index of every fitted fixation (-1 if unknown)
+    heldout_ll: float = float("nan")   # leave-image-out LL at the fit, bits/fix rel. to uniform
+    dataset: object = field(default=None, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    # ---- fitting ----
+    @classmethod
+    def fit(cls, dataset, images=None, bandwidth: float | None = None,
+            uniform_weight: float | None = None) -> "CenterBias":
+        """Fit on the fixations of ``images`` (default all); fixed values skip their search.
+
+        The held-out objective is evaluated on the grid of the most common image size among
+        ``images`` (exact when all share one size, as in OSIE; an approximation for mixed sizes
+        that only affects which parameters are chosen).
+        """
+        images = np.arange(len(dataset)) if images is None else np.asarray(images, dtype=np.int64)
+        fx = dataset.fixations
+        fx = fx[np.isin(fx["image"].to_numpy(), images)]
+        img = fx["image"].to_numpy()
+        if len(np.unique(img)) < 2:
+            raise DataError(f"{dataset.name}: the centre bias needs fixations on at least 2 images")
+        sizes = dataset.sizes[img]
+        u = fx["x"].to_numpy() / sizes[:, 1]
+        v = fx["y"].to_numpy() / sizes[:, 0]
+        shapes, n = np.unique(dataset.sizes[images], axis=0, return_counts=True)
+        h, w = (int(s) for s in shapes[np.argmax(n)])
+        with single_threaded_blas():
+            return cls._fit(dataset, u, v, img, h, w, bandwidth, uniform_weight)
+
+    @classmethod
+    def _fit(cls, dataset, u, v, img, h, w, bandwidth, uniform_weight) -> "CenterBias":
+        objective = _CenterBiasObjective(u, v, img, h, w)
+        if bandwidth is None:
+            res = minimize_scalar(lambda lb: -objective.best(math.exp(lb), uniform_weight)[0],
+                                  bounds=tuple(np.log(BANDWIDTH_RANGE)), method="bounded",
+                                  options={"xatol": 1e-3})
+            bandwidth = math.exp(res.x)
+        ll, uniform_weight = objective.best(bandwidth, uniform_weight)
+        return cls(bandwidth=float(bandwidth), uniform_weight=float(uniform_weight), u=u, v=v,
+                   image_of=img, heldout_ll=float(ll / math.log(2)), dataset=dataset)
+
+    # ---- densities ----
+    def _kernels(self, h: int, w: int):
+        key = ("K", h, w)
+        if key not in self._cache:
+            self._cache[key] = (gaussian_matrix(h, self.bandwidth * h), gaussian_matrix(w, self.bandwidth * w))
+        return self._cache[key]
+
+    def _total_kde(self, h: int, w: int) -> np.ndarray:
+        """Unnormalised KDE map of all fitted fixations on an h x w grid."""
+        key = ("T", h, w)
+        if key not in self._cache:
+            ky, kx = self._kernels(h, w)
+            rows, cols = _pixels(self.u, self.v, h, w)
+            counts = np.bincount(rows * w + cols, minlength=h * w).reshape(h, w).astype(np.float64)
+            self._cache[key] = ky @ counts @ kx.T
+        return self._cache[key]
+
+    def log_density_for_size(self, h: int, w: int) -> np.ndarray:
+        """Log density (h, w) from all fitted fixations."""
+        h, w = int(h), int(w)
+        t = self._total_kde(h, w)
+        return _log_mix(t / t.sum(), self.uniform_weight, h * w)
+
+    def log_density(self, i: int) -> np.ndarray:
+        """Log density over image ``i`` of the fitted dataset, leaving out its own fixations."""
+        if self.dataset is None:
+            raise ValueError("this CenterBias was rebuilt from a dict and knows no dataset; "
+                             "use log_density_for_size(h, w)")
+        h, w = (int(s) for s in self.dataset.sizes[i])
+        own = self.image_of == i
+        if not own.any():
+            return self.log_density_for_size(h, w)
+        ky, kx = self._kernels(h, w)
+        rows, cols = _pixels(self.u[own], self.v[own], h, w)
+        t = np.maximum(self._total_kde(h, w) - ky[:, rows] @ kx[:, cols].T, 0.0)
+        return _log_mix(t / t.sum(), self.uniform_weight, h * w)
+
+    # ---- persistence ----
+    def to_dict(self) -> dict:
+        """JSON-able; enough for ``log_density_for_size`` (positions rounded to 1e-6)."""
+        return {"kind": "CenterBias", "bandwidth": self.bandwidth, "uniform_weight": self.uniform_weight,
+                "heldout_ll_bits": self.heldout_ll, "n_fixations": int(len(self.u)),
+                "u": np.round(self.u, 6).tolist(), "v": np.round(self.v, 6).tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CenterBias":
+        if d.get("kind") != "CenterBias":
+            raise DataError(f"not a CenterBias dict (kind={d.get('kind')!r})")
+        u = np.asarray(d["u"], dtype=np.float64)
+        return cls(bandwidth=float(d["bandwidth"]), uniform_weight=float(d["uniform_weight"]), u=u,
+                   v=np.asarray(d["v"], dtype=np.float64), image_of=np.full(len(u), -1),
+                   heldout_ll=float(d.get("heldout_ll_bits", float("nan"))))
+
+
+class _CenterBiasObjective:
+    """Leave-image-out log-likelihood of the centre bias on one h x w grid."""
+
+    def __init__(self, u, v, img, h, w):
+        self.h, self.w = h, w
+        self.rows, self.cols = _pixels(u, v, h, w)
+        self.counts = np.bincount(self.rows * w + self.cols, minlength=h * w).reshape(h, w).astype(float)
+        order = np.argsort(img, kind="stable")
+        bounds = np.flatnonzero(np.diff(img[order])) + 1
+        self.groups = np.split(order, bounds)
+
+    def kde_at_fixations(self, bandwidth: float) -> np.ndarray:
+        """Leave-image-out KDE density (per grid cell) at every fixation."""
+        h, w = self.h, self.w
+        ky, kx = gaussian_matrix(h, bandwidth * h), gaussian_matrix(w, bandwidth * w)
+        total = ky @ self.counts @ kx.T
+        cy, cx = ky.sum(0), kx.sum(0)                  # mass of a kernel centred in each row/col
+        z_all = cy @ self.counts @ cx
+        out = total[self.rows, self.cols]
+        for idx in self.groups:
+            r, c = self.rows[idx], self.cols[idx]
+            own = (ky[np.ix_(r, r)] * kx[np.ix_(c, c)]).sum(1)
+            out[idx] = (out[idx] - own) / (z_all - (cy[r] * cx[c]).sum())
+        return np.maximum(out, 0.0)
+
+    def best(self, bandwidth: float, uniform_weight: float | None = None) -> tuple[float, float]:
+        """(mean LL in nats rel. to uniform, uniform weight) at this bandwidth, weight optimised."""
+        kde = self.kde_at_fixations(bandwidth) * (self.h * self.w)   # density ratio to uniform
+
+        def ll(a):
+            return float(np.mean(np.log((1 - a) * kde + a)))
+        if uniform_weight is None:
+            res = minimize_scalar(lambda a: -ll(a), bounds=(1e-9, 1.0), method="bounded",
+                                  options={"xatol": 1e-6})
+            uniform_weight = float(res.x)
+        return ll(uniform_weight), uniform_weight
+
+
+# -- gold standard -------------------------------------------------------------------------------
+@dataclass
+class GoldStandard:
+    """Leave-one-subject-out KDE of the other subjects' fixations, mixed with centre bias + uniform."""
+
+    dataset: object = field(repr=False)
+    center_bias: object = field(repr=False)
+    bandwidth: float                       # kernel sd as a fraction of max(H, W)
+    weights: np.ndarray                    # (w_kde, w_cb, w_uniform), sum 1
+    heldout_ll: float = float("nan")       # LOSO LL at the fit, bits/fix rel. to uniform
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def fit(cls, dataset, center_bias, images=None, bandwidth: float | None = None) -> "GoldStandard":
+        """Fit bandwidth and mixture weights by the LOSO log-likelihood of the fixations on ``images``."""
+        with single_threaded_blas():
+            return cls._fit(dataset, center_bias, images, bandwidth)
+
+    @classmethod
+    def _fit(cls, dataset, center_bias, images, bandwidth) -> "GoldStandard":
+        images = np.arange(len(dataset)) if images is None else np.asarray(images, dtype=np.int64)
+        gold = cls(dataset=dataset, center_bias=center_bias, bandwidth=0.02, weights=np.ones(3) / 3)
+        data = [gold._image_terms(int(i)) for i in images]
+        data = [d for d in data if d is not None]
+        if not data:
+            raise DataError(f"{dataset.name}: no fixations to fit the gold standard on")
+        cb = np.concatenate([d["cb"] for d in data])       # CB density / uniform density
+        n_fix = len(cb)
+
+        def fitted(bw):
+            kde = np.concatenate([gold._loso_kde(d, bw) for d in data])   # NaN: no other subject
+            return _mixture_weights(kde, cb)
+
+        if bandwidth is None:
+            res = minimize_scalar(lambda lb: -fitted(math.exp(lb))[0], bounds=tuple(np.log(BANDWIDTH_RANGE)),
+                                  method="bounded", options={"xatol": 1e-3})
+            bandwidth = math.exp(res.x)
+        ll, weights = fitted(bandwidth)
+        gold.bandwidth, gold.weights, gold.heldout_ll = float(bandwidth), weights, float(ll / math.log(2))
+        gold.n_fit_fixations = n_fix
+        return gold
+
+    # ---- pieces ----
+    def _image_terms(self, i: int):
+        """Pixels, subjects and centre-bias values of image i's fixations (None if it has none)."""
+        key = ("terms", i)
+        if key not in self._cache:
+            g = self.dataset.fixations_of(i)
+            if len(g) == 0:
+                return None
+            h, w = (int(s) for s in self.dataset.sizes[i])
+            rows = np.floor(g["y"].to_numpy()).astype(np.int64)
+            cols = np.floor(g["x"].to_numpy()).astype(np.int64)
+            log_cb = self.center_bias.log_density(i)
+            self._cache[key] = {"i": i, "h": h, "w": w, "rows": rows, "cols": cols,
+                                "subject": g["subject"].to_numpy(),
+                                "cb": np.exp(log_cb[rows, cols]) * (h * w)}
+        return self._cache[key]
+
+    def _sigma(self, h, w, bw):
+        return bw * max(h, w)
+
+    def _kernels(self, h: int, w: int, bw: float):
+        """Gaussian matrices (rows, cols) of one image size at relative bandwidth ``bw`` (cached)."""
+        key = ("K", h, w, bw)
+        if key not in self._cache:
+            for old in [k for k in self._cache if k[0] == "K" and k[1:3] == (h, w)]:
+                del self._cache[old]                  # keep one bandwidth per size
+            sig = self._sigma(h, w, bw)
+            self._cache[key] = (gaussian_matrix(h, sig), gaussian_matrix(w, sig))
+        return self._cache[key]
+
+    def _loso_kde(self, d: dict, bw: float) -> np.ndarray:
+        """LOSO KDE density / uniform density at each fixation of one image (NaN: no other subject)."""
+        h, w, r, c, s = d["h"], d["w"], d["rows"], d["cols"], d["subject"]
+        ky, kx = self._kernels(h, w, bw)
+        pair = ky[np.ix_(r, r)] * kx[np.ix_(c, c)]                        # kernel of g at f
+        other = s[:, None] != s[None, :]
+        mass = ky.sum(0)[r] * kx.sum(0)[c]                                # grid mass of each kernel
+        z = other @ mass
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(z > 0, (pair * other).sum(1) / z, np.nan) * (h * w)
+
+    def _last(self, name: str, i: int, compute):
+        """Per-image value kept for the most recent image only (evaluation walks image by image)."""
+        key = ("last", name)
+        if key not in self._cache or self._cache[key][0] != i:
+            self._cache[key] = (i, compute())
+        return self._cache[key][1]
+
+    def _kde_sum(self, i: int, keep=None) -> np.ndarray:
+        """Unnormalised KDE map of image i from all its fixations, or those selected by ``keep``."""
+        d = self._image_terms(i)
+        ky, kx = self._kernels(d["h"], d["w"], self.bandwidth)
+        if keep is None:       # the Gaussian matrices are symmetric: ky[:, r] == ky[r].T
+            return self._last("kde", i, lambda: ky[d["rows"]].T @ kx[d["cols"]])
+        return ky[d["rows"][keep]].T @ kx[d["cols"][keep]]
+
+    def _mix(self, i: int, kde_map) -> np.ndarray:
+        """Log of the gold mixture on image i given a normalised KDE map (None: no KDE term)."""
+        h, w = (int(s) for s in self.dataset.sizes[i])
+        a, b, c = self.weights
+        rest = self._last("rest", i, lambda: b * np.exp(self.center_bias.log_density(i)) + c / (h * w))
+        if kde_map is None:
+            return np.log(rest / (b + c))
+        out = kde_map * a             # kde_map may be modified in place by the caller's choice
+        out += rest
+        return np.log(out, out=out)
+
+    # ---- public ----
+    def fixation_log_likelihoods(self, i: int) -> np.ndarray:
+        """Natural-log LOSO likelihood of each fixation of image i (order of ``fixations_of(i)``)."""
+        d = self._image_terms(i)
+        if d is None:
+            return np.zeros(0)
+        kde = self._loso_kde(d, self.bandwidth)
+        a, b, c = self.weights
+        with np.errstate(invalid="ignore"):
+            p = np.where(np.isnan(kde), (b * d["cb"] + c) / (b + c), a * kde + b * d["cb"] + c)
+        return np.log(p) - math.log(d["h"] * d["w"])
+
+    def loso_log_density(self, i: int, subject: int) -> np.ndarray:
+        """Log density over image i from every subject except ``subject``."""
+        d = self._image_terms(i)
+        if d is None or (d["subject"] == subject).all():
+            return self._mix(i, None)
+        own = d["subject"] == subject
+        t = self._kde_sum(i) - self._kde_sum(i, own)
+        np.maximum(t, 0.0, out=t)
+        t /= t.sum()
+        return self._mix(i, t)
+
+    def log_density(self, i: int) -> np.ndarray:
+        """Log density over image i from all subjects (for plots; in-sample)."""
+        if self._image_terms(i) is None:
+            return self._mix(i, None)
+        t = self._kde_sum(i)
+        return self._mix(i, t / t.sum())
+
+    def to_dict(self) -> dict:
+        return {"kind": "GoldStandard", "bandwidth": self.bandwidth,
+                "weights": {"kde": float(self.weights[0]), "center_bias": float(self.weights[1]),
+                            "uniform": float(self.weights[2])}, "heldout_ll_bits": self.heldout_ll}
+
+
+def _mixture_weights(kde: np.ndarray, cb: np.ndarray, iterations: int = 500, tol: float = 1e-10
+                     ) -> tuple[float, np.ndarray]:
+    """EM for the weights of ``w0*kde + w1*cb + w2*1`` (densities relative to uniform).
+
+    Fixations with NaN kde (no other subject) use ``(w1*cb + w2) / (w1 + w2)``.
+    Returns (mean log-likelihood in nats rel. to uniform, weights).
+    """
+    has = ~np.isnan(kde)
+    comp = np.stack([np.where(has, kde, 0.0), cb, np.ones_like(cb)], 1)
+    wts = np.array([0.8, 0.15, 0.05])
+    last = -np.inf
+    for _ in range(iterations):
+        mix = comp * wts
+        tot = mix.sum(1)
+        tot_no = np.where(has, tot, tot / (wts[1] + wts[2]))
+        ll = float(np.mean(np.log(tot_no)))
+        resp = mix / tot[:, None]
+        wts = resp[has].sum(0) + np.concatenate([[0.0], resp[~has, 1:].sum(0)]) if (~has).any() else resp.sum(0)
+        wts = wts / wts.sum()
+        if ll - last < tol:
+            break
+        last = ll
+    mix = comp * wts
+    tot = mix.sum(1)
+    ll = float(np.mean(np.log(np.where(has, tot, tot / (wts[1] + wts[2])))))
+    return ll, wts
