@@ -516,12 +516,18 @@ def compare_prose(table: pd.DataFrame, params: dict) -> str:
     return "\n\n".join(lines) + "\n\n" + "\n".join(why)
 
 
-def write_table(df: pd.DataFrame, out_dir: str | Path, stem: str) -> dict[str, Path]:
-    """Write ``df`` as ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` (records), atomically."""
+def write_table(df: pd.DataFrame, out_dir: str | Path, stem: str, md_preamble: str = "",
+                md_drop=()) -> dict[str, Path]:
+    """Write ``df`` as ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` (records), atomically.
+
+    The markdown file may start with ``md_preamble`` and leave out the columns ``md_drop``
+    (e.g. a long note repeated on every row); CSV and JSON always hold every column.
+    """
     out_dir = Path(out_dir)
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "json")}
+    md = to_markdown(df.drop(columns=[c for c in md_drop if c in df]))
     with atomic_path(paths["md"]) as tmp:
-        tmp.write_text(to_markdown(df) + "\n")
+        tmp.write_text((md_preamble.rstrip() + "\n\n" if md_preamble else "") + md + "\n")
     with atomic_path(paths["csv"]) as tmp:
         df.to_csv(tmp, index=False)
     write_json(paths["json"], json.loads(df.to_json(orient="records")))

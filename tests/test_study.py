@@ -131,12 +131,18 @@ def test_results_table_puts_paper_numbers_beside_ours_and_flags_the_setting(tmp_
 
     paths = study.write_table(study.results_table(metrics, osie), tmp_path, "results")
     md = paths["md"].read_text().splitlines()
+    assert "setting" in md[0]
     assert md[0].startswith("| model | metric | unit | this_run") and len(md) == 2 + len(study.METRICS)
     back = pd.read_csv(paths["csv"])
     assert back.loc[back.metric == "AUC", "paper"].item() == 0.88
     records = json.loads(paths["json"].read_text())
     assert records[1]["metric"] == "IG" and records[1]["this_run"] == 0.9
     assert not list(tmp_path.glob(".*tmp"))   # nothing half-written left behind
+    paths = study.write_table(study.results_table(metrics, osie), tmp_path, "r2", md_preamble="# R",
+                              md_drop=["setting"])
+    md = paths["md"].read_text().splitlines()
+    assert md[0] == "# R" and md[2].startswith("| model |") and "setting" not in md[2]
+    assert "setting" in pd.read_csv(paths["csv"]).columns
 
 
 # -- grids ------------------------------------------------------------------------------------
