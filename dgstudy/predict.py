@@ -709,32 +709,44 @@ def evaluate_predictions(model, paths: Sequence[Path], stems: Sequence[str], siz
 # ----------------------------------------------------------------------------------------------
 # Plot
 # ----------------------------------------------------------------------------------------------
+def density_overlay(rgb: np.ndarray, log_density: np.ndarray, alpha: float = 0.7) -> np.ndarray:
+    """(H, W, 3) float RGB in [0, 1]: the grey image under the density in the 'magma' colour map.
+
+    The density is scaled to its maximum; ``alpha`` is the weight of the colour map.
+    """
+    from matplotlib import colormaps
+
+    gray = rgb.astype(np.float32).mean(axis=2, keepdims=True) / 255.0
+    dens = np.exp(log_density.astype(np.float64) - np.max(log_density))
+    colour = colormaps["magma"](dens)[..., :3]
+    return (1 - alpha) * gray + alpha * colour
+
+
 def save_density_plot(path, rgb: np.ndarray, log_density: np.ndarray, fixations: pd.DataFrame | None = None,
                       title: str = "") -> None:
-    """The image (dimmed, grey) with the predicted density on top, fixations as dots; PNG via Agg."""
+    """PNG (matplotlib, Agg): the image, and the predicted density over the greyed image with the
+    fixations (if any) as dots. Written atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     h, w = log_density.shape
     scale = 6.0 / max(h, w)
-    fig = Figure(figsize=(max(w * scale, 2.0) * 2 + 0.6, max(h * scale, 2.0) + 0.5), dpi=100)
+    pw, ph = max(w * scale, 1.5), max(h * scale, 1.5)
+    fig = Figure(figsize=(2 * pw + 0.3, ph + 0.4), dpi=100)
     FigureCanvasAgg(fig)
     ax0, ax1 = fig.subplots(1, 2)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.35 / (ph + 0.4), wspace=0.04)
     ax0.imshow(rgb)
     ax0.set_title(title or "image", fontsize=9)
-    gray = rgb.astype(np.float32).mean(axis=2)
-    ax1.imshow(gray, cmap="gray", alpha=1.0, vmin=0, vmax=255)
-    dens = np.exp(log_density.astype(np.float64))
-    ax1.imshow(dens, cmap="magma", alpha=0.7)
+    ax1.imshow(density_overlay(rgb, log_density))
     ax1.set_title("predicted fixation density", fontsize=9)
     if fixations is not None and len(fixations):
         # imshow puts pixel (r, c) at [c-0.5, c+0.5]; dgstudy's pixel (r, c) spans [c, c+1).
         ax1.scatter(fixations["x"] - 0.5, fixations["y"] - 0.5, s=14, c="cyan", edgecolors="k", linewidths=0.3)
     for ax in (ax0, ax1):
         ax.set_axis_off()
-    fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", pil_kwargs={"compress_level": 1})   # speed over size
+        fig.savefig(tmp, format="png", pil_kwargs={"compress_level": 1})   # speed over file size
 
 
 # ----------------------------------------------------------------------------------------------
