@@ -61,7 +61,11 @@ UNITS = {"LL": "bit/fix", "IG": "bit/fix", "explained_IG": "fraction", "AUC": ""
 # ("explains about 87% ... (DeepGaze I ... 56%)"). The other metrics: the MIT Saliency Benchmark's
 # MIT300 entry for DeepGaze II, the benchmark the paper reports its AUC ranking on; those entries were
 # computed by the benchmark from one saliency map per image (classic evaluation), not from the
-# metric-specific maps dgstudy derives from the density (Kümmerer et al. 2018).
+# metric-specific maps dgstudy derives from the density (Kümmerer et al. 2018). Caveat: the paper's
+# own text was not reachable from the workplace this table was written in; 87% / 56% are quoted in
+# every abstract listing, while the six benchmark values are the widely reproduced MIT300 listing
+# for DeepGaze II (e.g. in later papers' comparison tables) and should be re-checked against
+# saliency.mit.edu / the paper's Table 1 before they are cited.
 PAPER_SOURCE_ABSTRACT = "arXiv:1610.01563, abstract: MIT300 hold-out benchmark"
 PAPER_SOURCE_MIT300 = ("MIT Saliency Benchmark, MIT300 entry 'DeepGaze II' (classic single-map "
                        "evaluation), the benchmark cited in arXiv:1610.01563")
@@ -119,8 +123,9 @@ class Interval:
     level: float
     n_boot: int
 
-    def as_dict(self, prefix: str = "") -> dict:
-        return {f"{prefix}": self.estimate, f"{prefix}_lo": self.low, f"{prefix}_hi": self.high}
+    def as_dict(self, name: str) -> dict:
+        """``{name: estimate, name_lo: low, name_hi: high}``."""
+        return {name: self.estimate, f"{name}_lo": self.low, f"{name}_hi": self.high}
 
     def __str__(self) -> str:
         return f"{self.estimate:.4f} [{self.low:.4f}, {self.high:.4f}]"
