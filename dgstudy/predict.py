@@ -437,7 +437,20 @@ def load_model(run, fold: int | Sequence[int] | None = None, center_bias="traini
                             "and dtype")
     backbone = backbones.get(spec.backbone, weights=weights, device=device, **_backbone_options(spec))
     check_backbone_weights(backbone, spec, fold_dirs)
-    return Predictor(members, backbone, spec, center_bias=center_bias, device=device, run_dir=run_dir)
+    predictor = Predictor(members, backbone, spec, center_bias=center_bias, device=device, run_dir=run_dir)
+    check_channels(predictor, fold_dirs)
+    return predictor
+
+
+def check_channels(predictor: "Predictor", fold_dirs: Sequence[Path]) -> None:
+    """DataError unless the rebuilt features have the channel count each readout was trained on."""
+    have = predictor.features(np.zeros((64, 64, 3), dtype=np.uint8)).shape[0]
+    for d, m in zip(fold_dirs, predictor.members):
+        want = getattr(m.model, "hparams", {}).get("in_channels")
+        if want is not None and want != have:
+            raise DataError(f"{d}: the readout takes {want} feature channels but {predictor.spec.backbone} "
+                            f"layers {predictor.spec.layers} give {have}; the run's recorded feature "
+                            "configuration does not match its model")
 
 
 def check_backbone_weights(backbone, spec: FeatureSpec, fold_dirs: Sequence[Path]) -> None:

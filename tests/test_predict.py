@@ -371,6 +371,14 @@ def test_weights_hash_mismatch_is_a_clear_error(tiny_run, tmp_path):
         predict.load_model(copy)                                  # folds disagree on the weights
     with pytest.raises(DataError, match="not trained"):
         predict.load_model(copy, fold=7)
+    # fold 1 records fewer layers than its readout was trained on, and no weights hash
+    info = json.loads((copy / "fold_01" / "config.json").read_text())
+    info["store_attrs"]["layers"] = ["block5", "block6"]
+    info["store_attrs"].pop("weights_sha256")
+    (copy / "fold_01" / "config.json").write_text(json.dumps(info))
+    with pytest.warns(UserWarning, match="no backbone weights hash"), \
+            pytest.raises(DataError, match="feature channels"):
+        predict.load_model(copy / "fold_01")
 
 
 def test_cli_on_a_trained_run(tiny_run, tmp_path, capsys):
