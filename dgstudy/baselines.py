@@ -163,19 +163,34 @@ class CenterBias:
 
     # ---- persistence ----
     def to_dict(self) -> dict:
-        """JSON-able; enough for ``log_density_for_size`` (positions rounded to 1e-6)."""
+        """JSON-able; enough for ``log_density_for_size`` (positions as base64 float64, exact)."""
         return {"kind": "CenterBias", "bandwidth": self.bandwidth, "uniform_weight": self.uniform_weight,
                 "heldout_ll_bits": self.heldout_ll, "n_fixations": int(len(self.u)),
-                "u": np.round(self.u, 6).tolist(), "v": np.round(self.v, 6).tolist()}
+                "u": _encode(self.u), "v": _encode(self.v)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CenterBias":
         if d.get("kind") != "CenterBias":
             raise DataError(f"not a CenterBias dict (kind={d.get('kind')!r})")
-        u = np.asarray(d["u"], dtype=np.float64)
+        u, v = _decode(d["u"]), _decode(d["v"])
+        if len(u) != len(v) or len(u) != d.get("n_fixations", len(u)):
+            raise DataError(f"CenterBias dict: {len(u)} u but {len(v)} v positions "
+                            f"(n_fixations={d.get('n_fixations')})")
         return cls(bandwidth=float(d["bandwidth"]), uniform_weight=float(d["uniform_weight"]), u=u,
-                   v=np.asarray(d["v"], dtype=np.float64), image_of=np.full(len(u), -1),
+                   v=v, image_of=np.full(len(u), -1),
                    heldout_ll=float(d.get("heldout_ll_bits", float("nan"))))
+
+
+def _encode(a: np.ndarray) -> str:
+    import base64
+    return base64.b64encode(np.ascontiguousarray(a, dtype="<f8").tobytes()).decode("ascii")
+
+
+def _decode(text) -> np.ndarray:
+    import base64
+    if isinstance(text, list):                   # plain lists are accepted too
+        return np.asarray(text, dtype=np.float64)
+    return np.frombuffer(base64.b64decode(text), dtype="<f8").copy()
 
 
 class _CenterBiasObjective:

@@ -197,10 +197,14 @@ def _auc_by_search(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
 
 
 def nss_values(saliency: np.ndarray, rows, cols) -> np.ndarray:
-    """Standardised saliency at the fixations (pysaliency ``NSS``; constant map -> 0)."""
+    """Standardised saliency at the fixations (pysaliency ``NSS``).
+
+    A constant map (std below ``CONSTANT_RTOL`` times the mean: constant up to rounding) gives 0.
+    """
     mean, std = saliency.mean(), saliency.std()
-    v = saliency[rows, cols] - mean
-    return v / std if std else v
+    if std <= CONSTANT_RTOL * abs(mean):
+        return np.zeros(len(np.atleast_1d(rows)))
+    return (saliency[rows, cols] - mean) / std
 
 
 def cc(map1: np.ndarray, map2: np.ndarray) -> float:
