@@ -326,6 +326,8 @@ def _fold_done(d: Path) -> bool:
 def find_fold_dirs(run, fold: int | Sequence[int] | None = None) -> tuple[Path, list[Path]]:
     """(run folder, trained fold folders) for a run folder, a fold folder or a checkpoint file."""
     p = _resolve_run_path(run)
+    if fold is not None and (p.is_file() or (p / "model.pt").exists()):
+        raise ValueError(f"{p} is one fold already; fold={fold!r} applies to a run folder only")
     if p.is_file():
         if p.suffix != ".pt":
             raise DataError(f"{p}: not a checkpoint (expected a .pt file)")
@@ -639,28 +641,36 @@ def predict_images(model, images: Sequence[str | os.PathLike], out, fixations=No
             with atomic_path(npy, suffix=".npy") as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, logd)
-            if plot:
-                fx = None
-                if rows is not None:
-                    fx = check_fixations(rows[rows["image"] == i], {i: rgb.shape[:2]}, fixations).fixations
-                save_density_plot(out / f"{stem}.png", rgb, logd, fx, title=p.name)
             outputs[str(p)] = npy
             sizes[i] = rgb.shape[:2]
         except DataError as e:
             errors.append(str(e))
+            continue
         except Exception as e:                       # noqa: BLE001 - keep going, report at the end
             errors.append(f"{p}: prediction failed ({type(e).__name__}: {e})")
+            continue
+        if plot:
+            try:
+                fx = None
+                if rows is not None:
+                    fx = check_fixations(rows[rows["image"] == i], {i: rgb.shape[:2]}, fixations).fixations
+                save_density_plot(out / f"{stem}.png", rgb, logd, fx, title=p.name)
+            except Exception as e:                   # noqa: BLE001
+                errors.append(f"{p}: the figure failed ({type(e).__name__}: {e}); {npy.name} was written")
     report = PredictReport(outputs=outputs, errors=errors)
     if rows is not None:
         table = check_fixations(rows, sizes, fixations)
         errors.extend(table.errors)
         for n in table.notes:
             warnings.warn(n)
-        if len(table.fixations):
+        if not len(table.fixations):
+            errors.append(f"{fixations}: no valid fixation on any image given; nothing evaluated")
+            return report
+        try:
             report.evaluation, report.per_image = evaluate_predictions(
                 model, paths, stems, sizes, table.fixations, out)
-        else:
-            errors.append(f"{fixations}: no valid fixation on any image given; nothing evaluated")
+        except (DataError, ValueError) as e:
+            errors.append(f"{fixations}: evaluation failed: {e}")
     return report
 
 
@@ -707,12 +717,13 @@ def evaluate_predictions(model, paths: Sequence[Path], stems: Sequence[str], siz
     ds = FixationDataset(name="predict", stimuli=[str(paths[i]) for i in used],
                          sizes=np.array([sizes[i] for i in used]), fixations=fx, source="dgstudy predict")
     preds = _SavedPredictions([out / f"{stems[i]}.npy" for i in used])
-    baseline = _SizeModel(model.center_bias_log_density, ds.sizes)
+    cb_fn = getattr(model, "center_bias_log_density", None)
+    baseline = _SizeModel(cb_fn or uniform_log_density, ds.sizes)
     summary, per_image = metrics.evaluate(preds, ds, baseline=baseline, per_image=True)
     per_image = per_image.copy()
     per_image.insert(0, "file", [str(paths[used[int(j)]]) for j in per_image["image"]])
     summary = {"n_images": len(used), "n_fixations": int(len(fx)), **dict(summary),
-               "baseline": "the model's centre bias (bits/fixation for LL and IG)"}
+               "baseline": ("the centre bias the model uses" if cb_fn else "uniform") + " (for IG and sAUC)"}
     write_json(out / "evaluation.json", {"summary": summary, "per_image": per_image.to_dict(orient="records")})
     with atomic_path(out / "evaluation_per_image.csv", suffix=".csv") as tmp:
         per_image.to_csv(tmp, index=False)
