@@ -395,8 +395,10 @@ def test_cli_on_a_trained_run(tiny_run, tmp_path, capsys):
     pd.DataFrame({"image": [f"s{i}.png" for i in fx["image"]], "x": fx["x"], "y": fx["y"],
                   "subject": fx["subject"]}).to_csv(csv, index=False)
     out = tmp_path / "out"
-    code = predict.main([str(images), "--model", str(run_dir), "--fold", "0", "--out", str(out),
-                         "--fixations", str(csv)])
+    from dgstudy import cli
+
+    code = cli.main(["predict", str(images), "--model", str(run_dir), "--fold", "0", "--out", str(out),
+                     "--fixations", str(csv)])
     printed = capsys.readouterr().out
     assert code == 0
     assert "IG" in printed and "AUC" in printed
