@@ -355,13 +355,16 @@ def stack_layers(feats: dict[str, np.ndarray], layers: Sequence[str] | None = No
     layers = list(feats) if layers is None else list(layers)
     target = max(layers, key=lambda l: feats[l].shape[-2] * feats[l].shape[-1])
     size = tuple(feats[target].shape[-2:])
-    out = []
+    out = np.empty((sum(feats[l].shape[0] for l in layers),) + size, dtype=np.float32)
+    c = 0
     for l in layers:
-        t = torch.from_numpy(np.ascontiguousarray(feats[l], dtype=np.float32))
-        if tuple(t.shape[-2:]) != size:
-            t = F.interpolate(t[None], size=size, mode="bilinear", align_corners=False)[0]
-        out.append(t)
-    return torch.cat(out, 0).numpy()
+        arr = feats[l]
+        if tuple(arr.shape[-2:]) != size:
+            t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            arr = F.interpolate(t[None], size=size, mode="bilinear", align_corners=False)[0].numpy()
+        out[c:c + arr.shape[0]] = arr
+        c += arr.shape[0]
+    return out
 
 
 class FeatureStore:
