@@ -34,6 +34,7 @@ from .io import DataError
 from .metrics import single_threaded_blas
 
 BANDWIDTH_RANGE = (0.003, 0.5)       # search range of the relative bandwidths
+EDGE_EPS = 1e-9
 
 
 def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
@@ -43,9 +44,14 @@ def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
 
 
 def _pixels(u, v, h, w):
-    """Grid cells (row, col) of normalised positions on an h x w grid."""
-    rows = np.clip(np.floor(np.asarray(v) * h).astype(np.int64), 0, h - 1)
-    cols = np.clip(np.floor(np.asarray(u) * w).astype(np.int64), 0, w - 1)
+    """Grid cells (row, col) of normalised positions on an h x w grid.
+
+    ``floor(u * w)``, except that positions within 1e-9 px below a cell edge count as on the edge:
+    this undoes the rounding of ``(x / W) * W`` so that on the original grid the cell is exactly
+    the fixation's pixel ``floor(x)``.
+    """
+    rows = np.clip(np.floor(np.asarray(v) * h + EDGE_EPS).astype(np.int64), 0, h - 1)
+    cols = np.clip(np.floor(np.asarray(u) * w + EDGE_EPS).astype(np.int64), 0, w - 1)
     return rows, cols
 
 
@@ -224,10 +230,10 @@ class _CenterBiasObjective:
 
         def ll(a):
             return float(np.mean(np.log((1 - a) * kde + a)))
-        if uniform_weight is None:
-            res = minimize_scalar(lambda a: -ll(a), bounds=(1e-9, 1.0), method="bounded",
-                                  options={"xatol": 1e-6})
-            uniform_weight = float(res.x)
+        if uniform_weight is None:        # search log(a): the optimum is often tiny
+            res = minimize_scalar(lambda t: -ll(math.exp(t)), bounds=(math.log(1e-8), math.log(0.999)),
+                                  method="bounded", options={"xatol": 1e-4})
+            uniform_weight = math.exp(res.x)
         return ll(uniform_weight), uniform_weight
 
 
