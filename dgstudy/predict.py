@@ -586,6 +586,7 @@ class PredictReport:
     errors: list[str]
     evaluation: dict | None = None
     per_image: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)     # e.g. CSV rows naming images not given
 
     @property
     def ok(self) -> bool:
@@ -604,15 +605,17 @@ def output_stems(images: Sequence[Path]) -> list[str]:
 
 
 def predict_images(model, images: Sequence[str | os.PathLike], out, fixations=None,
-                   plot: bool = True, progress: bool | None = None) -> PredictReport:
+                   plot: bool = True, progress: bool | None = None,
+                   kernel_size: float | None = None) -> PredictReport:
     """Write ``<stem>.npy`` (float32 log-density) and ``<stem>.png`` for each image into ``out``.
 
     ``model`` needs ``log_density(rgb_array)`` and, for an evaluation, ``center_bias_log_density(h, w)``
     (a :class:`Predictor` has both). ``fixations``: a CSV (see :func:`read_fixation_csv`); then the
     images with fixations are evaluated with :func:`dgstudy.metrics.evaluate` — LL and IG (over the
     model's centre bias) in bits/fixation, AUC, NSS, ... — and ``evaluation.json`` and
-    ``evaluation_per_image.csv`` are written to ``out``. An image that fails is reported in
-    ``errors`` and the others still run.
+    ``evaluation_per_image.csv`` are written to ``out``. ``kernel_size``: sigma (px) of the empirical
+    saliency map for CC, KLDiv, SIM (default: ``metrics.default_kernel_size``, 1/30 of the larger
+    side of the first image). An image that fails is reported in ``errors`` and the others still run.
     """
     from tqdm.auto import tqdm
 
@@ -661,14 +664,13 @@ def predict_images(model, images: Sequence[str | os.PathLike], out, fixations=No
     if rows is not None:
         table = check_fixations(rows, sizes, fixations)
         errors.extend(table.errors)
-        for n in table.notes:
-            warnings.warn(n)
+        report.notes.extend(table.notes)
         if not len(table.fixations):
             errors.append(f"{fixations}: no valid fixation on any image given; nothing evaluated")
             return report
         try:
             report.evaluation, report.per_image = evaluate_predictions(
-                model, paths, stems, sizes, table.fixations, out)
+                model, paths, stems, sizes, table.fixations, out, kernel_size=kernel_size)
         except (DataError, ValueError) as e:
             errors.append(f"{fixations}: evaluation failed: {e}")
     return report
@@ -702,7 +704,8 @@ class _SizeModel:
 
 
 def evaluate_predictions(model, paths: Sequence[Path], stems: Sequence[str], sizes: dict[int, tuple[int, int]],
-                         fixations: pd.DataFrame, out: Path) -> tuple[dict, pd.DataFrame]:
+                         fixations: pd.DataFrame, out: Path, kernel_size: float | None = None
+                         ) -> tuple[dict, pd.DataFrame]:
     """Evaluate the written predictions on ``fixations`` with :func:`dgstudy.metrics.evaluate`."""
     from . import metrics
     from .datasets import FixationDataset
@@ -719,7 +722,7 @@ def evaluate_predictions(model, paths: Sequence[Path], stems: Sequence[str], siz
     preds = _SavedPredictions([out / f"{stems[i]}.npy" for i in used])
     cb_fn = getattr(model, "center_bias_log_density", None)
     baseline = _SizeModel(cb_fn or uniform_log_density, ds.sizes)
-    summary, per_image = metrics.evaluate(preds, ds, baseline=baseline, per_image=True)
+    summary, per_image = metrics.evaluate(preds, ds, baseline=baseline, per_image=True, kernel_size=kernel_size)
     per_image = per_image.copy()
     per_image.insert(0, "file", [str(paths[used[int(j)]]) for j in per_image["image"]])
     summary = {"n_images": len(used), "n_fixations": int(len(fx)), **dict(summary),
@@ -826,6 +829,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--center-bias", default="training", choices=["training", "uniform"],
                    help="centre bias of the training data rescaled to each image (default) or uniform")
+    p.add_argument("--kernel-size", type=float, default=None, metavar="PX",
+                   help="sigma (px) of the empirical saliency map for CC, KLDiv, SIM "
+                        "(default: 1/30 of the larger image side; about 1 degree of visual angle is usual)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
 
 
@@ -841,11 +847,13 @@ def run_predict_command(args: argparse.Namespace) -> int:
         print(f"dgstudy predict: cannot load the model {args.model}: {e}", file=sys.stderr)
         return 1
     report = predict_images(model, images, args.out, fixations=args.fixations, plot=not args.no_plot,
-                            progress=len(images) > 1)
+                            progress=len(images) > 1, kernel_size=args.kernel_size)
     print(f"wrote {len(report.outputs)} of {len(images)} predictions to {args.out}")
     if report.evaluation is not None:
         print(format_summary(report.evaluation))
         print(f"evaluation written to {Path(args.out) / 'evaluation.json'}")
+    for n in report.notes:
+        print(f"note: {n}", file=sys.stderr)
     for e in report.errors:
         print(f"error: {e}", file=sys.stderr)
     if report.errors:

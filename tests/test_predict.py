@@ -238,16 +238,19 @@ def test_bad_images_and_rows_fail_alone_with_nonzero_exit(tmp_path, monkeypatch,
     paths = _write_images(tmp_path / "im", n=2, h=10, w=10)
     (tmp_path / "im" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
     csv = tmp_path / "fix.csv"
-    csv.write_text("image,x,y\nimg0,5,5\nimg1,11,5\ncorrupt,1,1\nimg1,2,2\n")
+    csv.write_text("image,x,y\nimg0,5,5\nimg1,11,5\ncorrupt,1,1\nimg1,2,2\nelsewhere.png,1,1\n")
     monkeypatch.setattr(predict, "load_model", lambda *a, **k: FixedModel(predict.uniform_log_density))
     code = predict.main([str(tmp_path / "im"), "--model", "whatever", "--out", str(tmp_path / "out"),
-                         "--fixations", str(csv), "--no-plot"])
+                         "--fixations", str(csv), "--no-plot", "--kernel-size", "1.5"])
     err = capsys.readouterr().err
     assert code == 1
     assert "corrupt.jpg: image does not decode" in err
     assert "fix.csv: line 3" in err and "outside the 10x10 image" in err
+    assert "note:" in err and "elsewhere.png" in err and "line 6" not in err     # not an error
+    assert err.count("error:") == 2
     assert (tmp_path / "out" / "img0.npy").exists() and (tmp_path / "out" / "img1.npy").exists()
-    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["summary"]["n_fixations"] == 2
+    summary = json.loads((tmp_path / "out" / "evaluation.json").read_text())["summary"]
+    assert summary["n_fixations"] == 2 and summary["kernel_size"] == 1.5
 
 
 def test_cli_registers_on_subparsers():
