@@ -13,6 +13,11 @@ What happens (``train_crossval``)
    * the readout, blur width and centre-bias weight are fitted by Adam on the negative
      log-likelihood of the training fixations in **bits per fixation** (every fixation weighs the
      same) plus ``l1 * sum(|w|)`` over the readout's convolution weights;
+   * by default (``train_resolution='reduced'``) the likelihood is computed on the model's
+     reduced grid (``DeepGazeII.forward(..., reduced=True)``: the density over cells of about
+     f x f pixels, before the final bilinear upsampling), about f^2 times cheaper than the
+     full-resolution softmax and equal to it up to the map's variation within a cell;
+     ``'full'`` fits the exact full-resolution density. Evaluation always uses the full output;
    * after every epoch the validation log-likelihood is computed; training stops after
      ``patience`` epochs without improvement (or at ``max_epochs``) and the best epoch's weights
      are kept.
@@ -27,7 +32,7 @@ Choices not fixed by the paper (recorded in every ``config.json``)
 ------------------------------------------------------------------
 The paper (arXiv 1610.01563) does not give the settings below in a form we can reuse (it used a
 different optimiser setup and SALICON pre-training, which this study skips). Ours: Adam,
-``lr=0.002`` (betas 0.9/0.999), batches of ``batch_size=8`` images of one size, ``l1=1e-4`` per unit
+``lr=0.005`` (betas 0.9/0.999), batches of ``batch_size=8`` images of one size, ``l1=1e-4`` per unit
 of ``sum |w|`` added to the loss in bits/fixation, ``patience=5`` epochs, initial blur sigma
 8 px of the reduced grid (32 stimulus px at ``saliency_map_factor=4``), centre-bias weight 1.
 
@@ -83,7 +88,7 @@ class TrainConfig:
     folds: int = 10
     seed: int = 0
     max_epochs: int = 60
-    lr: float = 0.002
+    lr: float = 0.005
     batch_size: int = 8
     l1: float = 1e-4
     patience: int = 5
@@ -91,6 +96,7 @@ class TrainConfig:
     run: str | None = None                   # results/<run>/; None = "<dataset>-<backbone>"
     blur_sigma: float = 8.0                  # initial blur width, px of the reduced grid
     saliency_map_factor: int = 4
+    train_resolution: str = "reduced"        # likelihood used for fitting: 'reduced' grid or 'full'
 
     def __post_init__(self):
         if not self.run:
@@ -158,12 +164,15 @@ def read_features(store, images, layers=None, dtype=np.float16, progress=True) -
     return out
 
 
-def fixation_pixels(dataset, i: int) -> np.ndarray:
-    """Flat pixel index ``row * W + col`` of every fixation of image ``i`` (order of fixations_of)."""
+def fixation_pixels(dataset, i: int, grid: tuple[int, int] | None = None) -> np.ndarray:
+    """Flat index ``row * w + col`` of the pixel of every fixation of image ``i`` (order of
+    ``fixations_of``). With ``grid=(h, w)``: the cell of an h x w grid laid over the image
+    (row = floor(y * h / H), col = floor(x * w / W))."""
     fx = dataset.fixations_of(i)
-    h, w = (int(v) for v in dataset.sizes[i])
-    col = np.clip(np.floor(fx["x"].to_numpy()).astype(np.int64), 0, w - 1)
-    row = np.clip(np.floor(fx["y"].to_numpy()).astype(np.int64), 0, h - 1)
+    H, W = (int(v) for v in dataset.sizes[i])
+    h, w = (H, W) if grid is None else grid
+    col = np.clip(np.floor(fx["x"].to_numpy() * (w / W)).astype(np.int64), 0, w - 1)
+    row = np.clip(np.floor(fx["y"].to_numpy() * (h / H)).astype(np.int64), 0, h - 1)
     return row * w + col
 
 
@@ -198,8 +207,9 @@ class _Batcher:
     """Turns a list of images into tensors: features, log centre bias, fixation indices."""
 
     def __init__(self, features: Mapping[int, np.ndarray], dataset, log_cb_for_size: Callable,
-                 device: str):
+                 device: str, grid_of: Callable | None = None):
         self.features, self.dataset, self.device = features, dataset, device
+        self.grid_of = grid_of            # (H, W) -> grid the likelihood is computed on (None: pixels)
         self.log_cb_for_size = log_cb_for_size
         self._cb: dict[tuple, torch.Tensor] = {}
         self._fix: dict[int, np.ndarray] = {}
@@ -212,24 +222,25 @@ class _Batcher:
             self._cb[size] = torch.from_numpy(cb).to(self.device)
         return self._cb[size]
 
-    def fixations(self, i: int) -> np.ndarray:
-        if i not in self._fix:
-            self._fix[i] = fixation_pixels(self.dataset, i)
-        return self._fix[i]
+    def fixations(self, i: int, grid=None) -> np.ndarray:
+        if (i, grid) not in self._fix:
+            self._fix[i, grid] = fixation_pixels(self.dataset, i, grid)
+        return self._fix[i, grid]
 
     def __call__(self, batch):
         size = tuple(int(v) for v in self.dataset.sizes[batch[0]])
         x = torch.from_numpy(np.stack([self.features[int(i)] for i in batch])).to(self.device, torch.float32)
         cb = self.center_bias(size).expand(len(batch), *size)
-        fix = [self.fixations(int(i)) for i in batch]
+        grid = None if self.grid_of is None else self.grid_of(*size)
+        fix = [self.fixations(int(i), grid) for i in batch]
         b_idx = torch.from_numpy(np.repeat(np.arange(len(batch)), [len(f) for f in fix])).to(self.device)
         p_idx = torch.from_numpy(np.concatenate(fix)).to(self.device)
-        return x, cb, b_idx, p_idx, size
+        return x, cb, b_idx, p_idx, (size if grid is None else grid)
 
 
-def fixation_log_likelihoods(model, x, cb, b_idx, p_idx) -> torch.Tensor:
-    """Natural-log density of each fixation of the batch under the model."""
-    logd = model(x, cb)
+def fixation_log_likelihoods(model, x, cb, b_idx, p_idx, reduced: bool = False) -> torch.Tensor:
+    """Natural-log probability of each fixation's pixel (or reduced-grid cell) under the model."""
+    logd = model(x, cb, reduced=reduced)
     return logd.reshape(logd.shape[0], -1)[b_idx, p_idx]
 
 
@@ -267,12 +278,13 @@ def center_bias_log_likelihood(batcher: _Batcher, images) -> float:
 
 @torch.no_grad()
 def mean_log_likelihood(model, batcher: _Batcher, images, batch_size: int) -> float:
-    """Mean log-likelihood of the fixations on ``images``, bits/fixation relative to uniform."""
+    """Mean log-likelihood of the fixations on ``images``, bits/fixation relative to uniform
+    (over the batcher's grid: pixels, or reduced-grid cells)."""
     total, n = 0.0, 0
     model.eval()
     for batch in make_batches(images, batcher.dataset.sizes, batch_size, None):
         x, cb, b_idx, p_idx, size = batcher(batch)
-        ll = fixation_log_likelihoods(model, x, cb, b_idx, p_idx).double() / LN2
+        ll = fixation_log_likelihoods(model, x, cb, b_idx, p_idx, batcher.grid_of is not None).double() / LN2
         total += float(ll.sum()) + len(ll) * math.log2(size[0] * size[1])
         n += len(ll)
     return total / max(n, 1)
@@ -289,7 +301,11 @@ def train_fold(cfg: TrainConfig, features: Mapping[int, np.ndarray], dataset, tr
     model = build_model(cfg, in_channels).to(cfg.device)
     model.set_feature_normalization(*feature_normalization(features, train))
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    batcher = _Batcher(features, dataset, log_cb_for_size, cfg.device)
+    if cfg.train_resolution not in ("reduced", "full"):
+        raise ValueError(f"train_resolution must be 'reduced' or 'full', got {cfg.train_resolution!r}")
+    reduced = cfg.train_resolution == "reduced"
+    batcher = _Batcher(features, dataset, log_cb_for_size, cfg.device,
+                       grid_of=model.finalizer.reduced_size if reduced else None)
 
     cb_train = center_bias_log_likelihood(batcher, train)
     cb_val = center_bias_log_likelihood(batcher, val)
@@ -301,7 +317,7 @@ def train_fold(cfg: TrainConfig, features: Mapping[int, np.ndarray], dataset, tr
         tot_ll, tot_n = 0.0, 0
         for batch in make_batches(train, dataset.sizes, cfg.batch_size, rng):
             x, cb, b_idx, p_idx, size = batcher(batch)
-            ll = fixation_log_likelihoods(model, x, cb, b_idx, p_idx)
+            ll = fixation_log_likelihoods(model, x, cb, b_idx, p_idx, reduced)
             nll_bits = -ll.mean() / LN2
             l1 = sum(w.abs().sum() for w in model.readout_weights())
             loss = nll_bits + cfg.l1 * l1
@@ -424,10 +440,12 @@ class CrossValModel:
     """The cross-validated prediction of a run: image ``i`` is predicted by the fold that held it
     out (its model, with the centre bias fitted on that fold's training images).
 
-    ``log_density(i) -> (H, W)`` float64 natural-log density; ``.dataset``; ``.fold_of[i]``.
+    ``log_density(i) -> (H, W)`` float64 natural-log density; ``.dataset``; ``.fold_of[i]`` (-1
+    for images of unfinished folds, only possible with ``allow_partial=True``); ``.images``
+    (the images that have a prediction).
     """
 
-    def __init__(self, run_dir, dataset=None, features=None):
+    def __init__(self, run_dir, dataset=None, features=None, allow_partial: bool = False):
         self.run_dir = Path(run_dir)
         cfg_path = self.run_dir / "config.json"
         if not cfg_path.exists():
@@ -436,7 +454,13 @@ class CrossValModel:
         self.dataset = load_dataset(self.cfg) if dataset is None else dataset
         self.fold_of = np.full(len(self.dataset), -1, dtype=np.int64)
         self.folds = {}
+        self.missing_folds = [f for f in range(self.cfg.folds) if not fold_done(fold_dir(self.run_dir, f))]
+        if self.missing_folds and not allow_partial:
+            raise DataError(f"{self.run_dir}: folds {self.missing_folds} are not finished; "
+                            "resume train_crossval (or pass allow_partial=True)")
         for f in range(self.cfg.folds):
+            if f in self.missing_folds:
+                continue
             d = fold_dir(self.run_dir, f)
             model, _, cb = load_fold(d)
             info = json.loads((d / "config.json").read_text())
@@ -445,6 +469,7 @@ class CrossValModel:
                                 f"dataset has {len(self.dataset)}")
             self.folds[f] = (model, cb)
             self.fold_of[np.asarray(info["test_images"], dtype=np.int64)] = f
+        self.images = np.flatnonzero(self.fold_of >= 0)
         self._features = features
         self._store = None
         self._cb_cache: dict[tuple, np.ndarray] = {}
@@ -494,27 +519,30 @@ def per_fold_summary(per_image: pd.DataFrame, fold_of: np.ndarray) -> pd.DataFra
 
 
 def evaluate_run(run_dir, *, dataset=None, features=None, baseline=None, gold=None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, allow_partial: bool = False) -> dict:
     """Evaluate a run's cross-validated predictions; writes ``metrics.json`` and ``per_image.csv``.
 
     Baseline: the leave-image-out centre bias ``CenterBias.fit(dataset)``; gold standard:
     ``GoldStandard.fit(dataset, baseline)``. ``metrics.json`` holds the overall metrics
     (``dgstudy.metrics.evaluate``) and, per fold, the fixation-weighted test IG over the baseline.
+    ``allow_partial=True`` evaluates only the test images of finished folds (``folds_missing``
+    in metrics.json says which are not).
     """
     from . import metrics
     from .baselines import CenterBias, GoldStandard
     t0 = time.perf_counter()
-    cvm = CrossValModel(run_dir, dataset=dataset, features=features)
+    cvm = CrossValModel(run_dir, dataset=dataset, features=features, allow_partial=allow_partial)
     ds = cvm.dataset
     baseline = CenterBias.fit(ds) if baseline is None else baseline
     gold = GoldStandard.fit(ds, baseline) if gold is None else gold
     summary, per_image = metrics.evaluate(cvm.log_density, ds, baseline=baseline, gold=gold,
-                                          per_image=True)
+                                          images=cvm.images, per_image=True, progress=progress)
     per_image = per_image.copy()
     per_image["fold"] = cvm.fold_of[per_image["image"].to_numpy()]
     folds = per_fold_summary(per_image, cvm.fold_of)
     result = {"run": cvm.cfg.run, "config": cvm.cfg.to_dict(), "summary": summary,
-              "folds": folds.to_dict(orient="records"), "seconds": time.perf_counter() - t0}
+              "folds": folds.to_dict(orient="records"), "folds_missing": cvm.missing_folds,
+              "seconds": time.perf_counter() - t0}
     run_dir = Path(run_dir)
     write_json(run_dir / "metrics.json", result)
     with atomic_path(run_dir / "per_image.csv") as tmp:
