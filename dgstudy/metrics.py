@@ -307,9 +307,9 @@ class ShuffledNegatives:
             self._flat[(h, w)] = rows * w + cols
         return self._flat[(h, w)]
 
-    def values(self, saliency: np.ndarray, n: int) -> np.ndarray:
-        flat = self._flat_for_size(*saliency.shape)
-        return saliency.ravel()[flat[self.image != n]]
+    def indices(self, h: int, w: int, n: int) -> np.ndarray:
+        """Flat pixel indices (on an h x w image) of the fixations on images other than ``n``."""
+        return self._flat_for_size(h, w)[self.image != n]
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -395,24 +395,25 @@ def _evaluate_images(images, dataset, by_image, model_fn, base_fn, loso, gold, b
 def _per_fixation_metrics(i, g, rows, cols, logp, p, log_base, loso, shuffled, norm_tol):
     """LL, IG, AUC, sAUC, NSS of each fixation of image i (per subject for LOSO models)."""
     h, w = logp.shape
-    if loso is None:
-        groups = [(slice(None), logp, p)]
-    else:
-        subj = g["subject"].to_numpy()
-        groups = []
-        for s in np.unique(subj):
-            lp, pp = checked_log_density(loso(i, int(s)), (h, w), i, norm_tol)
-            groups.append((np.flatnonzero(subj == s), lp, pp))
+    neg = shuffled.indices(h, w, i)                  # sAUC negatives (flat pixel indices)
+    base_neg = log_base.ravel()[neg]
     out = {k: np.empty(len(rows)) for k in PER_FIXATION}
-    for sel, lp, pp in groups:
+
+    def score(sel, lp, pp):
         r, c = rows[sel], cols[sel]
         ll = lp[r, c]
         out["LL"][sel] = (ll + math.log(h * w)) / math.log(2)
         out["IG"][sel] = (ll - log_base[r, c]) / math.log(2)
         out["AUC"][sel] = auc_per_positive(pp[r, c], pp)
-        ratio = lp - log_base
-        out["sAUC"][sel] = auc_per_positive(ratio[r, c], shuffled.values(ratio, i))
+        out["sAUC"][sel] = auc_per_positive(ll - log_base[r, c], lp.ravel()[neg] - base_neg)
         out["NSS"][sel] = nss_values(pp, r, c)
+
+    if loso is None:
+        score(slice(None), logp, p)
+    else:
+        subj = g["subject"].to_numpy()
+        for s in np.unique(subj):
+            score(np.flatnonzero(subj == s), *checked_log_density(loso(i, int(s)), (h, w), i, norm_tol))
     return out
 
 
