@@ -134,7 +134,8 @@ def feature_path(cfg: TrainConfig, dataset) -> Path:
     if cfg.feature_path:
         return Path(cfg.feature_path)
     from . import features
-    return Path(features.default_store_path(dataset, cfg.backbone, cfg.downsample))
+    return Path(features.default_store_path(dataset, cfg.backbone, cfg.downsample, layers=cfg.layers,
+                                            dtype=cfg.feature_dtype))
 
 
 def open_store(cfg: TrainConfig, dataset):
