@@ -168,18 +168,24 @@ def test_missing_store():
 
 
 KILL_SCRIPT = textwrap.dedent("""
-    import sys
+    import sys, time
+    sys.path.insert(0, sys.argv[2])
+    from test_features import toy_backbone
     from dgstudy import datasets, features
-    ds = datasets.load("synthetic", n_images=8, size=(128, 176))
-    features.extract(ds, "vgg19_random", layers=["relu4_1"], downsample=1, out=sys.argv[1], part_size=1,
-                     progress=False)
+    ds = datasets.load("synthetic", n_images=8, size=(64, 96))
+    read = ds.image
+    def slow_image(i):          # a slow disk: gives the test a wide window to kill the run
+        time.sleep(0.25)
+        return read(i)
+    ds.image = slow_image
+    features.extract(ds, toy_backbone(), downsample=1, out=sys.argv[1], part_size=1, progress=False)
 """)
 
 
-def test_resume_after_kill(data_root, tmp_path, vgg_random):
+def test_resume_after_kill(data_root, tmp_path):
     out = tmp_path / "killed.h5"
     env = {**os.environ, "DGSTUDY_DATA": str(data_root), "PYTHONPATH": REPO}
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(out)], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(out), os.path.dirname(__file__)], env=env)
     pdir = features.parts_dir(out)
     try:
         deadline = time.time() + 120
@@ -194,13 +200,13 @@ def test_resume_after_kill(data_root, tmp_path, vgg_random):
     assert not out.exists()
     n_parts = len(list(pdir.glob("part-*.h5")))
     assert 2 <= n_parts < 8
-    ds = datasets.load("synthetic", n_images=8, size=(128, 176))
-    features.extract(ds, vgg_random, layers=["relu4_1"], downsample=1, out=out, part_size=1,
-                     progress=False)
-    ref = features.extract(ds, vgg_random, layers=["relu4_1"], downsample=1, out=tmp_path / "ref.h5",
-                           progress=False)
+    ds = datasets.load("synthetic", n_images=8, size=(64, 96))
+    bb = toy_backbone()
+    features.extract(ds, bb, downsample=1, out=out, part_size=1, progress=False)
+    ref = features.extract(ds, bb, downsample=1, out=tmp_path / "ref.h5", progress=False)
     a, b = features.FeatureStore(out), features.FeatureStore(ref)
     assert a.images == b.images == list(range(8))
     for i in range(8):
-        assert np.array_equal(a.read(i)["relu4_1"], b.read(i)["relu4_1"]), i
+        for layer in ("p1", "p2"):
+            assert np.array_equal(a.read(i)[layer], b.read(i)[layer]), (i, layer)
     assert not pdir.exists() and not list(tmp_path.glob(".*.tmp"))
