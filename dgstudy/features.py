@@ -35,13 +35,15 @@ atomically; then the shards are deleted (a crash in between leaves shards whose 
 already in ``<out>``; the next run skips them). Re-running skips images found in ``<out>`` or in
 a shard. A ``kill -9`` at any moment therefore leaves only complete images under final names,
 plus possibly stray ``*.tmp`` files that are never read (and are removed by the next run).
-One writer per store at a time.
+One writer per store at a time: ``extract`` holds an exclusive ``flock`` on ``<out>.lock``; a
+second caller waits for it, then finds the work done.
 
 Reading: :class:`FeatureStore` (read-only; opens the file lazily in each process, so it can be
 handed to DataLoader workers).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -295,7 +297,6 @@ def extract(dataset, backbone, layers: Sequence[str] | None = None, downsample: 
     existing store with other attributes raises DataError naming what differs.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from . import backbones
 
@@ -311,6 +312,35 @@ def extract(dataset, backbone, layers: Sequence[str] | None = None, downsample: 
     bad = [i for i in wanted if not 0 <= i < len(dataset)]
     if bad:
         raise IndexError(f"images {bad[:5]} out of range for {dataset.name} ({len(dataset)} images)")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _writer_lock(out):
+        return _extract_locked(dataset, bb, layers, downsample, dtype, out, pdir, attrs, wanted,
+                               batch_size, compression, autocast_bf16, part_size, progress)
+
+
+@contextlib.contextmanager
+def _writer_lock(out: Path):
+    """Hold an exclusive ``flock`` on ``<out>.lock``: a second writer waits (the OS drops the lock
+    of a killed process)."""
+    import fcntl
+
+    with open(out.with_name(out.name + ".lock"), "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that is extracting into {out} ...", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _extract_locked(dataset, bb, layers, downsample, dtype, out, pdir, attrs, wanted, batch_size,
+                    compression, autocast_bf16, part_size, progress) -> Path:
+    import torch
+    from tqdm.auto import tqdm
 
     done = _scan(out, pdir, attrs)
     todo = [i for i in wanted if i not in done]

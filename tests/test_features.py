@@ -162,6 +162,24 @@ def test_bf16_autocast_changes_little(ds, vgg_random):
     assert 0 < rel < 0.05
 
 
+def test_second_writer_waits(ds, tmp_path, capsys):
+    import fcntl
+    import threading
+
+    out = tmp_path / "f.h5"
+    with open(tmp_path / "f.h5.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)           # another writer holds the store
+        t = threading.Thread(target=features.extract, args=(ds, toy_backbone()),
+                             kwargs=dict(out=out, progress=False))
+        t.start()
+        t.join(timeout=1.0)
+        assert t.is_alive() and not out.exists()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    t.join(timeout=60)
+    assert not t.is_alive() and features.FeatureStore(out).complete
+    assert "waiting for another process" in capsys.readouterr().out
+
+
 def test_missing_store():
     with pytest.raises(DataError, match="feature store is missing"):
         features.FeatureStore("/nonexistent/f.h5")
