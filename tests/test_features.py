@@ -78,6 +78,28 @@ def test_extract_stores_exactly_compute(ds, tmp_path):
         assert list(f["images/00003"].attrs["input_size"]) == [15, 22]
 
 
+def test_mixed_sizes_batched(data_root, tmp_path):
+    import pandas as pd
+
+    a = datasets.load("synthetic", n_images=3, size=(30, 44))
+    b = datasets.load("synthetic", n_images=2, size=(41, 23), seed=2)
+    mixed = datasets.FixationDataset(
+        name="mixed", stimuli=[a.stimuli[0], b.stimuli[0], a.stimuli[1], b.stimuli[1], a.stimuli[2]],
+        sizes=[(30, 44), (41, 23), (30, 44), (41, 23), (30, 44)],
+        fixations=pd.DataFrame({c: [] for c in datasets.COLUMNS}))
+    bb = toy_backbone()
+    st = features.FeatureStore(features.extract(mixed, bb, out=tmp_path / "m.h5", batch_size=2,
+                                                compression="lzf", progress=False))
+    assert st.complete
+    for i in range(5):
+        ref = features.compute(bb, mixed.image(i), downsample=2)
+        got = st.read(i)
+        h, w = features.input_size(*mixed.sizes[i], 2)
+        assert got["p1"].shape == (4, h // 2, w // 2)
+        for l in ref:   # batching may change the float32 rounding, not more
+            assert np.allclose(got[l].astype(np.float32), ref[l].astype(np.float32), rtol=2e-3, atol=1e-3)
+
+
 def test_attributes(ds, tmp_path, vgg_random):
     out = features.extract(ds, vgg_random, layers=["conv1_1", "relu2_1"], downsample=3,
                            dtype="float32", out=tmp_path / "f.h5", images=[1, 3], progress=False)
