@@ -146,7 +146,8 @@ def compute(backbone, image: np.ndarray, layers: Sequence[str] | None = None, do
     Returns {layer: (C, h, w) ndarray of ``dtype``} (the dtype round-trip included). ``backbone``
     is a backbone object (:func:`dgstudy.backbones.get`); it runs on its own device.
     Bitwise equal to the stored features when ``extract`` ran with ``batch_size=1`` (the
-    default) on the same device; with larger batches equal up to float rounding.
+    default) on the same device with the same number of CPU threads (oneDNN's reductions depend
+    on both); otherwise equal up to float rounding (1 float16 ulp seen between 1 and 2 threads).
     """
     _check_dtype(dtype)
     layers = backbone.check_layers(layers)
