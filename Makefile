@@ -49,7 +49,7 @@ smoke: env
 PROFILE_YAML = dgstudy/profiles/$(PROFILE).yaml
 PROFILE_BACKBONE = $(shell sed -n 's/^backbone:[[:space:]]*\([^[:space:]#]*\).*/\1/p' $(PROFILE_YAML))
 OUT_TAG = $(PROFILE)$(if $(and $(BACKBONE),$(filter-out $(PROFILE_BACKBONE),$(BACKBONE))),-$(BACKBONE))
-OUT_DIR = results/$(OUT_TAG)
+OUT_DIR = $(or $(DGSTUDY_RESULTS),results)/$(OUT_TAG)
 NOTEBOOKS := $(sort $(wildcard notebooks/0[1-6]_*.ipynb))
 DGSTUDY_SOURCES := $(wildcard dgstudy/*.py dgstudy/*/*.py)
 PAPERMILL_FLAGS = -f $(PROFILE_YAML) $(if $(BACKBONE),-p backbone $(BACKBONE)) --cwd $(CURDIR) -k python3 $(PAPERMILL_ARGS)
@@ -58,12 +58,13 @@ reproduce: env
 	@test -f $(PROFILE_YAML) || { echo "unknown PROFILE=$(PROFILE): no $(PROFILE_YAML)"; exit 2; }
 	$(PY) -m dgstudy.study preflight --profile $(PROFILE) $(if $(BACKBONE),--backbone $(BACKBONE))
 	@$(MAKE) --no-print-directory notebooks PROFILE=$(PROFILE) BACKBONE=$(BACKBONE)
-	@echo "done: executed notebooks in $(OUT_DIR)/, figures in figures/$(OUT_TAG)/"
+	@echo "done: executed notebooks in $(OUT_DIR)/, figures in $(or $(DGSTUDY_FIGURES),figures)/$(OUT_TAG)/"
 
 # one rule per notebook, each depending on the one before it
 define NOTEBOOK_RULE
 $(OUT_DIR)/$(notdir $(1)): $(1) $(PROFILE_YAML) $(DGSTUDY_SOURCES) $(2)
 	@mkdir -p $$(@D)
+	@rm -f $$@
 	@echo "== $$< -> $$@"
 	@$(PY) -m papermill $$< $$@.running.ipynb $(PAPERMILL_FLAGS) || { \
 	  echo "FAILED: $$< (the executed copy with the error: $$@.running.ipynb)"; exit 1; }
