@@ -31,6 +31,15 @@ def synthetic_features(ds, n_noise: int = 4, seed: int = 0) -> dict[int, np.ndar
     return out
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def results_root(tmp_path, monkeypatch, data_root):
     root = tmp_path / "results"
@@ -97,8 +106,9 @@ def test_no_test_image_influences_its_own_fold(synthetic, results_root, monkeypa
     monkeypatch.setattr(training, "fit_center_bias", spy_fit)
     monkeypatch.setattr(training, "feature_normalization", spy_norm)
     monkeypatch.setattr(training, "train_fold", spy_train)
-    cfg = small_config(max_epochs=1, run="leak-check")
+    cfg = small_config(max_epochs=1, run="leak-check", num_threads=2)
     run = training.train_crossval(cfg, dataset=ds, features=feats, progress=False)
+    assert torch.get_num_threads() == 1                       # the thread setting is restored
     tests = []
     for fold in range(3):
         info = json.loads((run / f"fold_{fold:02d}" / "config.json").read_text())
