@@ -13,8 +13,11 @@ Conventions
   8 bits, and only the first frame of a multi-frame file is used.
 * A run with several folds is combined as the paper does for MIT300: the **average of the fold
   densities**, ``log p = logsumexp_k(log p_k) - log K`` (still normalised). With one fold the
-  prediction is exactly that fold's, so ``load_model(run, fold=k)`` reproduces bit for bit what the
-  training evaluation (``training.CrossValModel``) gives for the images held out by fold ``k``.
+  prediction is exactly that fold's, so ``load_model(run, fold=k)`` reproduces the very values
+  (float32 here, cast to float64 there) that the training evaluation (``training.CrossValModel``)
+  gives for the images held out by fold ``k`` — provided the feature store was extracted with
+  ``batch_size=1`` (the default) on the same kind of device, and the stimulus files carry no EXIF
+  rotation (``dgstudy.datasets`` reads stimuli as stored, this module as displayed).
 
 Layout of a run (written by :mod:`dgstudy.training`): ``results/<run>/config.json`` and
 ``fold_XX/{model.pt, config.json, center_bias.json, log.csv}``.
@@ -37,7 +40,6 @@ import pandas as pd
 from .io import DataError, atomic_path, write_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-LN2 = math.log(2.0)
 
 
 # ----------------------------------------------------------------------------------------------
