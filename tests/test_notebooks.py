@@ -1,0 +1,88 @@
+"""The whole notebook chain 01-06 at toy scale (the ``smoke`` profile), through papermill.
+
+Results and figures go to a temporary folder (``DGSTUDY_RESULTS``, ``DGSTUDY_FIGURES``); the data
+root stays the repository's ``data/`` so the OSIE cache and the smoke feature store are reused.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+
+NOTEBOOK_DIR = REPO / "notebooks"
+
+
+def smoke_chain():
+    nbs = sorted(NOTEBOOK_DIR.glob("0[1-6]_*.ipynb"))
+    return nbs
+
+
+@pytest.mark.slow
+def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
+    import papermill
+
+    notebooks = smoke_chain()
+    assert [p.name[:2] for p in notebooks] == ["01", "02", "03", "04", "05", "06"], notebooks
+    params = yaml.safe_load((REPO / "dgstudy" / "profiles" / "smoke.yaml").read_text())
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    monkeypatch.setenv("DGSTUDY_RESULTS", str(results))
+    monkeypatch.setenv("DGSTUDY_FIGURES", str(figures))
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    out = results / "smoke"
+    out.mkdir(parents=True)
+    timings = {}
+    for nb in notebooks:
+        t0 = time.perf_counter()
+        papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(REPO),
+                                   kernel_name="python3", progress_bar=False)
+        timings[nb.name] = round(time.perf_counter() - t0, 1)
+    print("notebook seconds:", timings)
+
+    # every executed notebook is there, with no error output
+    for nb in notebooks:
+        executed = json.loads((out / nb.name).read_text())
+        errors = [o for c in executed["cells"] if c["cell_type"] == "code"
+                  for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, f"{nb.name}: {errors[:1]}"
+
+    # the report table: every metric, the paper's column, finite IG within its interval
+    table = pd.read_csv(out / "results.csv")
+    assert {"model", "metric", "unit", "this_run", "ci_low", "ci_high", "paper", "paper_source",
+            "comparable", "setting"} <= set(table.columns)
+    dg2 = table[table.model == "DeepGaze II"].set_index("metric")
+    assert list(dg2.index) == ["LL", "IG", "explained_IG", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM"]
+    ig = dg2.loc["IG"]
+    assert math.isfinite(ig.this_run) and ig.ci_low <= ig.this_run <= ig.ci_high
+    assert 0.5 < dg2.loc["AUC", "this_run"] < 1.0
+    assert dg2.loc["AUC", "paper"] == 0.88 and not dg2["comparable"].any()  # smoke is not the paper's setting
+    md = (out / "results.md").read_text()
+    assert md.startswith("# Results") and "\n| model | metric | unit | this_run |" in md
+    assert len(json.loads((out / "results.json").read_text())) == len(table)
+
+    # ablations: finite IG with intervals; the centre bias alone has IG 0 by construction
+    layers = pd.read_csv(out / "ablation_layers.csv")
+    assert len(layers) >= 2 and np.isfinite(layers.IG).all()
+    assert (layers.IG_lo <= layers.IG + 1e-12).all() and (layers.IG <= layers.IG_hi + 1e-12).all()
+    cb = pd.read_csv(out / "ablation_centerbias.csv").set_index("condition")
+    assert list(cb.index) == ["centre bias alone", "none", "fixed", "learned", "DeepGaze I"]
+    assert cb.loc["centre bias alone", "IG"] == pytest.approx(0.0, abs=1e-9)
+    assert cb.loc["centre bias alone", "LL"] > 0          # the centre bias beats a uniform density
+    assert np.isfinite(cb.IG).all()
+    # the main run is both the "learned" condition and the layer ablation's default condition
+    main = layers.set_index("condition").loc["default", "IG"]
+    assert cb.loc["learned", "IG"] == pytest.approx(main, rel=1e-9)
+
+    # figures: PNG and PDF of each
+    for name in ("examples", "center_bias", "ablation_layers", "ablation_centerbias",
+                 "per_image_ig", "blur", "training_curves"):
+        for ext in ("png", "pdf"):
+            f = figures / "smoke" / f"{name}.{ext}"
+            assert f.exists() and f.stat().st_size > 1000, f
