@@ -31,8 +31,9 @@ i.e. 1/16 of the stimulus after the factor-2 downsampling. For VGG-19 the defaul
 Storage (float16): the layers outside the paper set cost about 14 MB per MIT1003 image
 (1024x768 -> 512x384 input), i.e. about 14 GB for MIT1003 and 6 GB for OSIE; they go to a store of
 their own (``features.default_store_path`` with those layers). For other backbones the grid is derived from
-``backbone.strides``: the last layer of every stride group >= 8 (the block outputs), the deepest
-group as a block, and the backbone's default set. The ``smoke`` grid is the default set and the
+``backbone.strides``: the last layer of every stride group >= 8 (the stage outputs; for
+EfficientNet-Lite0 these are its blocks ``block2``, ``block4`` and ``head``) and the backbone's
+default set (``block3..block6``), i.e. three extra runs. The ``smoke`` grid is the default set and the
 deepest single layer.
 """
 from __future__ import annotations
@@ -327,18 +328,14 @@ def _deepest_single(backbone) -> str:
     return max(backbone.default_layers, key=order.__getitem__)
 
 
-def _stride_grid(backbone, min_stride: int = 8, max_block: int = 6) -> dict[str, list[str]]:
+def _stride_grid(backbone, min_stride: int = 8) -> dict[str, list[str]]:
+    """The last layer of every stride group >= ``min_stride`` (the stage outputs), plus the default set."""
     groups: dict[int, list[str]] = {}
     for name in backbone.layer_names:
         s = int(backbone.strides[name])
         if s >= min_stride:
             groups.setdefault(s, []).append(name)
     grid = {layers[-1]: [layers[-1]] for _, layers in sorted(groups.items())}
-    if groups:
-        deepest = groups[max(groups)]
-        block = deepest[-max_block:]
-        if len(block) > 1:
-            grid[f"block_s{max(groups)}"] = block
     grid["default"] = list(backbone.default_layers)
     return grid
 

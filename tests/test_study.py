@@ -165,8 +165,7 @@ def test_layer_grids():
         study.layer_grid(vgg, {"x": ["conv9_9"]})
 
     other = _fake_backbone("net", ["a", "b", "c", "d", "e"], [2, 8, 8, 16, 16], ["c", "e"])
-    assert study.layer_grid(other) == {"c": ["c"], "e": ["e"], "block_s16": ["d", "e"],
-                                       "default": ["c", "e"]}
+    assert study.layer_grid(other) == {"c": ["c"], "e": ["e"], "default": ["c", "e"]}
 
 
 def test_output_tag(monkeypatch, tmp_path):
