@@ -17,6 +17,8 @@ AUC         the density itself; negatives = **all pixels** of the image (pysalie
 sAUC        ``log p - log p_baseline``; negatives = the fixations on all *other* evaluated
             images, rescaled to this image's size (``x * W_n / W_other``, then truncated to a
             pixel, pysaliency's ``FullShuffledNonfixationProvider``); ties count one half.
+            (The benchmark server divides by the model's own average prediction over the other
+            images, ``ShuffledBaselineModel``; we divide by ``baseline``, the centre bias.)
 NSS         the density itself, standardised per image (population std, as pysaliency).
 CC, KLDiv,  the model's *expected empirical saliency map*: the density blurred with the same
 SIM         Gaussian (sigma = ``kernel_size`` px, ``scipy.ndimage.gaussian_filter`` with
