@@ -371,7 +371,10 @@ def prepare_source(local_dir=None, download: bool = True, base_url: str = BASE_U
             dest = target / name
             if dest.exists():
                 continue
-            fetch(f"{base_url.rstrip('/')}/{url}", dest)
+            try:
+                fetch(f"{base_url.rstrip('/')}/{url}", dest)
+            except DataError as e:
+                raise DataError(f"{e}. " + _missing_message(f"in {target}")) from e
             if check_md5 and _md5(dest) != digest:
                 dest.unlink()     # a wrong download never counts as done
                 raise DataError(f"{name}: downloaded from {base_url}/{url} but its MD5 is not the "

@@ -189,3 +189,10 @@ def test_truncated_mat_and_wrong_eye_data(tmp_path, data_root):
         read_eye_data(bad)
     with pytest.raises(DataError, match=r"nothere\.mat: file is missing"):
         read_eye_data(tmp_path / "nothere.mat")
+
+
+def test_unreachable_download_says_how_to_provide_the_files(tmp_path, data_root, monkeypatch):
+    monkeypatch.delenv("DGSTUDY_MIT1003_DIR", raising=False)
+    unreachable = (tmp_path / "no-such-server").as_uri()
+    with pytest.raises(DataError, match=r"ALLSTIMULI\.zip: could not download.*DGSTUDY_MIT1003_DIR"):
+        datasets.load("mit1003", base_url=unreachable)
