@@ -79,7 +79,7 @@ bench: env
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
 clean:
-	rm -rf results/*/ figures/*.png figures/*.pdf
+	rm -rf results/*/ figures/*/
 
 distclean: clean
 	rm -rf $(VENV) data/cache data/features
