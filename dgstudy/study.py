@@ -69,7 +69,8 @@ UNITS = {"LL": "bit/fix", "IG": "bit/fix", "explained_IG": "fraction", "AUC": ""
 # saliency.mit.edu / the paper's Table 1 before they are cited.
 PAPER_SOURCE_ABSTRACT = "arXiv:1610.01563, abstract: MIT300 hold-out benchmark"
 PAPER_SOURCE_MIT300 = ("MIT Saliency Benchmark, MIT300 entry 'DeepGaze II' (classic single-map "
-                       "evaluation), the benchmark cited in arXiv:1610.01563")
+                       "evaluation), the benchmark cited in arXiv:1610.01563; recalled listing, not re-checked "
+                       "against the benchmark site in this study")
 MODEL_NAMES = {"deepgaze2": "DeepGaze II", "deepgaze1": "DeepGaze I"}
 PAPER_RESULTS = {
     "deepgaze2": {
