@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "paths", "io", "datasets", "baselines", "metrics", "backbones", "features",
-    "model", "training", "profiles", "study", "figures", "predict", "cli",
+    "model", "training", "profiles", "study", "figures", "predict", "imageio", "fixation_csv", "cli",
 }
 
 

@@ -19,6 +19,9 @@ Conventions
   ``batch_size=1`` (the default) on the same kind of device, and the stimulus files carry no EXIF
   rotation (``dgstudy.datasets`` reads stimuli as stored, this module as displayed).
 
+Image reading lives in :mod:`dgstudy.imageio`, the fixation CSV in :mod:`dgstudy.fixation_csv`
+(both re-exported here).
+
 Layout of a run (written by :mod:`dgstudy.training`): ``results/<run>/config.json`` and
 ``fold_XX/{model.pt, config.json, center_bias.json, log.csv}``.
 """
@@ -32,109 +35,16 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .io import DataError, atomic_path, write_json
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading images
-# ----------------------------------------------------------------------------------------------
-def read_rgb(image) -> np.ndarray:
-    """Any image (file path or array) as an (H, W, 3) uint8 RGB array.
-
-    Paths: EXIF orientation applied, grayscale → RGB, alpha composited on white, 16-bit → 8-bit,
-    first frame only. Arrays: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of uint8 (0–255), other
-    integers (0–255), or floats in [0, 1]; (H, W, 4) is composited on white like a file.
-    Raises :class:`DataError` naming the file (or describing the array) if it cannot be used.
-    """
-    if isinstance(image, (str, os.PathLike)):
-        return _read_rgb_file(Path(image))
-    return _rgb_from_array(np.asarray(image), what="image array")
-
-
-def _read_rgb_file(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.seek(0)
-            im = ImageOps.exif_transpose(im)
-            arr = _pil_to_array(im)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: image file is missing") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: image does not decode ({e})") from e
-    return _rgb_from_array(arr, what=str(path))
-
-
-def _pil_to_array(im) -> np.ndarray:
-    """PIL image → array with 1, 3 or 4 channels in the 0..255 range (uint8)."""
-    mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        a = np.asarray(im, dtype=np.float64)
-        return np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8)   # 65535 → 255
-    if mode == "F":
-        return np.clip(np.round(np.asarray(im, dtype=np.float64)), 0, 255).astype(np.uint8)
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
-        return np.asarray(im.convert("RGBA"), dtype=np.uint8)
-    if mode in ("L", "1"):
-        return np.asarray(im.convert("L"), dtype=np.uint8)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
-def _rgb_from_array(a: np.ndarray, what: str) -> np.ndarray:
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[..., 0]
-    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
-        raise DataError(f"{what}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {a.shape}")
-    if a.shape[0] < 1 or a.shape[1] < 1:
-        raise DataError(f"{what}: empty image of shape {a.shape}")
-    if a.dtype == np.uint8:
-        u = a
-    elif np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-            raise DataError(f"{what}: a float image must hold finite values in [0, 1]")
-        u = np.round(a * 255.0).astype(np.uint8)
-    elif np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
-        if a.min() < 0 or a.max() > 255:
-            raise DataError(f"{what}: an integer image must hold values in 0..255 "
-                            f"(got {a.min()}..{a.max()})")
-        u = a.astype(np.uint8)
-    else:
-        raise DataError(f"{what}: unsupported image dtype {a.dtype}")
-    if u.ndim == 2:
-        return np.repeat(u[..., None], 3, axis=2)
-    if u.shape[2] == 4:
-        return composite_on_white(u)
-    return np.ascontiguousarray(u)
-
-
-def composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """(H, W, 4) uint8 RGBA → (H, W, 3) uint8 RGB over a white background."""
-    rgb = rgba[..., :3].astype(np.float64)
-    alpha = rgba[..., 3:4].astype(np.float64) / 255.0
-    return np.round(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-
-
-def expand_image_args(args: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given; folders replaced by their image files (sorted, not recursive)."""
-    out: list[Path] = []
-    for a in args:
-        p = Path(a)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                warnings.warn(f"{p}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
+from .imageio import IMAGE_SUFFIXES, composite_on_white, expand_image_args, read_rgb  # noqa: F401
+from .fixation_csv import (AMBIGUOUS, UNKNOWN, FixationTable, check_fixations,  # noqa: F401
+                           read_fixation_csv)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -470,113 +380,6 @@ def check_backbone_weights(backbone, spec: FeatureSpec, fold_dirs: Sequence[Path
                         f"sha256 {spec.weights_sha256}, but the backbone loaded here has sha256 {have} "
                         f"({getattr(backbone, 'weights_source', '?')}); give the weights the run was "
                         "trained with")
-
-
-# ----------------------------------------------------------------------------------------------
-# Fixation CSV
-# ----------------------------------------------------------------------------------------------
-REQUIRED_CSV_COLUMNS = ("image", "x", "y")
-
-
-@dataclass
-class FixationTable:
-    """Valid fixations (``image`` = index into the image list) and the problems found."""
-
-    fixations: pd.DataFrame                    # columns image (int), subject, x, y, fix_index
-    errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-UNKNOWN, AMBIGUOUS = -2, -1
-
-
-def read_fixation_csv(path, images: Sequence[Path], given: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read an ``image,x,y[,subject]`` CSV and match each row to one of ``images``.
-
-    ``image`` may be the image argument as given, its file name or its stem. Returns one row per CSV
-    row: ``line`` (1-based line in the file), ``name``, ``image`` (index into ``images``;
-    ``UNKNOWN`` = -2 if no image has that name, ``AMBIGUOUS`` = -1 if several have), ``x``, ``y``,
-    ``subject`` (floats, NaN where not a number) and ``x_text``, ``y_text`` as written. A file that
-    is missing, unreadable or lacks a column raises :class:`DataError` naming it.
-    """
-    path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype=str, skipinitialspace=True, keep_default_na=False)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: fixation file is missing") from e
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable CSV ({e})") from e
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in REQUIRED_CSV_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; need image,x,y[,subject] "
-                        f"(found {list(df.columns)})")
-    lookup = _name_lookup(images, given)
-    names = df["image"].str.strip()
-    subject = df["subject"] if "subject" in df.columns else pd.Series(["0"] * len(df))
-    return pd.DataFrame({
-        "line": np.arange(len(df)) + 2,               # the header is line 1
-        "name": names.to_numpy(),
-        "image": np.array([lookup.get(n, UNKNOWN) for n in names], dtype=np.int64),
-        "x": pd.to_numeric(df["x"], errors="coerce").to_numpy(np.float64),
-        "y": pd.to_numeric(df["y"], errors="coerce").to_numpy(np.float64),
-        "subject": pd.to_numeric(subject, errors="coerce").to_numpy(np.float64),
-        "x_text": df["x"].to_numpy(), "y_text": df["y"].to_numpy(),
-    })
-
-
-def check_fixations(rows: pd.DataFrame, sizes: dict[int, tuple[int, int]], path="fixations") -> FixationTable:
-    """The valid fixations among ``rows`` (from :func:`read_fixation_csv`) and one error per bad row.
-
-    ``sizes`` maps image index -> (height, width) of the images that decoded; rows of other images
-    are skipped silently (their image is reported on its own). Rows naming no given image are
-    counted in ``notes``. Bad rows: an ambiguous name, a non-numeric x/y/subject, a position
-    outside the image (need ``0 <= x < width``, ``0 <= y < height``).
-    """
-    table = FixationTable(fixations=pd.DataFrame())
-    keep = np.zeros(len(rows), dtype=bool)
-    unknown: dict[str, int] = {}
-    for r, row in enumerate(rows.itertuples(index=False)):
-        where = f"{path}: line {row.line} (image {row.name!r}, x={row.x_text!r}, y={row.y_text!r})"
-        if row.image == UNKNOWN:
-            unknown[row.name] = unknown.get(row.name, 0) + 1
-        elif row.image == AMBIGUOUS:
-            table.errors.append(f"{where}: the name fits several of the images given; write the path as given")
-        elif row.image not in sizes:
-            pass
-        elif not (np.isfinite(row.x) and np.isfinite(row.y)):
-            table.errors.append(f"{where}: x and y must be numbers")
-        elif not np.isfinite(row.subject):
-            table.errors.append(f"{where}: subject must be a number")
-        else:
-            h, w = sizes[row.image]
-            if 0 <= row.x < w and 0 <= row.y < h:
-                keep[r] = True
-            else:
-                table.errors.append(f"{where}: outside the {w}x{h} image (need 0 <= x < {w} and 0 <= y < {h}; "
-                                    "0-based pixel coordinates, pixel centres at +0.5)")
-    if unknown:
-        names = sorted(unknown)
-        table.notes.append(f"{path}: {sum(unknown.values())} rows name images not given here, ignored "
-                           f"({', '.join(names[:5])}{' ...' if len(names) > 5 else ''})")
-    fx = rows.loc[keep, ["image", "subject", "x", "y"]].reset_index(drop=True)
-    fx["subject"] = fx["subject"].astype(np.int64)
-    fx["fix_index"] = fx.groupby(["image", "subject"]).cumcount().astype(np.int64)
-    table.fixations = fx
-    return table
-
-
-def _name_lookup(images: Sequence[Path], given: Sequence[str] | None) -> dict[str, int]:
-    """{name: image index}; -1 marks a name shared by several images."""
-    given = list(given) if given is not None else [str(p) for p in images]
-    lookup: dict[str, int] = {}
-    for i, (p, g) in enumerate(zip(images, given)):
-        for name in {str(g), str(p), Path(p).name, Path(p).stem}:
-            if lookup.get(name, i) != i:
-                lookup[name] = -1
-            else:
-                lookup[name] = i
-    return lookup
 
 
 # ----------------------------------------------------------------------------------------------
