@@ -519,16 +519,24 @@ def compare_prose(table: pd.DataFrame, params: dict) -> str:
     return "\n\n".join(lines) + "\n\n" + "\n".join(why)
 
 
+# The columns a reader wants in an ablation table's markdown (CSV/JSON keep every column).
+SUMMARY_COLUMNS = ["condition", "detail", "IG", "IG_lo", "IG_hi", "IG_diff", "IG_diff_lo", "IG_diff_hi",
+                   "explained_IG", "LL", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM", "n_images",
+                   "n_fixations"]
+
+
 def write_table(df: pd.DataFrame, out_dir: str | Path, stem: str, md_preamble: str = "",
-                md_drop=()) -> dict[str, Path]:
+                md_drop=(), md_columns=None) -> dict[str, Path]:
     """Write ``df`` as ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` (records), atomically.
 
-    The markdown file may start with ``md_preamble`` and leave out the columns ``md_drop``
-    (e.g. a long note repeated on every row); CSV and JSON always hold every column.
+    The markdown file may start with ``md_preamble``, show only ``md_columns`` (those present, in
+    that order; e.g. :data:`SUMMARY_COLUMNS`) and leave out the columns ``md_drop`` (e.g. a long
+    note repeated on every row); CSV and JSON always hold every column.
     """
     out_dir = Path(out_dir)
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "json")}
-    md = to_markdown(df.drop(columns=[c for c in md_drop if c in df]))
+    md_df = df if md_columns is None else df[[c for c in md_columns if c in df]]
+    md = to_markdown(md_df.drop(columns=[c for c in md_drop if c in md_df]))
     with atomic_path(paths["md"]) as tmp:
         tmp.write_text((md_preamble.rstrip() + "\n\n" if md_preamble else "") + md + "\n")
     with atomic_path(paths["csv"]) as tmp:

@@ -143,6 +143,10 @@ def test_results_table_puts_paper_numbers_beside_ours_and_flags_the_setting(tmp_
     md = paths["md"].read_text().splitlines()
     assert md[0] == "# R" and md[2].startswith("| model |") and "setting" not in md[2]
     assert "setting" in pd.read_csv(paths["csv"]).columns
+    wide = pd.DataFrame({"condition": ["a"], "IG": [0.5], "IG_per_image": [0.4], "detail": ["x"]})
+    paths = study.write_table(wide, tmp_path, "abl", md_columns=study.SUMMARY_COLUMNS)
+    assert paths["md"].read_text().splitlines()[0] == "| condition | detail | IG |"
+    assert list(pd.read_csv(paths["csv"]).columns) == ["condition", "IG", "IG_per_image", "detail"]
 
 
 # -- grids ------------------------------------------------------------------------------------
