@@ -140,17 +140,11 @@ def content_checksum(stimuli, fixations: pd.DataFrame) -> str:
 
 
 def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB, with a clear error naming the file."""
-    from PIL import Image, UnidentifiedImageError
+    """Decode a stimulus to (H, W, 3) uint8 RGB as stored (no EXIF rotation: the eye trackers
+    showed the stored pixels), with a clear error naming the file; see :func:`dgstudy.imageio.read_rgb`."""
+    from .imageio import read_rgb
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            arr = np.asarray(im, dtype=np.uint8)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: image file is missing") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: image does not decode ({e})") from e
+    arr = read_rgb(path, exif_transpose=False)
     if expected_size is not None and arr.shape[:2] != tuple(expected_size):
         raise DataError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]} px, "
                         f"expected {expected_size[1]}x{expected_size[0]}")

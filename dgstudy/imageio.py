@@ -22,26 +22,28 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 # ----------------------------------------------------------------------------------------------
 # Reading images
 # ----------------------------------------------------------------------------------------------
-def read_rgb(image) -> np.ndarray:
+def read_rgb(image, exif_transpose: bool = True) -> np.ndarray:
     """Any image (file path or array) as an (H, W, 3) uint8 RGB array.
 
-    Paths: EXIF orientation applied, grayscale → RGB, alpha composited on white, 16-bit → 8-bit,
+    Paths: EXIF orientation applied (unless ``exif_transpose=False``: dataset stimuli are read as
+    stored, the way the eye-tracking software showed them), grayscale → RGB, alpha composited on white, 16-bit → 8-bit,
     first frame only. Arrays: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of uint8 (0–255), other
     integers (0–255), or floats in [0, 1]; (H, W, 4) is composited on white like a file.
     Raises :class:`DataError` naming the file (or describing the array) if it cannot be used.
     """
     if isinstance(image, (str, os.PathLike)):
-        return _read_rgb_file(Path(image))
+        return _read_rgb_file(Path(image), exif_transpose)
     return _rgb_from_array(np.asarray(image), what="image array")
 
 
-def _read_rgb_file(path: Path) -> np.ndarray:
+def _read_rgb_file(path: Path, exif_transpose: bool = True) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.seek(0)
-            im = ImageOps.exif_transpose(im)
+            if exif_transpose:
+                im = ImageOps.exif_transpose(im)
             arr = _pil_to_array(im)
     except FileNotFoundError as e:
         raise DataError(f"{path}: image file is missing") from e

@@ -252,3 +252,23 @@ def test_fold_split():
     assert sorted(np.concatenate(tests).tolist()) == list(range(n))   # every image tested once
     with pytest.raises(ValueError):
         datasets.kfold(5, 6)
+
+
+def test_stimuli_are_read_as_stored_but_user_images_follow_exif(tmp_path):
+    from PIL import Image
+
+    from dgstudy.datasets import read_image
+    from dgstudy.imageio import read_rgb
+
+    img = np.zeros((20, 30, 3), np.uint8)
+    img[:, :10] = 255                                  # a white band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6                                   # "rotate 90° clockwise to display"
+    path = tmp_path / "rot.jpg"
+    Image.fromarray(img).save(path, exif=exif, quality=100)
+    stored = read_image(path, expected_size=(20, 30))
+    shown = read_rgb(path)
+    assert stored.shape == (20, 30, 3) and shown.shape == (30, 20, 3)
+    assert stored[:, :10].mean() > 200 and shown[:10].mean() > 200   # band moved to the top
+    with pytest.raises(DataError, match="rot.jpg: image is 30x20 px, expected 20x30"):
+        read_image(path, expected_size=(30, 20))
