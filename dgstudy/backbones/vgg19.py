@@ -42,6 +42,7 @@ WEIGHTS_ENV = "DGSTUDY_VGG19_WEIGHTS"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PAPER_LAYERS = ["conv5_1", "relu5_1", "relu5_2", "conv5_3", "relu5_4"]
+ARCHITECTURE = "torchvision vgg19 features (configuration E), named stages, ReLU not in place"
 # torchvision's configuration "E": channels per conv, "M" = max pool
 CFG_E = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
          512, 512, 512, 512, "M"]
@@ -97,7 +98,8 @@ def state_from_torchvision(sd: dict, tv_index: dict[int, str], origin: str = "")
 def _build(name: str, tv_state: dict, weights_sha256: str, source: str) -> SequentialBackbone:
     stages, tv_index, strides = named_layers()
     bb = SequentialBackbone(name, stages, IMAGENET_MEAN, IMAGENET_STD, PAPER_LAYERS, strides,
-                            weights_sha256=weights_sha256, weights_source=source)
+                            weights_sha256=weights_sha256, weights_source=source,
+                            architecture=ARCHITECTURE)
     missing, unexpected = bb.load_state_dict(state_from_torchvision(tv_state, tv_index, source), strict=False)
     missing = [k for k in missing if k not in ("mean", "std")]
     if missing or unexpected:
@@ -145,7 +147,7 @@ def _check_prefix(path: Path) -> str:
     return digest
 
 
-@register("vgg19", PAPER_LAYERS)
+@register("vgg19", PAPER_LAYERS, ARCHITECTURE)
 def vgg19(weights: str | os.PathLike | None = None, download: bool = True) -> SequentialBackbone:
     """VGG-19 with torchvision's ImageNet weights (see the module docstring for where from)."""
     path = resolve_weights(weights, download=download)
@@ -167,7 +169,7 @@ def torchvision_random_state(seed: int = 0) -> dict:
     return {k: v for k, v in net.state_dict().items() if k.startswith("features.")}
 
 
-@register("vgg19_random", PAPER_LAYERS)
+@register("vgg19_random", PAPER_LAYERS, ARCHITECTURE)
 def vgg19_random(weights=None, seed: int = 0) -> SequentialBackbone:
     """VGG-19 with torchvision's random initialisation (kaiming-normal convs, zero biases), seeded."""
     if weights is not None:

