@@ -18,9 +18,13 @@ Pipeline for one image (:func:`compute`, identical inside :func:`extract`)
 
 Store layout (``h5py``)
 -----------------------
-Root attributes (:data:`ATTR_KEYS`): backbone, weights_sha256, layers (JSON list), downsample,
-dtype, dataset, dataset_checksum, n_images, dgstudy_version, autocast_bf16, resize,
-format_version. One group per image, ``images/<i:05d>``, holding one dataset per layer
+Root attributes (:data:`ATTR_KEYS`): backbone, architecture, weights_sha256, network_id, layers
+(JSON list), downsample, dtype, dataset, dataset_checksum, n_images, dgstudy_version,
+autocast_bf16, resize, format_version. ``architecture`` and ``weights_sha256`` (and
+``network_id``, a hash of both, which is also part of the default file name) define the network:
+a store written by another architecture variant under the same backbone name is never reused
+(the default file name carries an architecture id too).
+Stores of format 1 (dgstudy < 0.2) carry no architecture and are rejected. One group per image, ``images/<i:05d>``, holding one dataset per layer
 ``(C, h, w)`` (optionally compressed) and attributes ``image_size`` (H, W) and ``input_size``
 (the downsampled size fed to the backbone).
 
@@ -57,13 +61,15 @@ import numpy as np
 
 from .io import DataError, atomic_path
 
-FORMAT_VERSION = 1
-ATTR_KEYS = ("backbone", "weights_sha256", "layers", "downsample", "dtype", "dataset",
-             "dataset_checksum", "n_images", "dgstudy_version", "autocast_bf16", "resize",
-             "format_version")
+FORMAT_VERSION = 2
+ATTR_KEYS = ("backbone", "architecture", "weights_sha256", "network_id", "layers", "downsample",
+             "dtype", "dataset", "dataset_checksum", "n_images", "dgstudy_version", "autocast_bf16",
+             "resize", "format_version")
 # attributes that must agree for a store to be resumed / reused
-MATCH_KEYS = ("backbone", "weights_sha256", "layers", "downsample", "dtype", "dataset_checksum",
-              "autocast_bf16", "format_version")
+MATCH_KEYS = ("backbone", "architecture", "weights_sha256", "network_id", "layers", "downsample",
+              "dtype", "dataset_checksum", "autocast_bf16", "format_version")
+# what defines the network a store's features came from (checked again by training and predict)
+NETWORK_KEYS = ("backbone", "architecture", "weights_sha256")
 RESIZE_METHOD = "torch bilinear antialias=True align_corners=False on float [0,1]; size round(H/d), round(W/d)"
 DTYPES = ("float16", "float32")
 
@@ -71,16 +77,19 @@ DTYPES = ("float16", "float32")
 # -- paths ---------------------------------------------------------------------------
 def default_store_path(dataset, backbone, downsample=2, layers: Sequence[str] | None = None,
                        dtype: str = "float16") -> Path:
-    """``data/features/<dataset>-<checksum[:12]>-<backbone>-ds<d>.h5``.
+    """``data/features/<dataset>-<checksum[:12]>-<backbone>-a<architecture id>-ds<d>.h5``.
 
-    The dataset checksum keeps subsets apart. A non-default layer set adds ``-L<hash>`` and a
+    The dataset checksum keeps subsets apart, the architecture id
+    (:func:`dgstudy.backbones.architecture_id`) architecture variants under one backbone name
+    (the weights hash is a checked attribute). A non-default layer set adds ``-L<hash>`` and a
     non-default dtype adds ``-<dtype>``, so differing stores never collide.
     """
     from . import backbones
     from .paths import data_dir
 
     name = backbone if isinstance(backbone, str) else backbone.name
-    stem = f"{dataset.name}-{dataset.checksum[:12]}-{name}-ds{_fmt_downsample(downsample)}"
+    stem = (f"{dataset.name}-{dataset.checksum[:12]}-{name}-a{backbones.architecture_id(backbone)}"
+            f"-ds{_fmt_downsample(downsample)}")
     if layers is not None and list(layers) != backbones.default_layers(name):
         stem += "-L" + hashlib.sha256(",".join(layers).encode()).hexdigest()[:8]
     if dtype != "float16":
@@ -163,7 +172,8 @@ def _check_dtype(dtype):
 def store_attrs(dataset, backbone, layers, downsample, dtype, autocast_bf16=False) -> dict:
     from . import __version__
 
-    return dict(backbone=backbone.name, weights_sha256=backbone.weights_sha256, layers=list(layers),
+    return dict(backbone=backbone.name, architecture=backbone.architecture,
+                weights_sha256=backbone.weights_sha256, network_id=backbone.network_id, layers=list(layers),
                 downsample=float(downsample) if not float(downsample).is_integer() else int(downsample),
                 dtype=dtype, dataset=dataset.name, dataset_checksum=dataset.checksum,
                 n_images=int(len(dataset)), dgstudy_version=__version__,
@@ -194,7 +204,9 @@ def _check_attrs(path: Path, have: dict, want: dict) -> None:
             if have.get(k) != want[k]]
     if diff:
         raise DataError(f"{path}: existing feature store does not match the request ("
-                        + "; ".join(diff) + "). Delete it (and its .parts folder) or choose another out=")
+                        + "; ".join(diff) + "). Delete it (and its .parts folder) or choose another out="
+                        + ("; stores written before dgstudy 0.2 must be rebuilt"
+                           if have.get("format_version", 1) < FORMAT_VERSION else ""))
 
 
 def _image_key(i: int) -> str:
@@ -421,7 +433,9 @@ class FeatureStore:
             raise DataError(f"{self.path}: not a readable HDF5 feature store ({e})") from e
         missing = [k for k in ATTR_KEYS if k not in self.attrs]
         if missing:
-            raise DataError(f"{self.path}: feature store lacks attributes {missing}")
+            raise DataError(f"{self.path}: feature store lacks attributes {missing} (written before "
+                            "dgstudy 0.2, by a builder whose network is not recorded); delete it and "
+                            "extract again")
         self.layers = list(self.attrs["layers"])
         self._have = set(self.images)
         self._file = None

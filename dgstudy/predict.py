@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from .ensemble import average_log_densities  # noqa: F401  (the fold ensemble's average)
 from .io import DataError, atomic_path, write_json
 
 from .imageio import IMAGE_SUFFIXES, composite_on_white, expand_image_args, read_rgb  # noqa: F401
@@ -50,23 +51,6 @@ from .fixation_csv import (AMBIGUOUS, UNKNOWN, FixationTable, check_fixations,  
 # ----------------------------------------------------------------------------------------------
 # Combining fold models
 # ----------------------------------------------------------------------------------------------
-def average_log_densities(log_densities: Sequence[np.ndarray]) -> np.ndarray:
-    """Log of the average of the densities: ``logsumexp_k(l_k) - log K``.
-
-    One input is returned unchanged (so a one-fold ensemble is exactly that fold). The result has
-    the dtype of the inputs; the sum is done in float64.
-    """
-    from scipy.special import logsumexp
-
-    if len(log_densities) == 0:
-        raise ValueError("no log-densities to average")
-    if len(log_densities) == 1:
-        return log_densities[0]
-    stack = np.stack([np.asarray(l, dtype=np.float64) for l in log_densities])
-    out = logsumexp(stack, axis=0) - math.log(len(log_densities))
-    return out.astype(np.result_type(*[np.asarray(l).dtype for l in log_densities]), copy=False)
-
-
 def uniform_log_density(h: int, w: int) -> np.ndarray:
     return np.full((h, w), -math.log(h * w), dtype=np.float64)
 
@@ -107,10 +91,11 @@ class FeatureSpec:
     dtype: str
     weights_sha256: str | None = None
     autocast_bf16: bool = False
+    architecture: str | None = None
 
     def key(self) -> tuple:
-        return (self.backbone, self.weights_sha256, tuple(self.layers), float(self.downsample), self.dtype,
-                self.autocast_bf16)
+        return (self.backbone, self.architecture, self.weights_sha256, tuple(self.layers),
+                float(self.downsample), self.dtype, self.autocast_bf16)
 
 
 class Predictor:
@@ -310,7 +295,8 @@ def feature_spec(fold_dir: Path, cfg, default_layers: Sequence[str] | None = Non
                        downsample=attrs.get("downsample", _cfg_get(cfg, "downsample")),
                        dtype=str(attrs.get("dtype") or _cfg_get(cfg, "feature_dtype")),
                        weights_sha256=attrs.get("weights_sha256"),
-                       autocast_bf16=bool(attrs.get("autocast_bf16", False)))
+                       autocast_bf16=bool(attrs.get("autocast_bf16", False)),
+                       architecture=attrs.get("architecture"))
 
 
 def _backbone_options(spec: FeatureSpec) -> dict:
@@ -350,7 +336,7 @@ def load_model(run, fold: int | Sequence[int] | None = None, center_bias="traini
                             "the folds of one ensemble must share backbone, weights, layers, downsample "
                             "and dtype")
     backbone = backbones.get(spec.backbone, weights=weights, device=device, **_backbone_options(spec))
-    check_backbone_weights(backbone, spec, fold_dirs)
+    check_backbone(backbone, spec, fold_dirs)
     predictor = Predictor(members, backbone, spec, center_bias=center_bias, device=device, run_dir=run_dir)
     check_channels(predictor, fold_dirs)
     return predictor
@@ -367,10 +353,17 @@ def check_channels(predictor: "Predictor", fold_dirs: Sequence[Path]) -> None:
                             "configuration does not match its model")
 
 
-def check_backbone_weights(backbone, spec: FeatureSpec, fold_dirs: Sequence[Path]) -> None:
-    """Raise DataError unless the rebuilt backbone's weights hash equals the recorded one."""
+def check_backbone(backbone, spec: FeatureSpec, fold_dirs: Sequence[Path]) -> None:
+    """Raise DataError unless the rebuilt backbone is the network the run was trained on: the
+    recorded architecture (absent in runs trained before dgstudy 0.2: an error too, since the
+    EfficientNet-Lite builder changed then) and weights hash."""
     have = getattr(backbone, "weights_sha256", None)
     where = fold_dirs[0] if len(fold_dirs) == 1 else fold_dirs[0].parent
+    if spec.weights_sha256 is not None and spec.architecture != backbone.architecture:
+        recorded = spec.architecture or "not recorded: trained with dgstudy < 0.2"
+        raise DataError(f"{where}: the run was trained on features of another network ({recorded}) "
+                        f"than {spec.backbone} is now ({backbone.architecture}); its predictions would "
+                        "be wrong: train the run again")
     if spec.weights_sha256 is None:
         warnings.warn(f"{where}: no backbone weights hash recorded (fold config.json has no store_attrs "
                       f"and the feature store is gone); cannot verify the {spec.backbone} weights")

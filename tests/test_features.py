@@ -32,7 +32,8 @@ def toy_backbone(scale: float = 1.0) -> SequentialBackbone:
             m.bias.zero_()
     stages = OrderedDict(c1=c1, p1=nn.MaxPool2d(2), c2=c2, p2=nn.MaxPool2d(2))
     return SequentialBackbone("toy", stages, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), ["p1", "p2"],
-                              {"c1": 1, "p1": 2, "c2": 2, "p2": 4}, "toy-weights", "test").eval()
+                              {"c1": 1, "p1": 2, "c2": 2, "p2": 4}, "toy-weights", "test",
+                              architecture="toy conv-pool stack").eval()
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +132,36 @@ def test_mismatching_store_is_refused(ds, tmp_path):
         features.extract(other, toy_backbone(), out=out, progress=False)
 
 
+def test_store_of_another_architecture_is_never_reused(ds, tmp_path, data_root):
+    """Same backbone name and weights, another architecture variant (e.g. EfficientNet-Lite0 with
+    symmetric instead of TF padding): another default file, and an explicit path is refused."""
+    import h5py
+
+    old, new = toy_backbone(), toy_backbone()
+    old.architecture = "toy conv-pool stack, symmetric padding"
+    assert old.name == new.name and old.weights_sha256 == new.weights_sha256
+    assert old.network_id != new.network_id
+    assert features.default_store_path(ds, old) != features.default_store_path(ds, new)
+    out = features.extract(ds, old, out=tmp_path / "f.h5", progress=False)
+    with pytest.raises(DataError, match="architecture: file has 'toy conv-pool stack, symmetric padding'"):
+        features.extract(ds, new, out=out, progress=False)
+    # a store as dgstudy 0.1 wrote it: no architecture, no network id, format 1
+    with h5py.File(out, "a") as f:
+        for k in ("architecture", "network_id"):
+            del f.attrs[k]
+        f.attrs["format_version"] = 1
+    with pytest.raises(DataError, match="written before dgstudy 0.2"):
+        features.FeatureStore(out)
+    with pytest.raises(DataError, match="must be rebuilt"):
+        features.extract(ds, new, out=out, progress=False)
+
+
 def test_default_store_path(ds, data_root):
     p = features.default_store_path(ds, "vgg19", 2)
     assert p.parent == data_root / "features" and ds.checksum[:12] in p.name and "vgg19" in p.name
+    assert f"-a{backbones.architecture_id('vgg19')}-" in p.name
+    assert features.default_store_path(ds, "efficientnet_lite0", 2).name != \
+        p.name.replace("vgg19", "efficientnet_lite0")
     assert features.default_store_path(ds.subset([0, 1]), "vgg19", 2) != p
     assert features.default_store_path(ds, "vgg19", 2, layers=backbones.default_layers("vgg19")) == p
     assert features.default_store_path(ds, "vgg19", 2, layers=["conv1_1"]) != p

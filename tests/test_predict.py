@@ -384,6 +384,42 @@ def test_weights_hash_mismatch_is_a_clear_error(tiny_run, tmp_path):
         predict.load_model(copy / "fold_01")
 
 
+def test_run_of_another_network_is_refused(tiny_run, tmp_path, monkeypatch):
+    """A run trained on the features of another architecture variant (or before dgstudy 0.2, when
+    none was recorded) is neither resumed, nor evaluated, nor used to predict."""
+    import shutil
+
+    from dgstudy import training
+
+    run_dir = tiny_run[0]
+    results = tmp_path / "results"
+    copy = results / "tiny"
+    shutil.copytree(run_dir, copy)
+    monkeypatch.setenv("DGSTUDY_RESULTS", str(results))
+    for fold in range(3):
+        path = copy / f"fold_{fold:02d}" / "config.json"
+        info = json.loads(path.read_text())
+        assert info["store_attrs"]["architecture"] == "timm tf_efficientnet_lite0 (TF 'same' padding, batch-norm eps 1e-3)"
+        info["store_attrs"]["architecture"] = "timm efficientnet_lite0"
+        path.write_text(json.dumps(info))
+    with pytest.raises(DataError, match="another network"):
+        predict.load_model(copy)
+    cfg = training.TrainConfig.from_dict(json.loads((copy / "config.json").read_text()))
+    with pytest.raises(DataError, match="another network than the one"):
+        training.train_crossval(cfg, progress=False)
+    with pytest.raises(DataError, match="delete the run folder"):
+        training.CrossValModel(copy).log_density(0)
+    for fold in range(3):                                     # as dgstudy 0.1 recorded it
+        path = copy / f"fold_{fold:02d}" / "config.json"
+        info = json.loads(path.read_text())
+        del info["store_attrs"]["architecture"], info["store_attrs"]["network_id"]
+        path.write_text(json.dumps(info))
+    with pytest.raises(DataError, match="dgstudy < 0.2"):
+        predict.load_model(copy / "fold_00")
+    with pytest.raises(DataError, match="architecture: fold has None"):
+        training.train_crossval(cfg, progress=False)
+
+
 def test_cli_on_a_trained_run(tiny_run, tmp_path, capsys):
     import dgstudy
 
