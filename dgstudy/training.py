@@ -20,7 +20,11 @@ What happens (``train_crossval``)
      ``'full'`` fits the exact full-resolution density. Evaluation always uses the full output;
    * after every epoch the validation log-likelihood is computed; training stops after
      ``patience`` epochs without improvement (or at ``max_epochs``) and the best epoch's weights
-     are kept.
+     are kept;
+   * a readout whose output is constant after the first epoch or at its best epoch (a dead
+     ReLU layer: no gradient, the density is the centre bias alone) is abandoned and the fold
+     restarts from the next seed (:func:`train_fold`); a fold whose best validation IG is not
+     above its centre bias is warned about and listed in ``metrics.json``.
 
    So no test image influences its own prediction: not the readout, not early stopping, not the
    centre bias, not the feature standardisation.
@@ -53,6 +57,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -63,6 +68,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import datasets as _datasets
+from . import profiles
 from .io import DataError, atomic_path, write_json
 from .model import DeepGazeII
 
@@ -93,7 +99,7 @@ class TrainConfig:
     l1: float = 1e-4
     patience: int = 5
     device: str = "cpu"
-    run: str | None = None                   # results/<run>/; None = "<dataset>-<backbone>"
+    run: str | None = None                   # results/<run>/; None = profiles.run_name(dataset, ...)
     blur_sigma: float = 8.0                  # initial blur width, px of the reduced grid
     saliency_map_factor: int = 4
     train_resolution: str = "reduced"        # likelihood used for fitting: 'reduced' grid or 'full'
@@ -101,7 +107,7 @@ class TrainConfig:
 
     def __post_init__(self):
         if not self.run:
-            self.run = f"{self.dataset}-{self.backbone}"
+            self.run = profiles.run_name(self.dataset, self.backbone, self.readout)
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.layers is not None:
@@ -112,7 +118,7 @@ class TrainConfig:
         """Build from a profile dict (``dgstudy.profiles.load``); unknown keys are ignored."""
         params = {**params, **{k: v for k, v in overrides.items() if v is not None}}
         if not params.get("run") and params.get("profile") and params.get("backbone"):
-            params["run"] = f"{params['profile']}-{params['backbone']}"
+            params["run"] = profiles.resolve(params)["run"]
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in params.items() if k in names and v is not None}
         return cls(**kw)
@@ -295,10 +301,54 @@ def mean_log_likelihood(model, batcher: _Batcher, images, batch_size: int) -> fl
 
 
 # -- one fold --------------------------------------------------------------------------------
+MAX_ATTEMPTS = 5          # initialisations tried before a fold with a dead readout is an error
+RESTART_SEED_STEP = 10007  # attempt a uses seed + a * RESTART_SEED_STEP
+
+
+class DeadReadout(RuntimeError):
+    """The readout's output is the same at every position of every image: no gradient reaches it."""
+
+
+@torch.no_grad()
+def readout_is_constant(model: DeepGazeII, features: Mapping[int, np.ndarray], images,
+                        device: str = "cpu", max_images: int = 16) -> bool:
+    """True if the readout map (before blur and centre bias) takes one value on all of
+    ``images[:max_images]``: e.g. every unit of a ReLU layer is zero everywhere, so the output is
+    the last bias, the density is the centre bias alone and no gradient flows."""
+    lo, hi = math.inf, -math.inf
+    for i in list(images)[:max_images]:
+        x = torch.from_numpy(np.asarray(features[int(i)], dtype=np.float32))[None].to(device)
+        out = model.saliency_logits(x)
+        lo, hi = min(lo, float(out.min())), max(hi, float(out.max()))
+    return hi - lo <= 1e-7 * max(1.0, abs(hi))
+
+
 def train_fold(cfg: TrainConfig, features: Mapping[int, np.ndarray], dataset, train, val,
                log_cb_for_size: Callable, seed: int, progress: bool = True, desc: str = "fold"
-               ) -> tuple[DeepGazeII, pd.DataFrame]:
-    """Fit one model on ``train``, early-stopped on ``val``; returns (best model, per-epoch log)."""
+               ) -> tuple[DeepGazeII, pd.DataFrame, dict]:
+    """Fit one model on ``train``, early-stopped on ``val``; returns (best model, per-epoch log,
+    attempts record).
+
+    A readout that is constant after the first epoch, or whose best state is constant
+    (:func:`readout_is_constant`: a dead ReLU layer), is thrown away and the fold starts again
+    from the next seed (``seed + a * RESTART_SEED_STEP`` for attempt ``a``), at most
+    ``MAX_ATTEMPTS`` times (then :class:`DeadReadout`). The record says which seed was used and
+    which were abandoned: ``{"seed": used, "dead_seeds": [...]}``.
+    """
+    dead = []
+    for attempt in range(MAX_ATTEMPTS):
+        s = seed + attempt * RESTART_SEED_STEP
+        try:
+            model, log = _fit_fold(cfg, features, dataset, train, val, log_cb_for_size, s, progress,
+                                   desc if not attempt else f"{desc} (restart {attempt})")
+            return model, log, {"seed": s, "dead_seeds": dead}
+        except DeadReadout as e:
+            warnings.warn(f"{desc}: {e}; restarting from seed {seed + (attempt + 1) * RESTART_SEED_STEP}")
+            dead.append(s)
+    raise DeadReadout(f"{desc}: the readout was dead for every one of seeds {dead}")
+
+
+def _fit_fold(cfg, features, dataset, train, val, log_cb_for_size, seed, progress, desc):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     in_channels = next(iter(features.values())).shape[0]
@@ -330,6 +380,9 @@ def train_fold(cfg: TrainConfig, features: Mapping[int, np.ndarray], dataset, tr
             opt.step()
             tot_ll += float(ll.detach().double().sum()) / LN2 + len(ll) * math.log2(size[0] * size[1])
             tot_n += len(ll)
+        if epoch == 1 and readout_is_constant(model, features, train, cfg.device):
+            bar.close()
+            raise DeadReadout(f"seed {seed}: the readout output is constant after the first epoch")
         val_ll = mean_log_likelihood(model, batcher, val, cfg.batch_size)
         train_ll = tot_ll / max(tot_n, 1)
         rows.append(dict(epoch=epoch, train_LL=train_ll, val_LL=val_ll,
@@ -347,6 +400,8 @@ def train_fold(cfg: TrainConfig, features: Mapping[int, np.ndarray], dataset, tr
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
+    if readout_is_constant(model, features, train, cfg.device):
+        raise DeadReadout(f"seed {seed}: the best epoch's readout output is constant")
     return model, pd.DataFrame(rows)
 
 
@@ -384,12 +439,19 @@ def train_crossval(cfg: TrainConfig, folds=None, *, dataset=None, features=None,
     may be given directly (tests, notebooks); by default they come from ``cfg``.
     ``cfg.num_threads`` sets torch's intra-op threads for the duration (restored after): the
     tensors are small, and on a busy 2-core machine one thread was ~5x faster than two.
+    The feature store is checked against every finished fold (:func:`check_trained_on`): a run
+    whose folds were trained on another network's features raises DataError, never resumes.
     """
     from .paths import results_dir
     run_dir = results_dir() / cfg.run
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_run_config(run_dir, cfg)
     folds = range(cfg.folds) if folds is None else [int(f) for f in folds]
+    store = None
+    if features is None:
+        dataset = load_dataset(cfg) if dataset is None else dataset
+        store = open_store(cfg, dataset)
+        check_trained_on([fold_dir(run_dir, f) for f in range(cfg.folds)], store)
     todo = [f for f in folds if not fold_done(fold_dir(run_dir, f))]
     if not todo:
         return run_dir
@@ -397,17 +459,36 @@ def train_crossval(cfg: TrainConfig, folds=None, *, dataset=None, features=None,
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _train_folds(cfg, run_dir, todo, dataset, features, progress)
+        return _train_folds(cfg, run_dir, todo, dataset, features, store, progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_folds(cfg, run_dir, todo, dataset, features, progress) -> Path:
+def check_trained_on(fold_dirs, store) -> None:
+    """DataError unless every finished fold among ``fold_dirs`` was trained on features of the
+    network that made ``store`` (``features.NETWORK_KEYS``: backbone, architecture, weights);
+    folds trained before dgstudy 0.2 recorded no architecture and fail too."""
+    from .features import NETWORK_KEYS
+
+    for d in fold_dirs:
+        if not fold_done(d):
+            continue
+        rec = json.loads((Path(d) / "config.json").read_text()).get("store_attrs")
+        if rec is None:        # trained on features handed in directly (tests, notebooks)
+            continue
+        diff = [f"{k}: fold has {rec.get(k)!r}, store has {store.attrs.get(k)!r}"
+                for k in NETWORK_KEYS if rec.get(k) != store.attrs.get(k)]
+        if diff:
+            raise DataError(f"{d}: this fold was trained on features of another network than the one "
+                            f"that wrote {store.path} ({'; '.join(diff)}); delete the run folder "
+                            f"{Path(d).parent} and train again")
+
+
+def _train_folds(cfg, run_dir, todo, dataset, features, store, progress) -> Path:
     dataset = load_dataset(cfg) if dataset is None else dataset
     store_info = {}
-    if features is None:
-        store = open_store(cfg, dataset)
-        store_info = {"feature_path": str(store.path if hasattr(store, "path") else feature_path(cfg, dataset)),
+    if store is not None:
+        store_info = {"feature_path": str(store.path),
                       "store_attrs": {k: v for k, v in store.attrs.items()
                                       if isinstance(v, (str, int, float, list, type(None)))}}
         features = read_features(store, range(len(dataset)), cfg.layers, progress=progress)
@@ -415,9 +496,9 @@ def _train_folds(cfg, run_dir, todo, dataset, features, progress) -> Path:
         t0 = time.perf_counter()
         train, val, test = _datasets.fold_split(len(dataset), fold, cfg.folds, cfg.seed)
         cb = fit_center_bias(dataset, train)
-        model, log = train_fold(cfg, features, dataset, train, val, cb.log_density_for_size,
-                                seed=cfg.seed * 1000 + fold, progress=progress,
-                                desc=f"{cfg.run} fold {fold}/{cfg.folds}")
+        model, log, attempts = train_fold(cfg, features, dataset, train, val, cb.log_density_for_size,
+                                          seed=cfg.seed * 1000 + fold, progress=progress,
+                                          desc=f"{cfg.run} fold {fold}/{cfg.folds}")
         d = fold_dir(run_dir, fold)
         d.mkdir(parents=True, exist_ok=True)
         with atomic_path(d / "model.pt") as tmp:
@@ -426,11 +507,17 @@ def _train_folds(cfg, run_dir, todo, dataset, features, progress) -> Path:
         with atomic_path(d / "log.csv") as tmp:
             log.to_csv(tmp, index=False)
         best = log.loc[log["val_LL"].idxmax()]
+        if not best["val_ig"] > 0:
+            warnings.warn(f"{d}: the fold's best validation IG over its centre bias is "
+                          f"{best['val_ig']:.4f} bit/fix (not above the centre bias); metrics.json "
+                          "lists it under folds_not_above_center_bias")
         write_json(d / "config.json", {
             "fold": fold, "train_config": cfg.to_dict(),
             "train_images": train, "val_images": val, "test_images": test,
             "dataset_checksum": dataset.checksum, "n_images": len(dataset),
             "best_epoch": int(best["epoch"]), "best_val_LL": float(best["val_LL"]),
+            "best_val_ig": float(best["val_ig"]), "seed": attempts["seed"],
+            "dead_seeds": attempts["dead_seeds"],
             "epochs_run": int(len(log)), "sigma": float(model.blur.sigma.detach()),
             "center_bias_weight": float(model.center_bias.weight.detach()),
             "seconds": time.perf_counter() - t0, "torch": torch.__version__, **store_info,
@@ -497,7 +584,9 @@ class CrossValModel:
         if self._features is not None:
             return self._features[i]
         if self._store is None:
-            self._store = open_store(self.cfg, self.dataset)
+            store = open_store(self.cfg, self.dataset)
+            check_trained_on([fold_dir(self.run_dir, f) for f in self.folds], store)
+            self._store = store
         return self._store.stacked(i, self.cfg.layers)
 
     def log_center_bias(self, fold: int, size) -> np.ndarray:
@@ -506,16 +595,27 @@ class CrossValModel:
             self._cb_cache[key] = np.asarray(self.folds[fold][1].log_density_for_size(*size), np.float32)
         return self._cb_cache[key]
 
-    @torch.no_grad()
     def log_density(self, i: int) -> np.ndarray:
+        """Image ``i``'s density from the fold that held it out."""
         fold = int(self.fold_of[i])
         if fold < 0:
             raise KeyError(f"image {i} is in no test fold of {self.run_dir}")
+        return self.fold_log_density(fold, i)
+
+    @torch.no_grad()
+    def fold_log_density(self, fold: int, i: int) -> np.ndarray:
+        """Image ``i``'s (H, W) log-density under fold ``fold``'s model and training centre bias
+        (e.g. a validation image of that fold, for choices made on validation data)."""
         model = self.folds[fold][0]
         size = tuple(int(v) for v in self.dataset.sizes[i])
         x = torch.from_numpy(np.asarray(self.features(i), dtype=np.float32))[None]
         cb = torch.from_numpy(self.log_center_bias(fold, size))[None]
         return model(x, cb)[0].double().numpy()
+
+    def fold_images(self, fold: int, which: str) -> np.ndarray:
+        """Fold ``fold``'s ``'train'``, ``'val'`` or ``'test'`` images (from its config.json)."""
+        info = json.loads((fold_dir(self.run_dir, fold) / "config.json").read_text())
+        return np.asarray(info[f"{which}_images"], dtype=np.int64)
 
     __call__ = log_density
 
@@ -537,6 +637,35 @@ def per_fold_summary(per_image: pd.DataFrame, fold_of: np.ndarray) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+LOW_FOLD_FRACTION = 0.5   # a fold whose test IG is below this fraction of the median fold is flagged
+
+
+def fold_health(run_dir, folds: pd.DataFrame) -> dict:
+    """What could have gone wrong in a run's folds, for ``metrics.json``:
+
+    ``folds_not_above_center_bias`` (best validation IG <= 0), ``folds_low_test_ig`` (test IG below
+    ``LOW_FOLD_FRACTION`` x the median fold's, or <= 0), ``folds_restarted`` ({fold: abandoned seeds}
+    of dead readouts) and ``problems`` (one sentence for each flagged fold; empty if none).
+    """
+    not_above, restarted = [], {}
+    for d in sorted(Path(run_dir).glob("fold_*")):
+        if not fold_done(d):
+            continue
+        info = json.loads((d / "config.json").read_text())
+        if "best_val_ig" in info and not info["best_val_ig"] > 0:
+            not_above.append(int(info["fold"]))
+        if info.get("dead_seeds"):
+            restarted[int(info["fold"])] = list(info["dead_seeds"])
+    low = []
+    if "IG" in folds and len(folds):
+        median = float(np.median(folds["IG"]))
+        low = [int(r.fold) for r in folds.itertuples() if r.IG <= 0 or r.IG < LOW_FOLD_FRACTION * median]
+    problems = [f"fold {f}: best validation IG not above the centre bias" for f in not_above]
+    problems += [f"fold {f}: test IG below {LOW_FOLD_FRACTION} x the median fold's" for f in low]
+    return {"folds_not_above_center_bias": not_above, "folds_low_test_ig": low,
+            "folds_restarted": restarted, "problems": problems}
+
+
 def evaluate_run(run_dir, *, dataset=None, features=None, baseline=None, gold=None,
                  progress: bool = True, allow_partial: bool = False) -> dict:
     """Evaluate a run's cross-validated predictions; writes ``metrics.json`` and ``per_image.csv``.
@@ -545,7 +674,8 @@ def evaluate_run(run_dir, *, dataset=None, features=None, baseline=None, gold=No
     ``GoldStandard.fit(dataset, baseline)``. ``metrics.json`` holds the overall metrics
     (``dgstudy.metrics.evaluate``) and, per fold, the fixation-weighted test IG over the baseline.
     ``allow_partial=True`` evaluates only the test images of finished folds (``folds_missing``
-    in metrics.json says which are not).
+    in metrics.json says which are not). Flagged folds (:func:`fold_health`) are warned about and
+    listed in metrics.json.
     """
     from . import metrics
     from .baselines import CenterBias, GoldStandard
@@ -559,9 +689,12 @@ def evaluate_run(run_dir, *, dataset=None, features=None, baseline=None, gold=No
     per_image = per_image.copy()
     per_image["fold"] = cvm.fold_of[per_image["image"].to_numpy()]
     folds = per_fold_summary(per_image, cvm.fold_of)
+    health = fold_health(cvm.run_dir, folds)
+    for problem in health["problems"]:
+        warnings.warn(f"{run_dir}: {problem}")
     result = {"run": cvm.cfg.run, "config": cvm.cfg.to_dict(), "summary": summary,
               "folds": folds.to_dict(orient="records"), "folds_missing": cvm.missing_folds,
-              "seconds": time.perf_counter() - t0}
+              **health, "seconds": time.perf_counter() - t0}
     run_dir = Path(run_dir)
     write_json(run_dir / "metrics.json", result)
     with atomic_path(run_dir / "per_image.csv") as tmp:

@@ -168,8 +168,11 @@ def test_training_is_deterministic(synthetic):
     cfg = small_config(max_epochs=2)
     train, val, _ = datasets.fold_split(len(ds), 0, 3, 0)
     cb = CenterBias.fit(ds, images=train)
-    a, log_a = training.train_fold(cfg, feats, ds, train, val, cb.log_density_for_size, seed=5, progress=False)
-    b, log_b = training.train_fold(cfg, feats, ds, train, val, cb.log_density_for_size, seed=5, progress=False)
+    a, log_a, rec = training.train_fold(cfg, feats, ds, train, val, cb.log_density_for_size, seed=5,
+                                        progress=False)
+    b, log_b, _ = training.train_fold(cfg, feats, ds, train, val, cb.log_density_for_size, seed=5,
+                                      progress=False)
+    assert rec == {"seed": 5, "dead_seeds": []}
     for k, v in a.state_dict().items():
         torch.testing.assert_close(v, b.state_dict()[k], rtol=0, atol=0)
     assert log_a["val_LL"].tolist() == log_b["val_LL"].tolist()
@@ -181,3 +184,65 @@ def test_config_from_profile():
     assert (cfg.dataset, cfg.n_images, cfg.folds, cfg.max_epochs, cfg.readout) == ("osie", 24, 3, 4, "deepgaze1")
     assert cfg.run == "smoke-efficientnet_lite0" and cfg.device in ("cpu", "cuda")
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def kill_two_channel_layer(model):
+    """The collapse seen on OSIE (EfficientNet-Lite1, fold 8): both channels of the readout's
+    2-channel ReLU layer are zero at every position, so the output is the last bias, constant,
+    and no gradient reaches anything before it."""
+    with torch.no_grad():
+        model.readout.conv2.bias.fill_(-1e4)
+    return model
+
+
+def test_readout_is_constant(synthetic):
+    ds, feats = synthetic
+    model = training.build_model(small_config(), next(iter(feats.values())).shape[0])
+    assert not training.readout_is_constant(model, feats, range(5))
+    assert training.readout_is_constant(kill_two_channel_layer(model), feats, range(5))
+
+
+def test_dead_readout_restarts_with_the_next_seed(synthetic, results_root, monkeypatch):
+    """A collapsing initialisation stays dead through training (zero gradient); the fold detects it
+    after the first epoch, restarts from the next seed, records both, and learns."""
+    ds, feats = synthetic
+    real_build = training.build_model
+    built = []
+
+    def collapse_first(cfg, in_channels):
+        model = real_build(cfg, in_channels)
+        built.append(torch.initial_seed())
+        return kill_two_channel_layer(model) if len(built) == 1 else model
+
+    monkeypatch.setattr(training, "build_model", collapse_first)
+    cfg = small_config(folds=3, max_epochs=30, run="collapse")
+    with pytest.warns(UserWarning, match="constant after the first epoch; restarting from seed 10007"):
+        run = training.train_crossval(cfg, folds=[0], dataset=ds, features=feats, progress=False)
+    info = json.loads((run / "fold_00" / "config.json").read_text())
+    assert info["dead_seeds"] == [0] and info["seed"] == training.RESTART_SEED_STEP
+    assert built == [0, training.RESTART_SEED_STEP]
+    assert info["best_val_ig"] > 0.3                       # the restarted readout learned
+
+    # without the check the collapse trains to a constant readout: verify the failure it prevents
+    monkeypatch.setattr(training, "build_model", lambda cfg, c: kill_two_channel_layer(real_build(cfg, c)))
+    train, val, _ = datasets.fold_split(len(ds), 0, 3, 0)
+    cb = CenterBias.fit(ds, images=train)
+    with pytest.warns(UserWarning, match="restarting"), pytest.raises(training.DeadReadout, match="every one"):
+        training.train_fold(cfg, feats, ds, train, val, cb.log_density_for_size, seed=0, progress=False)
+
+
+def test_fold_health_flags_failed_folds(tmp_path):
+    import pandas as pd
+
+    for fold, val_ig in enumerate([0.8, -0.01, 0.7, 0.9]):
+        d = tmp_path / f"fold_{fold:02d}"
+        d.mkdir()
+        (d / "model.pt").write_bytes(b"")
+        (d / "config.json").write_text(json.dumps({"fold": fold, "best_val_ig": val_ig,
+                                                    "dead_seeds": [3] if fold == 2 else []}))
+    folds = pd.DataFrame({"fold": [0, 1, 2, 3], "IG": [1.9, 0.0002, 2.0, 0.6]})
+    health = training.fold_health(tmp_path, folds)
+    assert health["folds_not_above_center_bias"] == [1]
+    assert health["folds_low_test_ig"] == [1, 3]            # below 0.5 x the median 1.25
+    assert health["folds_restarted"] == {2: [3]}
+    assert len(health["problems"]) == 3

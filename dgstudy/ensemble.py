@@ -1,0 +1,160 @@
+"""Ensembles of cross-validated runs (e.g. one run per backbone), chosen on validation data.
+
+An ensemble's density is the average of its members' densities (:func:`average_log_densities`;
+as the paper's MIT300 submission averages its 10 fold models, and DeepGaze IIE its readouts over
+backbones): ``log p = logsumexp_m log p_m - log M``.
+
+:func:`select_and_evaluate` makes the choice the way every other choice in the study is made,
+inside each fold: for fold ``k`` every non-empty subset of the runs is scored by its mean
+log-likelihood on fold ``k``'s *validation* images (all runs must share the fold split), the
+best subset is kept, and fold ``k``'s *test* images are predicted by that subset's fold-``k``
+models. No test fixation takes part in the choice that is applied to it. The result is written
+like a run's evaluation (``metrics.json``, ``per_image.csv``) plus ``ensemble.json`` (per fold:
+the chosen members and every subset's validation log-likelihood).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.special import logsumexp
+
+from . import metrics
+from .io import DataError, atomic_path, write_json
+from .training import CrossValModel, fixation_pixels, fold_health, per_fold_summary
+
+LN2 = math.log(2.0)
+
+
+def average_log_densities(log_densities) -> np.ndarray:
+    """Log of the average of the densities: ``logsumexp_k(l_k) - log K`` (equal weights).
+
+    One input is returned unchanged (so a one-member ensemble is exactly that member). The result
+    has the dtype of the inputs; the sum is done in float64.
+    """
+    if len(log_densities) == 0:
+        raise ValueError("no log-densities to average")
+    if len(log_densities) == 1:
+        return log_densities[0]
+    stack = np.stack([np.asarray(l, dtype=np.float64) for l in log_densities])
+    out = logsumexp(stack, axis=0) - math.log(len(log_densities))
+    return out.astype(np.result_type(*[np.asarray(l).dtype for l in log_densities]), copy=False)
+
+
+def subsets(names) -> list[tuple[str, ...]]:
+    """Every non-empty subset of ``names``, smallest first, in the order given."""
+    names = list(names)
+    return [c for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
+
+
+def _check_same_split(models: dict[str, CrossValModel]) -> None:
+    first_name, first = next(iter(models.items()))
+    for name, m in models.items():
+        if len(m.dataset) != len(first.dataset) or m.dataset.checksum != first.dataset.checksum:
+            raise DataError(f"{m.run_dir}: another dataset than {first.run_dir}")
+        if set(m.folds) != set(first.folds):
+            raise DataError(f"{m.run_dir}: finished folds {sorted(m.folds)} differ from "
+                            f"{first.run_dir}'s {sorted(first.folds)}")
+        for f in m.folds:
+            for which in ("val", "test"):
+                if not np.array_equal(m.fold_images(f, which), first.fold_images(f, which)):
+                    raise DataError(f"{m.run_dir}: fold {f} {which} images differ from those of "
+                                    f"{first.run_dir}; an ensemble needs one fold split")
+
+
+def validation_log_likelihoods(models: dict[str, CrossValModel], fold: int) -> dict[tuple, float]:
+    """{subset: mean log-likelihood in bit/fix relative to uniform} on fold ``fold``'s validation
+    images, for every non-empty subset of ``models``."""
+    first = next(iter(models.values()))
+    ds = first.dataset
+    per_member = {name: [] for name in models}        # log p at each validation fixation
+    log_area = []
+    for i in first.fold_images(fold, "val"):
+        pix = fixation_pixels(ds, int(i))
+        if not len(pix):
+            continue
+        for name, m in models.items():
+            per_member[name].append(m.fold_log_density(fold, int(i)).reshape(-1)[pix])
+        log_area.append(np.full(len(pix), math.log(int(ds.sizes[i][0]) * int(ds.sizes[i][1]))))
+    log_area = np.concatenate(log_area)
+    at_fix = {name: np.concatenate(v) for name, v in per_member.items()}
+    out = {}
+    for combo in subsets(models):
+        ll = logsumexp(np.stack([at_fix[n] for n in combo]), axis=0) - math.log(len(combo))
+        out[combo] = float(np.mean(ll + log_area) / LN2)
+    return out
+
+
+class SelectedEnsemble:
+    """Image ``i``'s density: the average over the members chosen for the fold that held it out."""
+
+    def __init__(self, models: dict[str, CrossValModel], choice: dict[int, tuple[str, ...]]):
+        self.models, self.choice = models, choice
+        first = next(iter(models.values()))
+        self.dataset, self.fold_of = first.dataset, first.fold_of
+        self.images = first.images
+
+    def log_density(self, i: int) -> np.ndarray:
+        fold = int(self.fold_of[i])
+        return average_log_densities([self.models[n].fold_log_density(fold, i) for n in self.choice[fold]])
+
+    __call__ = log_density
+
+
+def select_and_evaluate(runs: dict, out_dir: str | Path, *, dataset=None, baseline=None, gold=None,
+                        progress: bool = True) -> dict:
+    """Choose, per fold, the subset of ``runs`` ({name: run folder, or a ``CrossValModel``}) with the
+    best validation log-likelihood; evaluate the chosen ensembles on the test folds; write ``out_dir``.
+
+    ``baseline``/``gold``: as for ``training.evaluate_run`` (fitted here if None). Returns what
+    is written to ``metrics.json``: ``summary`` (``dgstudy.metrics.evaluate``), ``folds``,
+    ``choice`` ({fold: members}) and ``validation_LL`` ({fold: {"a+b": bit/fix}}).
+    """
+    from .baselines import CenterBias, GoldStandard
+
+    t0 = time.perf_counter()
+    models = {name: run if isinstance(run, CrossValModel) else CrossValModel(run, dataset=dataset)
+              for name, run in runs.items()}
+    if len(models) < 1:
+        raise ValueError("an ensemble needs at least one run")
+    _check_same_split(models)
+    first = next(iter(models.values()))
+    ds = first.dataset
+    choice, val_ll = {}, {}
+    for fold in sorted(first.folds):
+        scores = validation_log_likelihoods(models, fold)
+        choice[fold] = max(scores, key=scores.get)
+        val_ll[fold] = {"+".join(c): v for c, v in scores.items()}
+    ensemble = SelectedEnsemble(models, choice)
+    baseline = CenterBias.fit(ds) if baseline is None else baseline
+    gold = GoldStandard.fit(ds, baseline) if gold is None else gold
+    summary, per_image = metrics.evaluate(ensemble.log_density, ds, baseline=baseline, gold=gold,
+                                          images=ensemble.images, per_image=True, progress=progress)
+    per_image = per_image.copy()
+    per_image["fold"] = ensemble.fold_of[per_image["image"].to_numpy()]
+    folds = per_fold_summary(per_image, ensemble.fold_of)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"run": out_dir.name, "members": {n: str(m.run_dir) for n, m in models.items()},
+              "summary": summary, "folds": folds.to_dict(orient="records"),
+              "choice": {str(f): list(c) for f, c in choice.items()},
+              "validation_LL": {str(f): v for f, v in val_ll.items()},
+              "folds_low_test_ig": fold_health(out_dir, folds)["folds_low_test_ig"],
+              "seconds": time.perf_counter() - t0}
+    write_json(out_dir / "metrics.json", result)
+    write_json(out_dir / "ensemble.json", {k: result[k] for k in ("members", "choice", "validation_LL")})
+    with atomic_path(out_dir / "per_image.csv") as tmp:
+        per_image.to_csv(tmp, index=False)
+    return result
+
+
+def load_choice(out_dir: str | Path) -> dict:
+    """``ensemble.json`` of an evaluated ensemble (members, per-fold choice, validation LLs)."""
+    path = Path(out_dir) / "ensemble.json"
+    if not path.exists():
+        raise DataError(f"{path}: no ensemble was evaluated here (run ensemble.select_and_evaluate)")
+    return json.loads(path.read_text())
