@@ -8,7 +8,9 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= paper
 BACKBONE ?=
-# Extra papermill arguments, e.g. PAPERMILL_ARGS="-p device cuda"
+# Other profile keys to change, as YAML mapping entries, e.g. OVERRIDES="device: cuda, seed: 1"
+OVERRIDES ?=
+# Extra papermill arguments, e.g. PAPERMILL_ARGS="--log-output"
 PAPERMILL_ARGS ?=
 
 # torch/torchvision are installed first, pinned to the pair the study is tested with (override for
@@ -22,7 +24,7 @@ help:
 	@echo "make env        build .venv (idempotent)"
 	@echo "make test       run the test suite (includes the smoke chain of notebooks)"
 	@echo "make smoke      the whole notebook chain at toy scale (CPU, offline, < 5 min)"
-	@echo "make reproduce  the whole study (PROFILE=paper|osie|smoke, BACKBONE=...)"
+	@echo "make reproduce  the whole study (PROFILE=paper|osie|osie_extended|smoke, BACKBONE=..., OVERRIDES=...)"
 	@echo "make bench      run the benchmarks in benchmarks/"
 	@echo "make clean      remove results and figures; distclean also removes .venv and data caches"
 
@@ -50,9 +52,11 @@ PROFILE_YAML = dgstudy/profiles/$(PROFILE).yaml
 PROFILE_BACKBONE = $(shell sed -n 's/^backbone:[[:space:]]*\([^[:space:]#]*\).*/\1/p' $(PROFILE_YAML))
 OUT_TAG = $(PROFILE)$(if $(and $(BACKBONE),$(filter-out $(PROFILE_BACKBONE),$(BACKBONE))),-$(BACKBONE))
 OUT_DIR = $(or $(DGSTUDY_RESULTS),results)/$(OUT_TAG)
-NOTEBOOKS := $(sort $(wildcard notebooks/0[1-6]_*.ipynb))
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 DGSTUDY_SOURCES := $(wildcard dgstudy/*.py dgstudy/*/*.py)
-PAPERMILL_FLAGS = -f $(PROFILE_YAML) $(if $(BACKBONE),-p backbone $(BACKBONE)) --cwd $(CURDIR) -k python3 $(PAPERMILL_ARGS)
+comma := ,
+OVERRIDE_MAP = {$(OVERRIDES)$(if $(BACKBONE),$(if $(strip $(OVERRIDES)),$(comma) )backbone: $(BACKBONE))}
+PAPERMILL_FLAGS = -p profile $(PROFILE) -y "overrides: $(OVERRIDE_MAP)" --cwd $(CURDIR) -k python3 $(PAPERMILL_ARGS)
 
 reproduce: env
 	@test -f $(PROFILE_YAML) || { echo "unknown PROFILE=$(PROFILE): no $(PROFILE_YAML)"; exit 2; }

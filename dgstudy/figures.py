@@ -144,6 +144,21 @@ def plot_ablation(table: pd.DataFrame, metric: str = "IG", title: str = "", orde
     return fig
 
 
+def plot_fold_ig(folds: pd.DataFrame, title: str = "test IG per fold"):
+    """Test IG of every fold, one line per condition (``folds``: :func:`dgstudy.study.fold_table`);
+    a collapsed fold shows as a dip towards 0."""
+    set_style()
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    for cond, g in folds.groupby("condition", sort=False):
+        ax.plot(g["fold"], g["IG"], "o-", ms=4, lw=1, label=cond)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xlabel="test fold", ylabel="IG (bit/fix)", title=title)
+    ax.set_xticks(sorted(folds["fold"].unique()))
+    ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
 def plot_per_image_ig(per_image: pd.DataFrame, title: str = ""):
     """Per image: the model's log-likelihood against the centre bias's (bit/fix), and the sorted IG.
 

@@ -1,8 +1,9 @@
-"""Named parameter sets (``paper``, ``osie``, ``smoke``) for the notebook chain.
+"""Named parameter sets (``paper``, ``osie``, ``osie_extended``, ``smoke``) for the notebook chain.
 
-The YAML files beside this module are what the Makefile hands to papermill
-(``papermill -f dgstudy/profiles/<name>.yaml``); :func:`load` reads the same files
-for use from Python.
+Each notebook's parameters are a profile name and a dict of overrides (papermill sets both; the
+Makefile passes ``PROFILE`` and ``BACKBONE``/``OVERRIDES``); :func:`load` turns them into the
+parameter dict. Any :class:`dgstudy.training.TrainConfig` field may be overridden too (e.g.
+``{"readout": "deepgaze1"}``). :func:`run_name` is the one rule for a run's folder name.
 """
 from __future__ import annotations
 
@@ -31,11 +32,20 @@ def load(name: str, **overrides) -> dict:
     return resolve(params)
 
 
+def run_name(prefix: str, backbone: str, readout: str | None = None) -> str:
+    """``<prefix>-<backbone>`` (prefix: the profile, or the dataset outside a profile), plus
+    ``-<readout>`` for a readout other than the paper's ``deepgaze2``."""
+    name = f"{prefix}-{backbone}"
+    return name if readout in (None, "deepgaze2") else f"{name}-{readout}"
+
+
 def resolve(params: dict) -> dict:
-    """Fill derived defaults: the run name and the device."""
+    """Fill derived defaults: the run name (:func:`run_name` of ``run_prefix``, default the
+    profile's name) and the device."""
     params = dict(params)
     if not params.get("run"):
-        params["run"] = f"{params['profile']}-{params['backbone']}"
+        params["run"] = run_name(params.get("run_prefix") or params["profile"], params["backbone"],
+                                 params.get("readout"))
     if params.get("device", "auto") == "auto":
         import torch
         params["device"] = "cuda" if torch.cuda.is_available() else "cpu"

@@ -416,6 +416,75 @@ def run_center_bias_ablation(params: dict, conditions: dict | None = None) -> di
     return runs
 
 
+def backbone_grid(params: dict) -> list[str]:
+    """The backbones compared: the main one first, then the profile's ``ablation_backbones``."""
+    others = [b for b in (params.get("ablation_backbones") or []) if b != params["backbone"]]
+    return [params["backbone"], *others]
+
+
+def fold_table(runs: dict) -> pd.DataFrame:
+    """One row per (condition, test fold) of evaluated runs ({condition: run folder}): the fold's
+    test IG (bit/fix over the centre bias) and its ratio to the run's median fold."""
+    rows = []
+    for cond, run in runs.items():
+        folds = pd.DataFrame(json.loads((Path(run) / "metrics.json").read_text())["folds"])
+        median = float(np.median(folds["IG"]))
+        for r in folds.itertuples():
+            rows.append({"condition": cond, "fold": int(r.fold), "IG": float(r.IG),
+                         "explained_IG": float(getattr(r, "explained_IG", np.nan)),
+                         "IG_over_median": float(r.IG) / median if median else np.nan})
+    return pd.DataFrame(rows)
+
+
+def backbone_run_name(params: dict, backbone: str) -> str:
+    """The run of backbone ``backbone`` in the backbone ablation: the main run for the main
+    backbone; else the main run's name with its backbone swapped (``osie-efficientnet_lite0`` ->
+    ``osie-vgg19_random``, the run ``make reproduce BACKBONE=vgg19_random`` trains), or
+    ``<run>-backbone-<backbone>`` when the main run's name does not end in its backbone."""
+    if backbone == params["backbone"]:
+        return params["run"]
+    suffix = f"-{params['backbone']}"
+    if params["run"].endswith(suffix):
+        return params["run"][:-len(suffix)] + f"-{backbone}"
+    return f"{params['run']}-backbone-{backbone}"
+
+
+def run_backbone_ablation(params: dict, names, dataset=None) -> dict:
+    """Extract (or reuse) the features and train (or reuse) one run per backbone in ``names``,
+    each with its default layers and otherwise the main run's settings; returns {backbone: run
+    directory}. The main backbone's condition is the main run itself (with its layers)."""
+    from . import datasets, features
+    from .training import TrainConfig
+
+    dataset = dataset or datasets.load(params["dataset"], n_images=params.get("n_images"),
+                                       **(params.get("dataset_options") or {}))
+    runs = {}
+    for name in names:
+        is_main = name == params["backbone"]
+        cfg = TrainConfig.from_profile({**params, "backbone": name, "run": backbone_run_name(params, name),
+                                        "layers": params.get("layers") if is_main else None})
+        if not cfg.feature_path:
+            features.extract(dataset, name, layers=cfg.layers, downsample=cfg.downsample,
+                             dtype=cfg.feature_dtype, device=params["device"])
+        runs[name] = train_condition(cfg, cfg.run)
+    return runs
+
+
+def backbone_ensemble(params: dict, runs: dict, **evaluate_kw) -> Path:
+    """The per-fold, validation-chosen ensemble over the backbone runs (``dgstudy.ensemble``),
+    evaluated into ``results/<run>-backbone-ensemble/`` (reused if it holds the same members)."""
+    from . import ensemble
+    from .paths import results_dir
+
+    out = results_dir() / f"{params['run']}-backbone-ensemble"
+    members = {n: str(r) for n, r in runs.items()}
+    if (out / "metrics.json").exists() and (out / "per_image.csv").exists():
+        if json.loads((out / "metrics.json").read_text()).get("members") == members:
+            return out
+    ensemble.select_and_evaluate(runs, out, **evaluate_kw)
+    return out
+
+
 def center_bias_alone(dataset, baseline=None, gold=None, per_image: bool = True):
     """The centre bias itself as a model (leave-image-out), scored like every other model.
 

@@ -1,4 +1,4 @@
-"""The whole notebook chain 01-06 at toy scale (the ``smoke`` profile), through papermill.
+"""The whole notebook chain 01-07 at toy scale (the ``smoke`` profile), through papermill.
 
 Results and figures go to a temporary folder (``DGSTUDY_RESULTS``, ``DGSTUDY_FIGURES``); the data
 root stays the repository's ``data/`` so the OSIE cache and the smoke feature store are reused.
@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from conftest import REPO
 
@@ -21,7 +20,7 @@ NOTEBOOK_DIR = REPO / "notebooks"
 
 
 def smoke_chain():
-    nbs = sorted(NOTEBOOK_DIR.glob("0[1-6]_*.ipynb"))
+    nbs = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     return nbs
 
 
@@ -30,8 +29,8 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     import papermill
 
     notebooks = smoke_chain()
-    assert [p.name[:2] for p in notebooks] == ["01", "02", "03", "04", "05", "06"], notebooks
-    params = yaml.safe_load((REPO / "dgstudy" / "profiles" / "smoke.yaml").read_text())
+    assert [p.name[:2] for p in notebooks] == ["01", "02", "03", "04", "05", "06", "07"], notebooks
+    params = {"profile": "smoke", "overrides": {}}
     results, figures = tmp_path / "results", tmp_path / "figures"
     monkeypatch.setenv("DGSTUDY_RESULTS", str(results))
     monkeypatch.setenv("DGSTUDY_FIGURES", str(figures))
@@ -80,8 +79,24 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     main = layers.set_index("condition").loc["default", "IG"]
     assert cb.loc["learned", "IG"] == pytest.approx(main, rel=1e-9)
 
+    # backbones: the main run, the other backbone and the validation-chosen ensemble; every fold
+    # of each is in the fold table, and the ensemble's choice is one of the subsets
+    bb = pd.read_csv(out / "ablation_backbones.csv").set_index("condition")
+    assert list(bb.index) == ["efficientnet_lite0", "efficientnet_lite1", "ensemble"]
+    assert bb.loc["efficientnet_lite0", "IG"] == pytest.approx(main, rel=1e-9)
+    assert bb.loc["efficientnet_lite0", "IG_diff"] == pytest.approx(0.0, abs=1e-12)
+    assert np.isfinite(bb.IG).all() and (bb.IG_lo <= bb.IG + 1e-12).all()
+    folds = pd.read_csv(out / "ablation_backbones_folds.csv")
+    assert sorted(folds.groupby("condition").size()) == [3, 3, 3]
+    choice = json.loads((results / "smoke-efficientnet_lite0-backbone-ensemble" / "ensemble.json").read_text())
+    assert set(choice["choice"]) == {"0", "1", "2"}
+    for fold, members in choice["choice"].items():
+        scores = choice["validation_LL"][fold]
+        assert scores["+".join(members)] == max(scores.values())
+
     # figures: PNG and PDF of each
     for name in ("examples", "center_bias", "ablation_layers", "ablation_centerbias",
+                 "ablation_backbones", "ablation_backbones_folds",
                  "per_image_ig", "blur", "training_curves"):
         for ext in ("png", "pdf"):
             f = figures / "smoke" / f"{name}.{ext}"
