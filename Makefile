@@ -42,27 +42,29 @@ test: env
 smoke: env
 	$(MAKE) --no-print-directory reproduce PROFILE=smoke
 
-# -- the notebook chain: `make reproduce` (owner: dgstudy/study.py) ------------------------------
+# -- the notebook chain: `make reproduce` ---------------------------------------------------------
 # results/<tag>/NN_x.ipynb is rebuilt only when its notebook, the profile yaml or a dgstudy source
 # changed, or an earlier notebook was rebuilt (the library itself skips finished extraction and
 # folds). papermill writes to <target>.running.ipynb, renamed into place only on success, so a
 # failed or interrupted notebook never counts as up to date; the failed copy keeps the error.
-# <tag> = PROFILE, or PROFILE-BACKBONE when BACKBONE is not the profile's own backbone.
+# <tag> is the library's (`dgstudy tag`: PROFILE, or PROFILE-BACKBONE for another backbone); the
+# reproduce recipe asks for it and hands it to the sub-make that runs the notebooks.
 PROFILE_YAML = dgstudy/profiles/$(PROFILE).yaml
-PROFILE_BACKBONE = $(shell sed -n 's/^backbone:[[:space:]]*\([^[:space:]#]*\).*/\1/p' $(PROFILE_YAML))
-OUT_TAG = $(PROFILE)$(if $(and $(BACKBONE),$(filter-out $(PROFILE_BACKBONE),$(BACKBONE))),-$(BACKBONE))
+OUT_TAG ?= $(PROFILE)
 OUT_DIR = $(or $(DGSTUDY_RESULTS),results)/$(OUT_TAG)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 DGSTUDY_SOURCES := $(wildcard dgstudy/*.py dgstudy/*/*.py)
 comma := ,
 OVERRIDE_MAP = {$(OVERRIDES)$(if $(BACKBONE),$(if $(strip $(OVERRIDES)),$(comma) )backbone: $(BACKBONE))}
 PAPERMILL_FLAGS = -p profile $(PROFILE) -y "overrides: $(OVERRIDE_MAP)" --cwd $(CURDIR) -k python3 $(PAPERMILL_ARGS)
+PROFILE_ARGS = --profile $(PROFILE) $(if $(BACKBONE),--backbone $(BACKBONE))
 
 reproduce: env
 	@test -f $(PROFILE_YAML) || { echo "unknown PROFILE=$(PROFILE): no $(PROFILE_YAML)"; exit 2; }
-	$(PY) -m dgstudy.study preflight --profile $(PROFILE) $(if $(BACKBONE),--backbone $(BACKBONE))
-	@$(MAKE) --no-print-directory notebooks PROFILE=$(PROFILE) BACKBONE=$(BACKBONE)
-	@echo "done: executed notebooks in $(OUT_DIR)/, figures in $(or $(DGSTUDY_FIGURES),figures)/$(OUT_TAG)/"
+	$(PY) -m dgstudy preflight $(PROFILE_ARGS)
+	@tag=$$($(PY) -m dgstudy tag $(PROFILE_ARGS)); \
+	  $(MAKE) --no-print-directory notebooks PROFILE=$(PROFILE) BACKBONE=$(BACKBONE) OUT_TAG=$$tag && \
+	  echo "done: executed notebooks in $(or $(DGSTUDY_RESULTS),results)/$$tag/, figures in $(or $(DGSTUDY_FIGURES),figures)/$$tag/"
 
 # one rule per notebook, each depending on the one before it
 define NOTEBOOK_RULE

@@ -31,7 +31,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dgstudy import predict  # noqa: E402
+import json  # noqa: E402
+
+from dgstudy import features, imageio, predict, predict_files, runs, training  # noqa: E402
+from dgstudy.config import TrainConfig  # noqa: E402
 
 
 def find_run(explicit: str | None) -> Path | None:
@@ -48,22 +51,18 @@ def build_tiny_run(root: Path) -> Path:
     """Train a 3-fold run on 12 synthetic 240x320 images (efficientnet_lite0 features) under ``root``."""
     os.environ["DGSTUDY_DATA"] = str(root / "data")
     os.environ["DGSTUDY_RESULTS"] = str(root / "results")
-    from dgstudy import datasets, features, training
-
-    cfg = training.TrainConfig(dataset="synthetic", dataset_options={"size": [240, 320], "seed": 0},
-                               n_images=12, backbone="efficientnet_lite0", folds=3, max_epochs=2,
-                               run="bench-predict", patience=2)
-    ds = training.load_dataset(cfg)
-    features.extract(ds, cfg.backbone, downsample=cfg.downsample, out=training.feature_path(cfg, ds),
+    cfg = TrainConfig(dataset="synthetic", dataset_options={"size": [240, 320], "seed": 0},
+                     n_images=12, backbone="efficientnet_lite0", folds=3, max_epochs=2,
+                     run="bench-predict", patience=2)
+    ds = runs.load_dataset(cfg)
+    features.extract(ds, cfg.backbone, downsample=cfg.downsample, out=runs.feature_path(cfg, ds),
                      progress=False)
     return training.train_crossval(cfg, progress=False)
 
 
 def run_images(run_dir: Path, n: int) -> list[Path]:
-    from dgstudy import training
-
-    cfg = training.TrainConfig.from_dict(predict._read_json(run_dir / "config.json"))
-    ds = training.load_dataset(cfg)
+    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    ds = runs.load_dataset(cfg)
     return [Path(p) for p in ds.stimuli[:n]]
 
 
@@ -96,13 +95,13 @@ def main(argv=None) -> None:
     if run_dir is None:
         print("no trained OSIE/smoke run under results/; training a tiny synthetic one ...", flush=True)
         run_dir = build_tiny_run(Path(tmp.name))
-    images = (predict.expand_image_args([args.images])[: args.n] if args.images
+    images = (imageio.expand_image_args([args.images])[: args.n] if args.images
               else run_images(run_dir, args.n))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = predict.load_model(run_dir, device=args.device)
         one = predict.load_model(run_dir, fold=int(model.members[0].name.split("_")[1]), device=args.device)
-    rgbs = [predict.read_rgb(p) for p in images]
+    rgbs = [imageio.read_rgb(p) for p in images]
     sizes = sorted({f"{r.shape[1]}x{r.shape[0]}" for r in rgbs})
     print(f"run: {run_dir} ({len(model.members)} folds, {model.spec.backbone}, layers {model.spec.layers}, "
           f"downsample {model.spec.downsample}, {model.spec.dtype})")
@@ -129,7 +128,7 @@ def main(argv=None) -> None:
 
 def _files_rate(model, images, out, plot) -> float:
     t0 = time.perf_counter()
-    rep = predict.predict_images(model, images, out, plot=plot, progress=False)
+    rep = predict_files.predict_images(model, images, out, plot=plot, progress=False)
     dt = time.perf_counter() - t0
     if rep.errors:
         raise RuntimeError("; ".join(rep.errors))

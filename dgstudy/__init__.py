@@ -10,8 +10,9 @@ import importlib
 __version__ = "0.2.0"
 
 _SUBMODULES = {
-    "paths", "io", "datasets", "baselines", "metrics", "backbones", "features",
-    "model", "training", "profiles", "study", "figures", "predict", "imageio", "fixation_csv", "cli",
+    "paths", "io", "config", "datasets", "baselines", "metrics", "statistics", "backbones", "features",
+    "model", "training", "runs", "evaluation", "ensemble", "ablations", "report", "figures", "predict",
+    "predict_files", "imageio", "fixation_csv", "cli",
 }
 
 

@@ -1,20 +1,32 @@
-"""The ``dgstudy`` command line: one function per subcommand.
+"""The ``dgstudy`` command line (also ``python -m dgstudy``): one function per subcommand.
 
 ``dgstudy baselines --dataset osie``  uniform / centre bias / gold standard x all metrics
-``dgstudy predict IMAGE... --model RUN --out DIR``  (see :mod:`dgstudy.predict`)
-
-Also runnable as ``python -m dgstudy.cli ...``.
+``dgstudy predict IMAGE... --model RUN --out DIR``  a trained run on any images
+``dgstudy preflight --profile osie``  are the profile's data and weights there? (make reproduce)
+``dgstudy tag --profile osie``  the folder of the profile's tables and figures (the Makefile's)
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-TABLE_METRICS = ("LL", "IG", "explained_IG", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM")
+import numpy as np
+import pandas as pd
+
+from . import backbones, datasets
+from .baselines import CenterBias, GoldStandard, Uniform
+from .config import StudyConfig
+from .imageio import expand_image_args
+from .io import DataError, atomic_path, write_json
+from .metrics import MAIN_AVERAGE, evaluate
+from .paths import results_dir
+from .predict import load_model
+from .predict_files import predict_images
+
+TABLE_METRICS = tuple(MAIN_AVERAGE)
 
 
 # -- baselines ------------------------------------------------------------------------------------
@@ -36,14 +48,6 @@ def add_baselines_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_baselines_command(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from . import datasets
-    from .baselines import CenterBias, GoldStandard, Uniform
-    from .io import write_json, atomic_path
-    from .metrics import evaluate
-    from .paths import results_dir
-
     t0 = time.perf_counter()
     ds = datasets.load(args.dataset, n_images=args.n_images)
     print(ds)
@@ -107,18 +111,161 @@ def format_table(table, summary) -> str:
     return "\n".join(lines)
 
 
-# -- predict (implemented in dgstudy.predict) -------------------------------------------------------
+# -- predict ------------------------------------------------------------------------------------
+PREDICT_HELP = """\
+Predict fixation densities with a trained run (the average of its fold models' densities).
+
+For each IMAGE (a folder stands for the image files in it) writes into --out:
+  <stem>.npy   natural-log density over the pixels, float32 (H, W); exp sums to 1
+  <stem>.png   the image and the predicted density
+
+Images of any size; grayscale is replicated to RGB, transparency is composited on white,
+the EXIF orientation is applied first (coordinates refer to the image as displayed).
+
+--fixations FILE.csv evaluates the predictions. Columns: image,x,y[,subject]
+  image    the image as given on the command line, its file name, or its stem
+  x, y     pixel coordinates: 0-based, x = column, y = row, pixel centres at +0.5
+           (the top-left pixel spans 0 <= x < 1, 0 <= y < 1; a MATLAB 1-based
+           coordinate c becomes c - 0.5); must lie inside the image
+  subject  observer id (optional, default 0)
+prints (dgstudy.metrics conventions) LL (bits/fixation relative to a uniform density), IG
+(bits/fixation over the centre bias the model uses: the training one, or uniform with
+--center-bias uniform), AUC, sAUC, NSS, CC, KLDiv, SIM, and writes evaluation.json and
+evaluation_per_image.csv into --out.
+
+Bad inputs (an image that does not decode, a CSV row outside its image) are reported with the
+file and the CSV line; the other images still run and the exit status is 1.
+"""
+
+
 def add_predict_command(subparsers) -> argparse.ArgumentParser:
-    from .predict import add_predict_command as add
-    return add(subparsers)
+    p = subparsers.add_parser("predict", help="predict fixation densities for images with a trained run",
+                              description=PREDICT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--model", required=True, metavar="RUN",
+                   help="training run folder (results/<run>/ or a run name), a fold folder or a model.pt")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--fold", type=int, default=None, metavar="K", help="use only fold K (default: all folds)")
+    p.add_argument("--fixations", default=None, metavar="FILE.csv",
+                   help="CSV image,x,y[,subject] to evaluate against (coordinates: see above)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--center-bias", default="training", choices=["training", "uniform"],
+                   help="centre bias of the training data rescaled to each image (default) or uniform")
+    p.add_argument("--kernel-size", type=float, default=None, metavar="PX",
+                   help="sigma (px) of the empirical saliency map for CC, KLDiv, SIM "
+                        "(default: 1/30 of the larger image side; about 1 degree of visual angle is usual)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
+    p.set_defaults(func=run_predict_command)
+    return p
+
+
+def run_predict_command(args: argparse.Namespace) -> int:
+    """The ``dgstudy predict`` handler; returns the exit status."""
+    images = expand_image_args(args.images)
+    if not images:
+        print("dgstudy predict: no images found", file=sys.stderr)
+        return 1
+    try:
+        model = load_model(args.model, fold=args.fold, center_bias=args.center_bias, device=args.device)
+    except (DataError, KeyError, ValueError, OSError) as e:
+        print(f"dgstudy predict: cannot load the model {args.model}: {e}", file=sys.stderr)
+        return 1
+    report = predict_images(model, images, args.out, fixations=args.fixations, plot=not args.no_plot,
+                            progress=len(images) > 1, kernel_size=args.kernel_size)
+    print(f"wrote {len(report.outputs)} of {len(images)} predictions to {args.out}")
+    if report.evaluation is not None:
+        print(format_summary(report.evaluation))
+        print(f"evaluation written to {Path(args.out) / 'evaluation.json'}")
+    for n in report.notes:
+        print(f"note: {n}", file=sys.stderr)
+    for e in report.errors:
+        print(f"error: {e}", file=sys.stderr)
+    if report.errors:
+        print(f"dgstudy predict: {len(report.errors)} problem(s); see above", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+SUMMARY_KEYS = ("n_images", "n_fixations", *(m for m in MAIN_AVERAGE if m != "explained_IG"))
+
+
+def format_summary(summary: dict) -> str:
+    """The headline metrics as a text table (LL, IG in bits/fixation; averages as in metrics.py)."""
+    conv = summary.get("conventions", {}) if isinstance(summary.get("conventions"), dict) else {}
+    lines = [f"  {'metric':<12} {'value':>10}  average"]
+    for k in SUMMARY_KEYS:
+        v = summary.get(k)
+        if v is None or (isinstance(v, float) and not np.isfinite(v)):
+            continue
+        text = f"{int(v):d}" if k.startswith("n_") else f"{float(v):.4f}"
+        unit = " bits/fix" if k in ("LL", "IG") else ""
+        lines.append(f"  {k:<12} {text:>10}  {conv.get(k, '')}{unit}")
+    return "\n".join(lines)
+
+
+
+
+# -- preflight and tag (used by the Makefile) -------------------------------------------------------
+def preflight(cfg: StudyConfig, download: bool = False) -> list[str]:
+    """Check that the profile's data set and backbone weights are reachable; return the problems.
+
+    Uses the loaders' own errors (which name the missing file and how to provide it); an empty
+    list means ready. With ``download=False`` (default) the VGG-19 weights must already be on disk.
+    """
+    t = cfg.train
+    problems = []
+    try:
+        datasets.load(t.dataset, n_images=t.n_images, **(t.dataset_options or {}))
+    except Exception as e:  # noqa: BLE001 -- reported, with the loader's message
+        problems.append(f"dataset {t.dataset!r}: {type(e).__name__}: {e}")
+    for name in dict.fromkeys([t.backbone, *cfg.ablation_backbones]):
+        try:
+            try:
+                backbones.get(name, download=download)
+            except TypeError:   # this backbone's builder has no download option
+                backbones.get(name)
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"backbone {name!r}: {type(e).__name__}: {e}")
+    return problems
+
+
+def _profile_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="paper", help="profile name (dgstudy/profiles/<name>.yaml)")
+    p.add_argument("--backbone", default=None, help="another backbone than the profile's")
+
+
+def add_preflight_command(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("preflight", help="check data and weights for a profile, in seconds")
+    _profile_arguments(p)
+    p.add_argument("--download", action="store_true", help="allow downloading missing weights")
+    p.set_defaults(func=run_preflight_command)
+    return p
+
+
+def run_preflight_command(args: argparse.Namespace) -> int:
+    problems = preflight(StudyConfig.load(args.profile, backbone=args.backbone or None), download=args.download)
+    if problems:
+        print(f"preflight for profile {args.profile!r} FAILED:", file=sys.stderr)
+        for prob in problems:
+            print(f"  - {prob}", file=sys.stderr)
+        return 1
+    print(f"preflight for profile {args.profile!r}: data and weights found")
+    return 0
+
+
+def add_tag_command(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("tag", help="print the folder name of a profile's tables and figures")
+    _profile_arguments(p)
+    p.set_defaults(func=lambda args: print(StudyConfig.load(args.profile, backbone=args.backbone or None)
+                                           .output_tag) or 0)
+    return p
 
 
 # -- entry point ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgstudy", description="DeepGaze II study tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_baselines_command(sub)
-    add_predict_command(sub)
+    for add in (add_baselines_command, add_predict_command, add_preflight_command, add_tag_command):
+        add(sub)
     return parser
 
 

@@ -24,8 +24,11 @@ import numpy as np
 from scipy.special import logsumexp
 
 from . import metrics
+from .baselines import CenterBias, GoldStandard
 from .io import DataError, atomic_path, write_json
-from .training import CrossValModel, fixation_pixels, fold_health, per_fold_summary
+from .evaluation import fold_health, per_fold_summary
+from .runs import CrossValModel
+from .training import fixation_pixels
 
 LN2 = math.log(2.0)
 
@@ -114,8 +117,6 @@ def select_and_evaluate(runs: dict, out_dir: str | Path, *, dataset=None, baseli
     is written to ``metrics.json``: ``summary`` (``dgstudy.metrics.evaluate``), ``folds``,
     ``choice`` ({fold: members}) and ``validation_LL`` ({fold: {"a+b": bit/fix}}).
     """
-    from .baselines import CenterBias, GoldStandard
-
     t0 = time.perf_counter()
     models = {name: run if isinstance(run, CrossValModel) else CrossValModel(run, dataset=dataset)
               for name, run in runs.items()}

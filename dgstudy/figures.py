@@ -16,6 +16,9 @@ import matplotlib
 matplotlib.use("Agg")  # figures are files; no display is needed (and none exists under papermill)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -58,6 +61,13 @@ def _as_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def example_images(per_image: pd.DataFrame, k: int = 3, min_fix: int = 1) -> list[int]:
+    """``k`` images spread over the per-image IG range (best, ..., median, ..., worst)."""
+    t = per_image[per_image["n_fix"] >= min_fix].sort_values("IG", ascending=False)
+    pos = np.unique(np.linspace(0, len(t) - 1, num=min(k, len(t))).round().astype(int))
+    return [int(i) for i in t["image"].to_numpy()[pos]]
 
 
 def plot_examples(dataset, models: dict, images, max_fixations: int | None = None):
@@ -222,3 +232,39 @@ def plot_training_curves(logs: dict, y: str = "val_ig", x: str = "epoch", title:
         ax.legend(fontsize="x-small")
     fig.tight_layout()
     return fig
+
+
+# -- one prediction as a PNG (dgstudy predict) -------------------------------------------------
+def density_overlay(rgb: np.ndarray, log_density: np.ndarray, alpha: float = 0.7) -> np.ndarray:
+    """(H, W, 3) float RGB in [0, 1]: the grey image under the density in the :data:`DENSITY_CMAP` colour map.
+
+    The density is scaled to its maximum; ``alpha`` is the weight of the colour map.
+    """
+    gray = rgb.astype(np.float32).mean(axis=2, keepdims=True) / 255.0
+    dens = np.exp(log_density.astype(np.float64) - np.max(log_density))
+    colour = colormaps[DENSITY_CMAP](dens)[..., :3]
+    return (1 - alpha) * gray + alpha * colour
+
+
+def save_density_plot(path, rgb: np.ndarray, log_density: np.ndarray, fixations: pd.DataFrame | None = None,
+                      title: str = "") -> None:
+    """PNG (matplotlib, Agg): the image, and the predicted density over the greyed image with the
+    fixations (if any) as dots. Written atomically."""
+    h, w = log_density.shape
+    scale = 6.0 / max(h, w)
+    pw, ph = max(w * scale, 1.5), max(h * scale, 1.5)
+    fig = Figure(figsize=(2 * pw + 0.3, ph + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax0, ax1 = fig.subplots(1, 2)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.35 / (ph + 0.4), wspace=0.04)
+    ax0.imshow(rgb)
+    ax0.set_title(title or "image", fontsize=9)
+    ax1.imshow(density_overlay(rgb, log_density))
+    ax1.set_title("predicted fixation density", fontsize=9)
+    if fixations is not None and len(fixations):
+        # imshow puts pixel (r, c) at [c-0.5, c+0.5]; dgstudy's pixel (r, c) spans [c, c+1).
+        ax1.scatter(fixations["x"] - 0.5, fixations["y"] - 0.5, s=14, c="cyan", edgecolors="k", linewidths=0.3)
+    for ax in (ax0, ax1):
+        ax.set_axis_off()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", pil_kwargs={"compress_level": 1})   # speed over file size

@@ -1,64 +1,22 @@
-"""Cross-validated training of the DeepGaze readout on stored features.
+"""Cross-validated maximum-likelihood training of the DeepGaze readout on stored features.
 
-What happens (``train_crossval``)
----------------------------------
-1. The dataset is loaded, and the features of every image are read **once** from the
-   :class:`dgstudy.features.FeatureStore` into memory (``store.stacked``: float32, all layers on
-   one grid; the backbone is never run here). OSIE with 2560 channels on 19 x 25 takes 3.4 GB.
-2. For each of ``cfg.folds`` image-wise folds (``dgstudy.datasets.fold_split``: test fold k,
-   validation fold k+1, training = the rest):
-
-   * the centre-bias input is ``CenterBias.fit(dataset, images=train)`` (training images only);
-   * the per-channel feature standardisation is computed from the training images only;
-   * the readout, blur width and centre-bias weight are fitted by Adam on the negative
-     log-likelihood of the training fixations in **bits per fixation** (every fixation weighs the
-     same) plus ``l1 * sum(|w|)`` over the readout's convolution weights;
-   * by default (``train_resolution='reduced'``) the likelihood is computed on the model's
-     reduced grid (``DeepGazeII.forward(..., reduced=True)``: the density over cells of about
-     f x f pixels, before the final bilinear upsampling), about f^2 times cheaper than the
-     full-resolution softmax and equal to it up to the map's variation within a cell;
-     ``'full'`` fits the exact full-resolution density. Evaluation always uses the full output;
-   * after every epoch the validation log-likelihood is computed; training stops after
-     ``patience`` epochs without improvement (or at ``max_epochs``) and the best epoch's weights
-     are kept;
-   * a readout whose output is constant after the first epoch or at its best epoch (a dead
-     ReLU layer: no gradient, the density is the centre bias alone) is abandoned and the fold
-     restarts from the next seed (:func:`train_fold`); a fold whose best validation IG is not
-     above its centre bias is warned about and listed in ``metrics.json``.
-
-   So no test image influences its own prediction: not the readout, not early stopping, not the
-   centre bias, not the feature standardisation.
-3. Each finished fold writes ``fold_XX/{model.pt, center_bias.json, log.csv, config.json}``
-   atomically; ``config.json`` is written last and marks the fold as done, so an interrupted run
-   resumes at the next unfinished fold.
-
-Choices not fixed by the paper (recorded in every ``config.json``)
-------------------------------------------------------------------
-The paper (arXiv 1610.01563) does not give the settings below in a form we can reuse (it used a
-different optimiser setup and SALICON pre-training, which this study skips). Ours: Adam,
-``lr=0.005`` (betas 0.9/0.999), batches of ``batch_size=8`` images of one size, ``l1=1e-4`` per unit
-of ``sum |w|`` added to the loss in bits/fixation, ``patience=5`` epochs, initial blur sigma
-8 px of the reduced grid (32 stimulus px at ``saliency_map_factor=4``), centre-bias weight 1.
-
-Log-likelihoods reported (tqdm, ``log.csv`` columns ``train_LL``, ``val_LL``) are in bits per
-fixation **relative to a uniform density** over the image's pixels: ``mean(log2 p(fix)) +
-log2(H * W)`` (the train value is the running mean over the epoch's batches, the validation value
-is computed after the epoch). ``train_ig`` / ``val_ig`` are the same minus the log-likelihood of
-the fold's (training-image) centre-bias input, i.e. information gain over it. Other columns:
-``l1`` (sum |w|), ``sigma``, ``center_bias_weight``, ``seconds``.
-
-Results layout: ``results/<run>/config.json`` (the ``TrainConfig``), ``fold_XX/...`` as above,
-``metrics.json`` and ``per_image.csv`` from :func:`evaluate_run`.
+:func:`train_crossval` trains every fold of a :class:`~dgstudy.config.TrainConfig` into
+``results/<run>/`` (layout: :mod:`dgstudy.runs`), resuming at the first unfinished fold;
+:func:`train_fold` fits one fold. Per fold k (``datasets.fold_split``: test fold k, validation
+fold k+1, training the rest) the centre bias, the feature standardisation and the readout see
+the training images only, early stopping the validation images only. Loss: mean NLL in bits per
+fixation plus ``l1 * sum|w|`` over the readout's convolution weights. Reported log-likelihoods
+(``log.csv``) are bits/fixation relative to a uniform density; ``*_ig`` columns relative to the
+fold's centre bias. A dead readout restarts from the next seed; a fold not above its centre bias
+is warned about. What happens step by step, and the choices not fixed by the paper:
+``docs/training.md``.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -67,103 +25,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import datasets as _datasets
-from . import profiles
-from .io import DataError, atomic_path, write_json
+from . import datasets
+from .baselines import CenterBias
+from .config import TrainConfig
+from .io import atomic_path, write_json
 from .model import DeepGazeII
+from .paths import results_dir
+from .runs import check_run_config, check_trained_on, fold_dir, fold_done, load_dataset, open_store
 
 LN2 = math.log(2.0)
 
 
-# -- configuration -----------------------------------------------------------------------
-@dataclass
-class TrainConfig:
-    """Everything that determines a cross-validated training run."""
-
-    dataset: str = "osie"
-    dataset_options: dict = field(default_factory=dict)
-    n_images: int | None = None
-    backbone: str = "efficientnet_lite0"
-    layers: list[str] | None = None          # None = every layer in the feature store
-    downsample: int = 2
-    feature_path: str | None = None          # None = dgstudy.features.default_store_path(...)
-    feature_dtype: str = "float16"
-    readout: str = "deepgaze2"               # or 'deepgaze1' (linear readout)
-    nonlinearity: str = "relu"               # or 'softplus_layernorm'
-    center_bias: str = "learned"             # or 'fixed', 'none'
-    folds: int = 10
-    seed: int = 0
-    max_epochs: int = 60
-    lr: float = 0.005
-    batch_size: int = 8
-    l1: float = 1e-4
-    patience: int = 5
-    device: str = "cpu"
-    run: str | None = None                   # results/<run>/; None = profiles.run_name(dataset, ...)
-    blur_sigma: float = 8.0                  # initial blur width, px of the reduced grid
-    saliency_map_factor: int = 4
-    train_resolution: str = "reduced"        # likelihood used for fitting: 'reduced' grid or 'full'
-    num_threads: int | None = None           # torch intra-op threads while training (None: as is)
-
-    def __post_init__(self):
-        if not self.run:
-            self.run = profiles.run_name(self.dataset, self.backbone, self.readout)
-        if self.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.layers is not None:
-            self.layers = list(self.layers)
-
-    @classmethod
-    def from_profile(cls, params: dict, **overrides) -> "TrainConfig":
-        """Build from a profile dict (``dgstudy.profiles.load``); unknown keys are ignored."""
-        params = {**params, **{k: v for k, v in overrides.items() if v is not None}}
-        if not params.get("run") and params.get("profile") and params.get("backbone"):
-            params["run"] = profiles.resolve(params)["run"]
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in params.items() if k in names and v is not None}
-        return cls(**kw)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
 # -- data ------------------------------------------------------------------------------------
-def load_dataset(cfg: TrainConfig) -> _datasets.FixationDataset:
-    return _datasets.load(cfg.dataset, n_images=cfg.n_images, **(cfg.dataset_options or {}))
-
-
-def feature_path(cfg: TrainConfig, dataset) -> Path:
-    if cfg.feature_path:
-        return Path(cfg.feature_path)
-    from . import features
-    return Path(features.default_store_path(dataset, cfg.backbone, cfg.downsample, layers=cfg.layers,
-                                            dtype=cfg.feature_dtype))
-
-
-def open_store(cfg: TrainConfig, dataset):
-    """The run's FeatureStore, checked against the dataset (DataError naming the file if not)."""
-    from .features import FeatureStore
-    path = feature_path(cfg, dataset)
-    if not Path(path).exists():
-        raise DataError(f"{path}: feature store is missing; run dgstudy.features.extract(dataset, "
-                        f"'{cfg.backbone}', downsample={cfg.downsample}) first")
-    store = FeatureStore(path)
-    checksum = store.attrs.get("dataset_checksum")
-    if checksum and dataset.checksum and checksum != dataset.checksum:
-        raise DataError(f"{path}: features were extracted for another dataset "
-                        f"(checksum {checksum[:12]}, this dataset {dataset.checksum[:12]})")
-    missing = [i for i in range(len(dataset)) if not store.has(i)]
-    if missing:
-        raise DataError(f"{path}: no features for {len(missing)} images (first: {missing[:5]}); "
-                        "the extraction did not finish")
-    return store
-
-
 def read_features(store, images, layers=None, dtype=np.float32, progress=True) -> dict[int, np.ndarray]:
     """{image: (C, h, w) array} for ``images``: ``store.stacked`` (float32, every layer on one
     grid), i.e. exactly the input the predictions see. (``dtype=np.float16`` halves the memory
@@ -188,14 +61,7 @@ def fixation_pixels(dataset, i: int, grid: tuple[int, int] | None = None) -> np.
 
 def fit_center_bias(dataset, images):
     """The centre-bias model of the training images (``dgstudy.baselines.CenterBias``)."""
-    from .baselines import CenterBias
     return CenterBias.fit(dataset, images=np.asarray(images))
-
-
-def center_bias_from_dict(d: dict):
-    """Rebuild a saved centre bias (``dgstudy.baselines.CenterBias.from_dict``)."""
-    from .baselines import CenterBias
-    return CenterBias.from_dict(d)
 
 
 def make_batches(images, sizes, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
@@ -406,30 +272,6 @@ def _fit_fold(cfg, features, dataset, train, val, log_cb_for_size, seed, progres
 
 
 # -- cross-validation --------------------------------------------------------------------------
-def fold_dir(run_dir: Path, fold: int) -> Path:
-    return Path(run_dir) / f"fold_{fold:02d}"
-
-
-def fold_done(d: Path) -> bool:
-    return (d / "config.json").exists() and (d / "model.pt").exists()
-
-
-RUNTIME_KEYS = ("device", "num_threads")   # settings that do not change what a run computes
-
-
-def _check_run_config(run_dir: Path, cfg: TrainConfig) -> None:
-    path = run_dir / "config.json"
-    new = cfg.to_dict()
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = {k for k in (set(old) | set(new)) - set(RUNTIME_KEYS) if old.get(k) != new.get(k)}
-        if diff:
-            raise ValueError(f"{path}: this run was started with different settings ({sorted(diff)}); "
-                             "choose another run name or delete the folder")
-    else:
-        write_json(path, new)
-
-
 def train_crossval(cfg: TrainConfig, folds=None, *, dataset=None, features=None,
                    progress: bool = True) -> Path:
     """Train the cross-validation folds of ``cfg`` (default all) and return ``results/<run>/``.
@@ -442,10 +284,9 @@ def train_crossval(cfg: TrainConfig, folds=None, *, dataset=None, features=None,
     The feature store is checked against every finished fold (:func:`check_trained_on`): a run
     whose folds were trained on another network's features raises DataError, never resumes.
     """
-    from .paths import results_dir
     run_dir = results_dir() / cfg.run
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_config(run_dir, cfg)
+    check_run_config(run_dir, cfg)
     folds = range(cfg.folds) if folds is None else [int(f) for f in folds]
     store = None
     if features is None:
@@ -464,26 +305,6 @@ def train_crossval(cfg: TrainConfig, folds=None, *, dataset=None, features=None,
         torch.set_num_threads(threads)
 
 
-def check_trained_on(fold_dirs, store) -> None:
-    """DataError unless every finished fold among ``fold_dirs`` was trained on features of the
-    network that made ``store`` (``features.NETWORK_KEYS``: backbone, architecture, weights);
-    folds trained before dgstudy 0.2 recorded no architecture and fail too."""
-    from .features import NETWORK_KEYS
-
-    for d in fold_dirs:
-        if not fold_done(d):
-            continue
-        rec = json.loads((Path(d) / "config.json").read_text()).get("store_attrs")
-        if rec is None:        # trained on features handed in directly (tests, notebooks)
-            continue
-        diff = [f"{k}: fold has {rec.get(k)!r}, store has {store.attrs.get(k)!r}"
-                for k in NETWORK_KEYS if rec.get(k) != store.attrs.get(k)]
-        if diff:
-            raise DataError(f"{d}: this fold was trained on features of another network than the one "
-                            f"that wrote {store.path} ({'; '.join(diff)}); delete the run folder "
-                            f"{Path(d).parent} and train again")
-
-
 def _train_folds(cfg, run_dir, todo, dataset, features, store, progress) -> Path:
     dataset = load_dataset(cfg) if dataset is None else dataset
     store_info = {}
@@ -494,7 +315,7 @@ def _train_folds(cfg, run_dir, todo, dataset, features, store, progress) -> Path
         features = read_features(store, range(len(dataset)), cfg.layers, progress=progress)
     for fold in todo:
         t0 = time.perf_counter()
-        train, val, test = _datasets.fold_split(len(dataset), fold, cfg.folds, cfg.seed)
+        train, val, test = datasets.fold_split(len(dataset), fold, cfg.folds, cfg.seed)
         cb = fit_center_bias(dataset, train)
         model, log, attempts = train_fold(cfg, features, dataset, train, val, cb.log_density_for_size,
                                           seed=cfg.seed * 1000 + fold, progress=progress,
@@ -527,185 +348,3 @@ def _train_folds(cfg, run_dir, todo, dataset, features, store, progress) -> Path
     return run_dir
 
 
-# -- loading and predicting ---------------------------------------------------------------------
-def load_fold(d) -> tuple[DeepGazeII, TrainConfig, object]:
-    """(model in eval mode, its TrainConfig, its training CenterBias) from ``fold_XX/``."""
-    d = Path(d)
-    if not fold_done(d):
-        raise DataError(f"{d}: fold is not finished (config.json or model.pt missing)")
-    info = json.loads((d / "config.json").read_text())
-    saved = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
-    model = DeepGazeII(**saved["hparams"])
-    model.load_state_dict(saved["state_dict"])
-    model.eval()
-    cb = center_bias_from_dict(json.loads((d / "center_bias.json").read_text()))
-    return model, TrainConfig.from_dict(info["train_config"]), cb
-
-
-class CrossValModel:
-    """The cross-validated prediction of a run: image ``i`` is predicted by the fold that held it
-    out (its model, with the centre bias fitted on that fold's training images).
-
-    ``log_density(i) -> (H, W)`` float64 natural-log density; ``.dataset``; ``.fold_of[i]`` (-1
-    for images of unfinished folds, only possible with ``allow_partial=True``); ``.images``
-    (the images that have a prediction).
-    """
-
-    def __init__(self, run_dir, dataset=None, features=None, allow_partial: bool = False):
-        self.run_dir = Path(run_dir)
-        cfg_path = self.run_dir / "config.json"
-        if not cfg_path.exists():
-            raise DataError(f"{cfg_path}: not a training run (config.json missing)")
-        self.cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
-        self.dataset = load_dataset(self.cfg) if dataset is None else dataset
-        self.fold_of = np.full(len(self.dataset), -1, dtype=np.int64)
-        self.folds = {}
-        self.missing_folds = [f for f in range(self.cfg.folds) if not fold_done(fold_dir(self.run_dir, f))]
-        if self.missing_folds and not allow_partial:
-            raise DataError(f"{self.run_dir}: folds {self.missing_folds} are not finished; "
-                            "resume train_crossval (or pass allow_partial=True)")
-        for f in range(self.cfg.folds):
-            if f in self.missing_folds:
-                continue
-            d = fold_dir(self.run_dir, f)
-            model, _, cb = load_fold(d)
-            info = json.loads((d / "config.json").read_text())
-            if info.get("n_images") != len(self.dataset):
-                raise DataError(f"{d / 'config.json'}: trained on {info.get('n_images')} images, "
-                                f"dataset has {len(self.dataset)}")
-            self.folds[f] = (model, cb)
-            self.fold_of[np.asarray(info["test_images"], dtype=np.int64)] = f
-        self.images = np.flatnonzero(self.fold_of >= 0)
-        self._features = features
-        self._store = None
-        self._cb_cache: dict[tuple, np.ndarray] = {}
-
-    def features(self, i: int) -> np.ndarray:
-        if self._features is not None:
-            return self._features[i]
-        if self._store is None:
-            store = open_store(self.cfg, self.dataset)
-            check_trained_on([fold_dir(self.run_dir, f) for f in self.folds], store)
-            self._store = store
-        return self._store.stacked(i, self.cfg.layers)
-
-    def log_center_bias(self, fold: int, size) -> np.ndarray:
-        key = (fold, *size)
-        if key not in self._cb_cache:
-            self._cb_cache[key] = np.asarray(self.folds[fold][1].log_density_for_size(*size), np.float32)
-        return self._cb_cache[key]
-
-    def log_density(self, i: int) -> np.ndarray:
-        """Image ``i``'s density from the fold that held it out."""
-        fold = int(self.fold_of[i])
-        if fold < 0:
-            raise KeyError(f"image {i} is in no test fold of {self.run_dir}")
-        return self.fold_log_density(fold, i)
-
-    @torch.no_grad()
-    def fold_log_density(self, fold: int, i: int) -> np.ndarray:
-        """Image ``i``'s (H, W) log-density under fold ``fold``'s model and training centre bias
-        (e.g. a validation image of that fold, for choices made on validation data)."""
-        model = self.folds[fold][0]
-        size = tuple(int(v) for v in self.dataset.sizes[i])
-        x = torch.from_numpy(np.asarray(self.features(i), dtype=np.float32))[None]
-        cb = torch.from_numpy(self.log_center_bias(fold, size))[None]
-        return model(x, cb)[0].double().numpy()
-
-    def fold_images(self, fold: int, which: str) -> np.ndarray:
-        """Fold ``fold``'s ``'train'``, ``'val'`` or ``'test'`` images (from its config.json)."""
-        info = json.loads((fold_dir(self.run_dir, fold) / "config.json").read_text())
-        return np.asarray(info[f"{which}_images"], dtype=np.int64)
-
-    __call__ = log_density
-
-
-def per_fold_summary(per_image: pd.DataFrame, fold_of: np.ndarray) -> pd.DataFrame:
-    """Per-fold fixation-weighted means of the per-image per-fixation metrics (LL, IG, ...)."""
-    df = per_image.copy()
-    df["fold"] = fold_of[df["image"].to_numpy()]
-    cols = [c for c in ("LL", "IG", "IG_gold", "LL_baseline") if c in df.columns]
-    rows = []
-    for f, g in df.groupby("fold"):
-        w = g["n_fix"].to_numpy(dtype=np.float64)
-        row = {"fold": int(f), "n_images": len(g), "n_fix": int(w.sum())}
-        for c in cols:
-            row[c] = float(np.sum(g[c].to_numpy() * w) / w.sum())
-        if "IG" in row and "IG_gold" in row and row["IG_gold"] != 0:
-            row["explained_IG"] = row["IG"] / row["IG_gold"]
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-LOW_FOLD_FRACTION = 0.5   # a fold whose test IG is below this fraction of the median fold is flagged
-
-
-def fold_health(run_dir, folds: pd.DataFrame) -> dict:
-    """What could have gone wrong in a run's folds, for ``metrics.json``:
-
-    ``folds_not_above_center_bias`` (best validation IG <= 0), ``folds_low_test_ig`` (test IG below
-    ``LOW_FOLD_FRACTION`` x the median fold's, or <= 0), ``folds_restarted`` ({fold: abandoned seeds}
-    of dead readouts) and ``problems`` (one sentence for each flagged fold; empty if none).
-    """
-    not_above, restarted = [], {}
-    for d in sorted(Path(run_dir).glob("fold_*")):
-        if not fold_done(d):
-            continue
-        info = json.loads((d / "config.json").read_text())
-        if "best_val_ig" in info and not info["best_val_ig"] > 0:
-            not_above.append(int(info["fold"]))
-        if info.get("dead_seeds"):
-            restarted[int(info["fold"])] = list(info["dead_seeds"])
-    low = []
-    if "IG" in folds and len(folds):
-        median = float(np.median(folds["IG"]))
-        low = [int(r.fold) for r in folds.itertuples() if r.IG <= 0 or r.IG < LOW_FOLD_FRACTION * median]
-    problems = [f"fold {f}: best validation IG not above the centre bias" for f in not_above]
-    problems += [f"fold {f}: test IG below {LOW_FOLD_FRACTION} x the median fold's" for f in low]
-    return {"folds_not_above_center_bias": not_above, "folds_low_test_ig": low,
-            "folds_restarted": restarted, "problems": problems}
-
-
-def evaluate_run(run_dir, *, dataset=None, features=None, baseline=None, gold=None,
-                 progress: bool = True, allow_partial: bool = False) -> dict:
-    """Evaluate a run's cross-validated predictions; writes ``metrics.json`` and ``per_image.csv``.
-
-    Baseline: the leave-image-out centre bias ``CenterBias.fit(dataset)``; gold standard:
-    ``GoldStandard.fit(dataset, baseline)``. ``metrics.json`` holds the overall metrics
-    (``dgstudy.metrics.evaluate``) and, per fold, the fixation-weighted test IG over the baseline.
-    ``allow_partial=True`` evaluates only the test images of finished folds (``folds_missing``
-    in metrics.json says which are not). Flagged folds (:func:`fold_health`) are warned about and
-    listed in metrics.json.
-    """
-    from . import metrics
-    from .baselines import CenterBias, GoldStandard
-    t0 = time.perf_counter()
-    cvm = CrossValModel(run_dir, dataset=dataset, features=features, allow_partial=allow_partial)
-    ds = cvm.dataset
-    baseline = CenterBias.fit(ds) if baseline is None else baseline
-    gold = GoldStandard.fit(ds, baseline) if gold is None else gold
-    summary, per_image = metrics.evaluate(cvm.log_density, ds, baseline=baseline, gold=gold,
-                                          images=cvm.images, per_image=True, progress=progress)
-    per_image = per_image.copy()
-    per_image["fold"] = cvm.fold_of[per_image["image"].to_numpy()]
-    folds = per_fold_summary(per_image, cvm.fold_of)
-    health = fold_health(cvm.run_dir, folds)
-    for problem in health["problems"]:
-        warnings.warn(f"{run_dir}: {problem}")
-    result = {"run": cvm.cfg.run, "config": cvm.cfg.to_dict(), "summary": summary,
-              "folds": folds.to_dict(orient="records"), "folds_missing": cvm.missing_folds,
-              **health, "seconds": time.perf_counter() - t0}
-    run_dir = Path(run_dir)
-    write_json(run_dir / "metrics.json", result)
-    with atomic_path(run_dir / "per_image.csv") as tmp:
-        per_image.to_csv(tmp, index=False)
-    return result
-
-
-def fold_logs(run_dir) -> pd.DataFrame:
-    """All folds' ``log.csv`` in one table (column ``fold`` added), for learning curves."""
-    frames = []
-    for d in sorted(Path(run_dir).glob("fold_*")):
-        if (d / "log.csv").exists():
-            frames.append(pd.read_csv(d / "log.csv").assign(fold=int(d.name.split("_")[1])))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

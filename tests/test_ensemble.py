@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dgstudy import datasets, ensemble, training
+from dgstudy import datasets, ensemble, runs, training
 from dgstudy.io import DataError
 from test_training import H, W, small_config, synthetic_features
 
@@ -26,23 +26,23 @@ def two_runs(tmp_path_factory):
                        seed=2, beta=8.0, folder=root / "synthetic")
     good = synthetic_features(ds)
     noise = {i: np.random.default_rng(i).normal(size=f.shape).astype(np.float16) for i, f in good.items()}
-    runs = {}
+    trained = {}
     for name, feats in (("good", good), ("noise", noise)):
         run = training.train_crossval(small_config(run=name, max_epochs=8), dataset=ds, features=feats,
                                       progress=False)
-        runs[name] = (run, feats)
-    yield ds, runs, root
+        trained[name] = (run, feats)
+    yield ds, trained, root
     mp.undo()
     torch.set_num_threads(threads)
 
 
-def _models(ds, runs):
-    return {n: training.CrossValModel(r, dataset=ds, features=f) for n, (r, f) in runs.items()}
+def _models(ds, trained):
+    return {n: runs.CrossValModel(r, dataset=ds, features=f) for n, (r, f) in trained.items()}
 
 
 def test_validation_scores_equal_a_direct_computation(two_runs):
-    ds, runs, _ = two_runs
-    models = _models(ds, runs)
+    ds, trained, _ = two_runs
+    models = _models(ds, trained)
     scores = ensemble.validation_log_likelihoods(models, fold=1)
     assert set(scores) == {("good",), ("noise",), ("good", "noise")}
     val = models["good"].fold_images(1, "val")
@@ -60,8 +60,8 @@ def test_validation_scores_equal_a_direct_computation(two_runs):
 
 
 def test_select_and_evaluate(two_runs):
-    ds, runs, root = two_runs
-    models = _models(ds, runs)
+    ds, trained, root = two_runs
+    models = _models(ds, trained)
     out = root / "results" / "ens"
     res = ensemble.select_and_evaluate(models, out, progress=False)
     assert res["choice"].keys() == {"0", "1", "2"}
@@ -82,11 +82,11 @@ def test_select_and_evaluate(two_runs):
 
 
 def test_runs_with_other_splits_are_refused(two_runs, tmp_path, monkeypatch):
-    ds, runs, root = two_runs
+    ds, trained, root = two_runs
     other_run = training.train_crossval(small_config(run="other-seed", seed=1, max_epochs=1), dataset=ds,
-                                        features=runs["good"][1], progress=False)
-    models = {"good": training.CrossValModel(runs["good"][0], dataset=ds, features=runs["good"][1]),
-              "other": training.CrossValModel(other_run, dataset=ds, features=runs["good"][1])}
+                                        features=trained["good"][1], progress=False)
+    models = {"good": runs.CrossValModel(trained["good"][0], dataset=ds, features=trained["good"][1]),
+              "other": runs.CrossValModel(other_run, dataset=ds, features=trained["good"][1])}
     with pytest.raises(DataError, match="one fold split"):
         ensemble._check_same_split(models)
 

@@ -1,4 +1,5 @@
-"""dgstudy.predict: reading any image, combining folds, the fixation CSV, the CLI and load_model.
+"""dgstudy.predict / predict_files / cli predict: reading any image, combining folds, the fixation
+CSV, the CLI and load_model.
 
 The end-to-end tests train a tiny 3-fold run on a synthetic dataset (vgg19_random features, two
 epochs) once per session and check that ``load_model`` reproduces the training evaluation exactly.
@@ -15,7 +16,10 @@ import pytest
 from PIL import Image
 from scipy.special import logsumexp
 
-from dgstudy import predict
+from dgstudy import cli, imageio, predict, predict_files, runs
+from dgstudy.ensemble import average_log_densities
+from dgstudy import fixation_csv
+from dgstudy.config import TrainConfig
 from dgstudy.io import DataError
 
 
@@ -33,7 +37,7 @@ class FixedModel:
         self.make, self.cb = make, center_bias
 
     def log_density(self, image):
-        rgb = predict.read_rgb(image)
+        rgb = imageio.read_rgb(image)
         return self.make(*rgb.shape[:2])
 
     def center_bias_log_density(self, h, w):
@@ -51,7 +55,7 @@ def _random_log_density(h, w, seed=1):
 def test_grayscale_rgba_and_16bit_files_become_rgb(tmp_path):
     g = np.arange(12 * 7, dtype=np.uint8).reshape(7, 12) * 3
     Image.fromarray(g, mode="L").save(tmp_path / "g.png")
-    got = predict.read_rgb(tmp_path / "g.png")
+    got = imageio.read_rgb(tmp_path / "g.png")
     assert got.shape == (7, 12, 3) and got.dtype == np.uint8
     assert (got == g[..., None]).all()
 
@@ -61,28 +65,28 @@ def test_grayscale_rgba_and_16bit_files_become_rgb(tmp_path):
     rgba[2, 3, 3] = 255         # one opaque red-ish pixel keeps its colour
     rgba[4, 5, 3] = 128         # half transparent: halfway to white
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
-    got = predict.read_rgb(tmp_path / "a.png")
+    got = imageio.read_rgb(tmp_path / "a.png")
     assert got.shape == (5, 6, 3)
     assert tuple(got[0, 0]) == (255, 255, 255)
     assert tuple(got[2, 3]) == (200, 0, 0)
     assert tuple(got[4, 5]) == (round(200 * 128 / 255 + 255 * 127 / 255), round(255 * 127 / 255),
                                 round(255 * 127 / 255))
     # the same compositing for arrays
-    assert (predict.read_rgb(rgba) == got).all()
+    assert (imageio.read_rgb(rgba) == got).all()
 
     g16 = (np.arange(20, dtype=np.uint16).reshape(4, 5) * 3000)
     Image.fromarray(g16).save(tmp_path / "g16.png")
-    got = predict.read_rgb(tmp_path / "g16.png")
+    got = imageio.read_rgb(tmp_path / "g16.png")
     assert (got[..., 0] == np.round(g16 / 257)).all() and (got[..., 2] == got[..., 0]).all()
 
     # arrays: (H, W), (H, W, 1), floats in [0, 1]
-    assert (predict.read_rgb(g) == np.repeat(g[..., None], 3, 2)).all()
-    assert (predict.read_rgb(g[..., None]) == np.repeat(g[..., None], 3, 2)).all()
-    assert (predict.read_rgb(g / 255.0) == np.repeat(g[..., None], 3, 2)).all()
+    assert (imageio.read_rgb(g) == np.repeat(g[..., None], 3, 2)).all()
+    assert (imageio.read_rgb(g[..., None]) == np.repeat(g[..., None], 3, 2)).all()
+    assert (imageio.read_rgb(g / 255.0) == np.repeat(g[..., None], 3, 2)).all()
     with pytest.raises(DataError, match="shape"):
-        predict.read_rgb(np.zeros((4, 4, 2), dtype=np.uint8))
+        imageio.read_rgb(np.zeros((4, 4, 2), dtype=np.uint8))
     with pytest.raises(DataError, match=r"\[0, 1\]"):
-        predict.read_rgb(np.full((4, 4), 3.0))
+        imageio.read_rgb(np.full((4, 4), 3.0))
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -93,7 +97,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6
     im.save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=100, subsampling=0)
     stored = np.asarray(Image.open(tmp_path / "rot.jpg").convert("RGB"))
-    got = predict.read_rgb(tmp_path / "rot.jpg")
+    got = imageio.read_rgb(tmp_path / "rot.jpg")
     assert got.shape == (5, 3, 3)                       # displayed: 5 high, 3 wide
     assert (got == np.rot90(stored, k=-1)).all()        # rotated 90 degrees clockwise
 
@@ -102,17 +106,17 @@ def test_undecodable_and_missing_images_name_the_file(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
     with pytest.raises(DataError, match="broken.png.*does not decode"):
-        predict.read_rgb(bad)
+        imageio.read_rgb(bad)
     with pytest.raises(DataError, match="nothere.jpg.*missing"):
-        predict.read_rgb(tmp_path / "nothere.jpg")
+        imageio.read_rgb(tmp_path / "nothere.jpg")
 
 
 def test_folders_expand_to_their_images(tmp_path):
     for name in ["b.png", "a.jpg", "notes.txt"]:
         (tmp_path / name).write_bytes(b"x")
-    got = predict.expand_image_args([tmp_path, tmp_path / "notes.txt"])
+    got = imageio.expand_image_args([tmp_path, tmp_path / "notes.txt"])
     assert [p.name for p in got] == ["a.jpg", "b.png", "notes.txt"]
-    assert predict.output_stems([tmp_path / "x/a.png", tmp_path / "y/a.jpg", tmp_path / "b.png"]) == \
+    assert predict_files.output_stems([tmp_path / "x/a.png", tmp_path / "y/a.jpg", tmp_path / "b.png"]) == \
         ["a", "a-2", "b"]
 
 
@@ -121,7 +125,7 @@ def test_folders_expand_to_their_images(tmp_path):
 # ------------------------------------------------------------------------------------------------
 def test_average_of_densities_is_normalised_and_matches_hand_computation():
     lds = [_random_log_density(6, 9, seed=s) for s in range(3)]
-    got = predict.average_log_densities(lds)
+    got = average_log_densities(lds)
     by_hand = np.log(sum(np.exp(l) for l in lds) / 3)
     np.testing.assert_allclose(got, by_hand, rtol=0, atol=1e-12)
     assert abs(np.exp(got).sum() - 1) < 1e-12
@@ -129,9 +133,9 @@ def test_average_of_densities_is_normalised_and_matches_hand_computation():
     assert np.abs(got - np.mean(lds, axis=0)).max() > 0.1
     # one input: returned unchanged, bit for bit
     one = lds[0].astype(np.float32)
-    assert predict.average_log_densities([one]) is one
+    assert average_log_densities([one]) is one
     # float32 in, float32 out
-    assert predict.average_log_densities([l.astype(np.float32) for l in lds]).dtype == np.float32
+    assert average_log_densities([l.astype(np.float32) for l in lds]).dtype == np.float32
 
 
 def test_resized_log_density_stays_normalised():
@@ -168,9 +172,9 @@ def test_csv_rows_match_names_and_bad_rows_are_reported(tmp_path):
                    "img1,-0.1,5,2\n"                  # negative: outside
                    "img1,abc,5,2\n"                   # not a number
                    "other.png,1,1,0\n")               # not given: ignored, noted
-    rows = predict.read_fixation_csv(csv, paths)
-    assert list(rows["image"]) == [0, 0, 1, 1, 1, 1, predict.UNKNOWN]
-    table = predict.check_fixations(rows, {0: (20, 30), 1: (20, 30)}, csv)
+    rows = fixation_csv.read_fixation_csv(csv, paths)
+    assert list(rows["image"]) == [0, 0, 1, 1, 1, 1, fixation_csv.UNKNOWN]
+    table = fixation_csv.check_fixations(rows, {0: (20, 30), 1: (20, 30)}, csv)
     assert len(table.fixations) == 3
     assert table.fixations["fix_index"].tolist() == [0, 1, 0]
     assert len(table.errors) == 3
@@ -184,7 +188,7 @@ def test_csv_missing_column_is_an_error_naming_the_file(tmp_path):
     csv = tmp_path / "nox.csv"
     csv.write_text("image,y\nimg0.png,3\n")
     with pytest.raises(DataError, match=r"nox.csv: missing column\(s\) \['x'\]"):
-        predict.read_fixation_csv(csv, paths)
+        fixation_csv.read_fixation_csv(csv, paths)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,7 +202,7 @@ def test_uniform_model_scores_zero_information_gain_and_chance_auc(tmp_path):
                   "x": rng.uniform(0, 30, 30), "y": rng.uniform(0, 20, 30),
                   "subject": np.tile(np.arange(5), 6)}).to_csv(csv, index=False)
     model = FixedModel(predict.uniform_log_density)
-    rep = predict.predict_images(model, paths, tmp_path / "out", fixations=csv, plot=False)
+    rep = predict_files.predict_images(model, paths, tmp_path / "out", fixations=csv, plot=False)
     assert rep.ok, rep.errors
     s = rep.evaluation
     assert s["n_fixations"] == 30
@@ -220,7 +224,7 @@ def test_information_gain_uses_the_pixel_of_each_fixation(tmp_path):
     names = [paths[i % 2].stem for i in range(40)]
     csv = tmp_path / "fix.csv"
     pd.DataFrame({"image": names, "x": x, "y": y}).to_csv(csv, index=False)
-    rep = predict.predict_images(FixedModel(lambda hh, ww: ld), paths, tmp_path / "out", fixations=csv,
+    rep = predict_files.predict_images(FixedModel(lambda hh, ww: ld), paths, tmp_path / "out", fixations=csv,
                                  plot=True)
     assert rep.ok, rep.errors
     ll = ld.astype(np.float32).astype(np.float64)[np.floor(y).astype(int), np.floor(x).astype(int)]
@@ -239,8 +243,8 @@ def test_bad_images_and_rows_fail_alone_with_nonzero_exit(tmp_path, monkeypatch,
     (tmp_path / "im" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
     csv = tmp_path / "fix.csv"
     csv.write_text("image,x,y\nimg0,5,5\nimg1,11,5\ncorrupt,1,1\nimg1,2,2\nelsewhere.png,1,1\n")
-    monkeypatch.setattr(predict, "load_model", lambda *a, **k: FixedModel(predict.uniform_log_density))
-    code = predict.main([str(tmp_path / "im"), "--model", "whatever", "--out", str(tmp_path / "out"),
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: FixedModel(predict.uniform_log_density))
+    code = cli.main(["predict", str(tmp_path / "im"), "--model", "whatever", "--out", str(tmp_path / "out"),
                          "--fixations", str(csv), "--no-plot", "--kernel-size", "1.5"])
     err = capsys.readouterr().err
     assert code == 1
@@ -258,10 +262,10 @@ def test_cli_registers_on_subparsers():
 
     parser = argparse.ArgumentParser(prog="dgstudy")
     sub = parser.add_subparsers(dest="command")
-    predict.add_predict_command(sub)
+    cli.add_predict_command(sub)
     args = parser.parse_args(["predict", "a.png", "b", "--model", "results/x", "--out", "o", "--fold", "2",
                               "--center-bias", "uniform", "--device", "cuda"])
-    assert args.func is predict.run_predict_command
+    assert args.func is cli.run_predict_command
     assert (args.images, args.model, args.fold, args.center_bias, args.device) == \
         (["a.png", "b"], "results/x", 2, "uniform", "cuda")
     assert "pixel centres at +0.5" in sub.choices["predict"].format_help()
@@ -287,15 +291,15 @@ def tiny_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("DGSTUDY_DATA", str(root / "data"))
     mp.setenv("DGSTUDY_RESULTS", str(root / "results"))
-    cfg = training.TrainConfig(dataset="synthetic", n_images=9, backbone="efficientnet_lite0",
+    cfg = TrainConfig(dataset="synthetic", n_images=9, backbone="efficientnet_lite0",
                                dataset_options={"size": [96, 128], "seed": 3, "n_subjects": 4,
                                                 "fixations_per_subject": 6},
                                folds=3, max_epochs=2, patience=2, batch_size=4, run="tiny")
-    ds = training.load_dataset(cfg)
-    features.extract(ds, cfg.backbone, downsample=cfg.downsample, out=training.feature_path(cfg, ds),
+    ds = runs.load_dataset(cfg)
+    features.extract(ds, cfg.backbone, downsample=cfg.downsample, out=runs.feature_path(cfg, ds),
                      progress=False)
     run_dir = training.train_crossval(cfg, progress=False)
-    yield run_dir, ds, training.CrossValModel(run_dir)
+    yield run_dir, ds, runs.CrossValModel(run_dir)
     mp.undo()
     torch.set_num_threads(threads)
 
@@ -404,11 +408,11 @@ def test_run_of_another_network_is_refused(tiny_run, tmp_path, monkeypatch):
         path.write_text(json.dumps(info))
     with pytest.raises(DataError, match="another network"):
         predict.load_model(copy)
-    cfg = training.TrainConfig.from_dict(json.loads((copy / "config.json").read_text()))
+    cfg = TrainConfig.from_dict(json.loads((copy / "config.json").read_text()))
     with pytest.raises(DataError, match="another network than the one"):
         training.train_crossval(cfg, progress=False)
     with pytest.raises(DataError, match="delete the run folder"):
-        training.CrossValModel(copy).log_density(0)
+        runs.CrossValModel(copy).log_density(0)
     for fold in range(3):                                     # as dgstudy 0.1 recorded it
         path = copy / f"fold_{fold:02d}" / "config.json"
         info = json.loads(path.read_text())

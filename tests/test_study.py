@@ -1,4 +1,5 @@
-"""dgstudy.study: bootstrap intervals against closed forms, the results table, grids, preflight."""
+"""The study around the model: bootstrap intervals against closed forms (statistics), the results
+table (report), grids and ablation tables (ablations), the config and its output tag, preflight (cli)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from dgstudy import study
+from dgstudy import ablations, cli, figures, report, runs, statistics
+from dgstudy.backbones.vgg19 import PAPER_LAYERS
+from dgstudy.config import StudyConfig
 from dgstudy.io import DataError
 
 
@@ -18,7 +21,7 @@ def test_bootstrap_mean_of_normals_matches_the_normal_interval():
     """Mean of n iid N(mu, s^2): the bootstrap interval ~ mean +- z * sd / sqrt(n)."""
     rng = np.random.default_rng(1)
     x = rng.normal(3.0, 2.0, size=2000)
-    iv = study.bootstrap_mean(x, n_boot=4000, seed=2)
+    iv = statistics.bootstrap_mean(x, n_boot=4000, seed=2)
     half = stats.norm.ppf(0.975) * x.std(ddof=0) / np.sqrt(x.size)
     assert iv.estimate == pytest.approx(x.mean(), abs=1e-12)
     assert iv.low == pytest.approx(x.mean() - half, abs=0.08 * half)
@@ -30,7 +33,7 @@ def test_bootstrap_interval_covers_the_true_mean_about_95_percent_of_the_time():
     mu, hits, reps = 1.5, 0, 300
     for r in range(reps):
         x = rng.normal(mu, 1.0, size=60)
-        iv = study.bootstrap_mean(x, n_boot=400, seed=r)
+        iv = statistics.bootstrap_mean(x, n_boot=400, seed=r)
         hits += iv.low <= mu <= iv.high
     # binomial sd at p=0.95, n=300 is 1.3 points; small-sample percentile intervals undercover a bit
     assert 0.89 <= hits / reps <= 0.99
@@ -40,7 +43,7 @@ def test_weighted_bootstrap_is_the_per_fixation_average_and_resamples_images():
     # two kinds of images: 10 fixations with IG 1, 30 fixations with IG 0 -> per-fixation mean 0.25
     values = np.array([1.0, 0.0] * 50)
     weights = np.array([10.0, 30.0] * 50)
-    iv = study.bootstrap_mean(values, weights, n_boot=3000, seed=0)
+    iv = statistics.bootstrap_mean(values, weights, n_boot=3000, seed=0)
     assert iv.estimate == pytest.approx(0.25)
     # closed form by the delta method for the ratio sum(w v)/sum(w) over n images
     n = values.size
@@ -52,12 +55,12 @@ def test_weighted_bootstrap_is_the_per_fixation_average_and_resamples_images():
 
 
 def test_constant_values_give_a_zero_width_interval_and_bad_input_raises():
-    iv = study.bootstrap_mean(np.full(30, 0.7), np.arange(1, 31), n_boot=200)
+    iv = statistics.bootstrap_mean(np.full(30, 0.7), np.arange(1, 31), n_boot=200)
     assert iv.low == pytest.approx(0.7) and iv.high == pytest.approx(0.7)
     with pytest.raises(ValueError):
-        study.bootstrap_mean([], n_boot=10)
+        statistics.bootstrap_mean([], n_boot=10)
     with pytest.raises(ValueError):
-        study.bootstrap_mean([1.0, 2.0], [1.0], n_boot=10)
+        statistics.bootstrap_mean([1.0, 2.0], [1.0], n_boot=10)
 
 
 def test_paired_difference_is_narrower_than_unpaired_for_correlated_conditions():
@@ -65,10 +68,10 @@ def test_paired_difference_is_narrower_than_unpaired_for_correlated_conditions()
     base = rng.normal(0, 1, 200)                 # image difficulty shared by both conditions
     a, b = base + 0.1 + rng.normal(0, 0.05, 200), base + rng.normal(0, 0.05, 200)
     w = np.ones(200)
-    d = study.bootstrap_paired_difference(a, b, w, n_boot=2000, seed=0)
+    d = statistics.bootstrap_paired_difference(a, b, w, n_boot=2000, seed=0)
     assert d.estimate == pytest.approx((a - b).mean())
     assert d.low > 0  # the 0.1 shift is detected although a, b intervals overlap heavily
-    ia, ib = study.bootstrap_mean(a, n_boot=2000), study.bootstrap_mean(b, n_boot=2000)
+    ia, ib = statistics.bootstrap_mean(a, n_boot=2000), statistics.bootstrap_mean(b, n_boot=2000)
     assert ia.low < ib.high
 
 
@@ -83,7 +86,7 @@ def test_summarize_and_ablation_table():
     rng = np.random.default_rng(0)
     pa, pb = _per_image(rng, ig=0.5), _per_image(rng, ig=0.1)
     summ_a = {"IG": float((pa.IG * pa.n_fix).sum() / pa.n_fix.sum()), "AUC": 0.8}
-    table = study.ablation_table({"a": (summ_a, pa), "b": ({}, pb)}, n_boot=500,
+    table = ablations.ablation_table({"a": (summ_a, pa), "b": ({}, pb)}, n_boot=500,
                                  describe={"a": "layers A"})
     assert list(table.condition) == ["a", "b"]
     assert table.loc[0, "detail"] == "layers A" and table.loc[0, "AUC"] == 0.8
@@ -104,17 +107,16 @@ def test_ablation_table_reads_run_directories(tmp_path):
     (run / "metrics.json").write_text(json.dumps({"run": "r", "config": {},
                                                   "summary": {"IG": 0.42, "AUC": 0.81, "note": {"x": 1}}}))
     pi.to_csv(run / "per_image.csv", index=False)
-    t = study.ablation_table({"r": run}, n_boot=100)
+    t = ablations.ablation_table({"r": run}, n_boot=100)
     assert t.loc[0, "IG"] == 0.42 and t.loc[0, "AUC"] == 0.81 and "note" not in t
 
 
 # -- results table ----------------------------------------------------------------------------
 def test_results_table_puts_paper_numbers_beside_ours_and_flags_the_setting(tmp_path):
     metrics = {"IG": 0.9, "IG_lo": 0.8, "IG_hi": 1.0, "explained_IG": 0.7, "AUC": 0.86, "LL": 2.0}
-    paper = dict(profile="paper", dataset="mit1003", backbone="vgg19", layers=study.PAPER_LAYERS,
-                 n_images=None)
-    t = study.results_table(metrics, paper)
-    assert list(t.metric) == study.METRICS
+    paper = StudyConfig.load("paper", device="cpu")
+    t = report.results_table(metrics, paper)
+    assert list(t.metric) == report.METRICS
     t = t.set_index("metric")
     assert t.loc["explained_IG", "paper"] == 0.87 and "abstract" in t.loc["explained_IG", "paper_source"]
     assert t.loc["AUC", "paper"] == 0.88 and t.loc["AUC", "this_run"] == 0.86
@@ -122,29 +124,29 @@ def test_results_table_puts_paper_numbers_beside_ours_and_flags_the_setting(tmp_
     assert t.loc["AUC", "comparable"] and not t.loc["IG", "comparable"]   # no paper number for IG
     assert np.isnan(t.loc["SIM", "this_run"])
 
-    osie = dict(paper, profile="osie", dataset="osie", backbone="efficientnet_lite0", layers=None)
-    t2 = study.results_table(metrics, osie).set_index("metric")
+    osie = StudyConfig.load("osie", device="cpu")
+    t2 = report.results_table(metrics, osie).set_index("metric")
     assert not t2["comparable"].any()
     assert "osie" in t2.loc["AUC", "setting"] and "efficientnet_lite0" in t2.loc["AUC", "setting"]
-    prose = study.compare_prose(t2.reset_index(), osie)
+    prose = report.compare_prose(t2.reset_index(), osie)
     assert "0.900 bit/fixation" in prose and "70%" in prose and "87%" in prose
 
-    paths = study.write_table(study.results_table(metrics, osie), tmp_path, "results")
+    paths = report.write_table(report.results_table(metrics, osie), tmp_path, "results")
     md = paths["md"].read_text().splitlines()
     assert "setting" in md[0]
-    assert md[0].startswith("| model | metric | unit | this_run") and len(md) == 2 + len(study.METRICS)
+    assert md[0].startswith("| model | metric | unit | this_run") and len(md) == 2 + len(report.METRICS)
     back = pd.read_csv(paths["csv"])
     assert back.loc[back.metric == "AUC", "paper"].item() == 0.88
     records = json.loads(paths["json"].read_text())
     assert records[1]["metric"] == "IG" and records[1]["this_run"] == 0.9
     assert not list(tmp_path.glob(".*tmp"))   # nothing half-written left behind
-    paths = study.write_table(study.results_table(metrics, osie), tmp_path, "r2", md_preamble="# R",
+    paths = report.write_table(report.results_table(metrics, osie), tmp_path, "r2", md_preamble="# R",
                               md_drop=["setting"])
     md = paths["md"].read_text().splitlines()
     assert md[0] == "# R" and md[2].startswith("| model |") and "setting" not in md[2]
     assert "setting" in pd.read_csv(paths["csv"]).columns
     wide = pd.DataFrame({"condition": ["a"], "IG": [0.5], "IG_per_image": [0.4], "detail": ["x"]})
-    paths = study.write_table(wide, tmp_path, "abl", md_columns=study.SUMMARY_COLUMNS)
+    paths = report.write_table(wide, tmp_path, "abl", md_columns=report.SUMMARY_COLUMNS)
     assert paths["md"].read_text().splitlines()[0] == "| condition | detail | IG |"
     assert list(pd.read_csv(paths["csv"]).columns) == ["condition", "IG", "IG_per_image", "detail"]
 
@@ -159,24 +161,41 @@ def test_layer_grids():
     from dgstudy.backbones import vgg19
     stages, _, strides = vgg19.named_layers()
     vgg = _fake_backbone("vgg19", list(stages), [strides[n] for n in stages], vgg19.PAPER_LAYERS)
-    g = study.layer_grid(vgg)
-    assert g["paper5"] == study.PAPER_LAYERS and g["block5"][-1] == "relu5_4"
+    g = ablations.layer_grid(vgg)
+    assert g["paper5"] == PAPER_LAYERS and g["block5"][-1] == "relu5_4"
     assert all(vgg.strides[layer] >= 8 for ls in g.values() for layer in ls)
-    assert study.layer_grid(vgg, tiny=True) == {"default": study.PAPER_LAYERS, "relu5_4": ["relu5_4"]}
-    assert study.layer_grid(vgg, ["relu4_4", "pool5"]) == {
-        "relu4_4": ["relu4_4"], "pool5": ["pool5"], "default": study.PAPER_LAYERS}
+    assert ablations.layer_grid(vgg, tiny=True) == {"default": PAPER_LAYERS, "relu5_4": ["relu5_4"]}
+    assert ablations.layer_grid(vgg, ["relu4_4", "pool5"]) == {
+        "relu4_4": ["relu4_4"], "pool5": ["pool5"], "default": PAPER_LAYERS}
     with pytest.raises(ValueError, match="conv9_9"):
-        study.layer_grid(vgg, {"x": ["conv9_9"]})
+        ablations.layer_grid(vgg, {"x": ["conv9_9"]})
 
     other = _fake_backbone("net", ["a", "b", "c", "d", "e"], [2, 8, 8, 16, 16], ["c", "e"])
-    assert study.layer_grid(other) == {"c": ["c"], "e": ["e"], "default": ["c", "e"]}
+    assert ablations.layer_grid(other) == {"c": ["c"], "e": ["e"], "default": ["c", "e"]}
 
 
-def test_output_tag(monkeypatch, tmp_path):
+def test_config_and_output_tag(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("DGSTUDY_RESULTS", str(tmp_path))
-    assert study.output_tag({"profile": "osie", "backbone": "efficientnet_lite0"}) == "osie"
-    assert study.output_tag({"profile": "osie", "backbone": "vgg19"}) == "osie-vgg19"
-    assert study.output_dir({"profile": "smoke", "backbone": "efficientnet_lite0"}) == tmp_path / "smoke"
+    osie = StudyConfig.load("osie")
+    assert osie.output_tag == "osie" and osie.train.run == "osie-efficientnet_lite0"
+    other = StudyConfig.load("osie", backbone="vgg19")
+    assert other.output_tag == "osie-vgg19" and other.train.run == "osie-vgg19"
+    assert StudyConfig.load("smoke").output_dir() == tmp_path / "smoke"
+    # osie_extended shares the runs of osie; a readout override names its run
+    ext = StudyConfig.load("osie_extended")
+    assert ext.train.run == "osie-efficientnet_lite0" and ext.output_tag == "osie_extended"
+    assert ext.ablation_backbones == ["efficientnet_lite1", "efficientnet_lite2", "vgg19_random"]
+    assert StudyConfig.load("smoke", readout="deepgaze1").train.run == "smoke-efficientnet_lite0-deepgaze1"
+    with pytest.raises(KeyError, match="max_epoch"):
+        StudyConfig.load("smoke", max_epoch=3)                 # a typo is an error, not ignored
+    # the Makefile asks the library
+    assert cli.main(["tag", "--profile", "osie", "--backbone", "vgg19_random"]) == 0
+    assert capsys.readouterr().out.strip() == "osie-vgg19_random"
+    # backbone runs: the main run's name with the backbone swapped
+    assert ablations.backbone_run_name(osie, "vgg19_random") == "osie-vgg19_random"
+    assert ablations.backbone_run_name(osie, "efficientnet_lite0") == "osie-efficientnet_lite0"
+    assert ablations.backbone_grid(ext) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+                                            "vgg19_random"]
 
 
 # -- preflight --------------------------------------------------------------------------------
@@ -191,15 +210,16 @@ def test_preflight_reports_the_loaders_own_messages(monkeypatch):
 
     monkeypatch.setattr(datasets, "load", no_data)
     monkeypatch.setattr(backbones, "get", no_weights)
-    problems = study.preflight("paper")
-    assert len(problems) == 2
+    problems = cli.preflight(StudyConfig.load("paper"))
+    assert len(problems) == 3                  # the data, the main backbone, the ablation's backbone
     assert problems[0].startswith("dataset 'mit1003': DataError") and "DGSTUDY_MIT1003_DIR" in problems[0]
     assert problems[1].startswith("backbone 'vgg19'") and "DGSTUDY_VGG19_WEIGHTS" in problems[1]
+    assert problems[2].startswith("backbone 'vgg19_random'")
 
     monkeypatch.setattr(datasets, "load", lambda name, **kw: None)
     monkeypatch.setattr(backbones, "get", lambda name, **kw: None)
-    assert study.preflight("paper") == []
-    assert study.main(["preflight", "--profile", "paper"]) == 0
+    assert cli.preflight(StudyConfig.load("paper")) == []
+    assert cli.main(["preflight", "--profile", "paper"]) == 0
 
 
 def test_preflight_cli_fails_fast_on_a_machine_without_mit1003(tmp_path, monkeypatch, capsys):
@@ -210,7 +230,7 @@ def test_preflight_cli_fails_fast_on_a_machine_without_mit1003(tmp_path, monkeyp
     monkeypatch.setenv("DGSTUDY_MIT1003_DIR", str(tmp_path / "no-mit"))
     monkeypatch.delenv("DGSTUDY_VGG19_WEIGHTS", raising=False)
     t0 = time.perf_counter()
-    rc = study.main(["preflight", "--profile", "paper"])
+    rc = cli.main(["preflight", "--profile", "paper"])
     err = capsys.readouterr().err
     assert rc == 1 and time.perf_counter() - t0 < 30
     assert "dataset 'mit1003'" in err and "backbone 'vgg19'" in err
@@ -221,7 +241,7 @@ def test_per_image_metrics_average_over_images_and_paired_reference():
     pa = _per_image(rng, ig=0.5)
     pa["AUC"] = rng.uniform(0.7, 0.9, len(pa))
     pb = pa.assign(IG=pa.IG - 0.05 + rng.normal(0, 0.01, len(pa)))
-    t = study.ablation_table({"a": ({}, pa), "b": ({}, pb.sample(frac=1, random_state=0))},
+    t = ablations.ablation_table({"a": ({}, pa), "b": ({}, pb.sample(frac=1, random_state=0))},
                              n_boot=800, reference="a")
     a, b = t.iloc[0], t.iloc[1]
     assert a.AUC == pytest.approx(pa.AUC.mean())              # unweighted: mean over images
@@ -241,11 +261,11 @@ def test_fold_parameters_and_example_images(tmp_path):
             "fold": k, "sigma": sigma, "center_bias_weight": w, "best_epoch": 3, "epochs_run": 8,
             "seconds": 1.0, "train_config": {"saliency_map_factor": 4}}))
     (tmp_path / "fold_02").mkdir()   # unfinished fold: skipped
-    fp = study.fold_parameters(tmp_path)
+    fp = runs.fold_parameters(tmp_path)
     assert list(fp.fold) == [0, 1] and list(fp.sigma_px) == [30.0, 34.0]
     assert list(fp.center_bias_weight) == [0.9, 1.1]
 
     per_image = pd.DataFrame({"image": [10, 11, 12, 13, 14, 15], "n_fix": [5, 5, 5, 5, 5, 0],
                               "IG": [0.1, 0.9, 2.0, -0.3, 0.4, 9.0]})
     # by IG: 12, 11, 14, 10, 13 (15 has no fixations) -> best, median, worst
-    assert study.example_images(per_image, k=3) == [12, 14, 13]
+    assert figures.example_images(per_image, k=3) == [12, 14, 13]

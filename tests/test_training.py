@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from dgstudy import datasets, metrics, training
+from dgstudy import datasets, evaluation, metrics, runs, training
 from dgstudy.baselines import CenterBias
-from dgstudy.training import TrainConfig
+from dgstudy.config import StudyConfig, TrainConfig
 
 H, W, P = 48, 64, 2     # synthetic image size and the feature grid's pooling factor
 
@@ -65,7 +65,7 @@ def test_recovers_the_true_density(synthetic, results_root):
     """The cross-validated model gets >= 90 % of the true density's IG over the centre bias."""
     ds, feats = synthetic
     run = training.train_crossval(small_config(), dataset=ds, features=feats, progress=False)
-    result = training.evaluate_run(run, dataset=ds, features=feats, progress=False)
+    result = evaluation.evaluate_run(run, dataset=ds, features=feats, progress=False)
     baseline = CenterBias.fit(ds)
     truth = metrics.evaluate(ds, ds, baseline=baseline)
     ig_model, ig_true = result["summary"]["IG"], truth["IG"]
@@ -81,7 +81,7 @@ def test_recovers_the_true_density(synthetic, results_root):
     assert all(f["IG"] > 0 for f in folds)
     per_image = (run / "per_image.csv").read_text().splitlines()
     assert len(per_image) == len(ds) + 1 and "fold" in per_image[0]
-    logs = training.fold_logs(run)
+    logs = runs.fold_logs(run)
     assert {"train_LL", "val_LL", "val_ig", "sigma"} <= set(logs.columns)
 
 
@@ -120,7 +120,7 @@ def test_no_test_image_influences_its_own_fold(synthetic, results_root, monkeypa
         assert seen["val"][fold] == set(info["val_images"])
     assert set().union(*tests) == set(range(len(ds))) and sum(map(len, tests)) == len(ds)
     # the cross-validated prediction of an image comes from the fold that held it out
-    cvm = training.CrossValModel(run, dataset=ds, features=feats)
+    cvm = runs.CrossValModel(run, dataset=ds, features=feats)
     for fold, test in enumerate(tests):
         assert all(cvm.fold_of[i] == fold for i in test)
     ld = cvm.log_density(0)
@@ -143,7 +143,7 @@ def test_resume_after_interrupted_fold(synthetic, results_root, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         training.train_crossval(cfg, dataset=ds, features=feats, progress=False)
     run = results_root / "resume"
-    assert training.fold_done(run / "fold_00") and not (run / "fold_01" / "config.json").exists()
+    assert runs.fold_done(run / "fold_00") and not (run / "fold_01" / "config.json").exists()
     assert not list(run.rglob("*.tmp"))                       # nothing half-written left behind
     model0 = (run / "fold_00" / "model.pt").read_bytes()
 
@@ -154,7 +154,7 @@ def test_resume_after_interrupted_fold(synthetic, results_root, monkeypatch):
     training.train_crossval(cfg, dataset=ds, features=feats, progress=False)
     assert seeds == [1, 2]                                    # fold 0 was not trained again
     assert (run / "fold_00" / "model.pt").read_bytes() == model0
-    assert all(training.fold_done(run / f"fold_{k:02d}") for k in range(3))
+    assert all(runs.fold_done(run / f"fold_{k:02d}") for k in range(3))
     # a finished run is not retrained, and different settings under the same name are refused
     training.train_crossval(cfg, dataset=ds, features=feats, progress=False)
     assert seeds == [1, 2]
@@ -179,8 +179,7 @@ def test_training_is_deterministic(synthetic):
 
 
 def test_config_from_profile():
-    from dgstudy import profiles
-    cfg = TrainConfig.from_profile(profiles.load("smoke"), readout="deepgaze1")
+    cfg = StudyConfig.load("smoke", readout="deepgaze1", run="smoke-efficientnet_lite0").train
     assert (cfg.dataset, cfg.n_images, cfg.folds, cfg.max_epochs, cfg.readout) == ("osie", 24, 3, 4, "deepgaze1")
     assert cfg.run == "smoke-efficientnet_lite0" and cfg.device in ("cpu", "cuda")
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
@@ -241,7 +240,7 @@ def test_fold_health_flags_failed_folds(tmp_path):
         (d / "config.json").write_text(json.dumps({"fold": fold, "best_val_ig": val_ig,
                                                     "dead_seeds": [3] if fold == 2 else []}))
     folds = pd.DataFrame({"fold": [0, 1, 2, 3], "IG": [1.9, 0.0002, 2.0, 0.6]})
-    health = training.fold_health(tmp_path, folds)
+    health = evaluation.fold_health(tmp_path, folds)
     assert health["folds_not_above_center_bias"] == [1]
     assert health["folds_low_test_ig"] == [1, 3]            # below 0.5 x the median 1.25
     assert health["folds_restarted"] == {2: [3]}

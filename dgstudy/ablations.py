@@ -1,0 +1,257 @@
+"""The ablations around the main run: layers, centre bias / readout, backbones.
+
+Each condition is one cross-validated run (``training.train_crossval``), named
+``<run>-layers-<condition>``, ``<run>-cb-<condition>`` or, for backbones,
+:func:`backbone_run_name`; the condition equal to the main configuration *is* the main run, and
+finished folds are never retrained. :func:`ablation_table` scores conditions with bootstrap
+intervals over images and paired differences to a reference. The default layer grids and their
+storage costs are described in ``docs/ablations.md``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import backbones, datasets, ensemble, features
+from .backbones.vgg19 import PAPER_LAYERS
+from .baselines import CenterBias
+from .config import StudyConfig, TrainConfig
+from .evaluation import load_run_metrics
+from .metrics import evaluate
+from .paths import results_dir
+from .statistics import bootstrap_paired_difference, summarize
+from .training import train_crossval
+
+
+def ablation_table(results: dict, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                   describe: dict | None = None, reference: str | None = None,
+                   evaluate_kw: dict | None = None) -> pd.DataFrame:
+    """One row per condition: metrics with intervals.
+
+    ``results``: {condition: run directory, or a (summary dict, per-image DataFrame) pair}.
+    ``describe``: optional {condition: text} (e.g. the layers), put in column ``detail``.
+    ``reference``: a condition; adds ``IG_diff`` (condition minus reference, bit/fix) with a
+    *paired* interval (the same images resampled for both; images matched by ``image``).
+    ``evaluate_kw``: passed to ``training.evaluate_run`` for runs not yet evaluated.
+    The same ``seed`` is used for every condition, so the resampled image sets are identical
+    across conditions.
+    """
+    loaded = {cond: (load_run_metrics(res, **(evaluate_kw or {})) if isinstance(res, (str, Path)) else res)
+              for cond, res in results.items()}
+    rows = []
+    for cond, (summary, per_image) in loaded.items():
+        row = {"condition": cond}
+        if describe and cond in describe:
+            row["detail"] = describe[cond]
+        row.update(summarize(summary, per_image, n_boot, level, seed))
+        if reference is not None:
+            ref = loaded[reference][1][["image", "IG"]]
+            both = per_image[["image", "n_fix", "IG"]].merge(ref, on="image", suffixes=("", "_ref"))
+            d = bootstrap_paired_difference(both["IG"], both["IG_ref"], both["n_fix"], n_boot, level, seed)
+            row.update(IG_diff=d.estimate, IG_diff_lo=d.low, IG_diff_hi=d.high)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# -- layer grids -------------------------------------------------------------------------------
+VGG19_GRID = {
+    "pool3": ["pool3"], "relu4_2": ["relu4_2"], "relu4_4": ["relu4_4"],
+    "relu5_1": ["relu5_1"], "relu5_2": ["relu5_2"], "relu5_4": ["relu5_4"], "pool5": ["pool5"],
+    "block4": ["relu4_1", "relu4_2", "relu4_3", "relu4_4"],
+    "block5": ["relu5_1", "relu5_2", "relu5_3", "relu5_4"],
+    "paper5": list(PAPER_LAYERS),
+}
+
+
+def layer_grid(backbone, ablation_layers=None, tiny: bool = False) -> dict[str, list[str]]:
+    """{condition name: layer list} for the layer ablation (see the module docstring).
+
+    ``backbone``: an object with ``.name``, ``.layer_names``, ``.default_layers`` and ``.strides``.
+    ``ablation_layers``: None (the documented default), a list of layer names (one single-layer
+    condition each, plus ``default``), or a dict {name: [layers]} used as given.
+    Every named layer is checked against ``backbone.layer_names``.
+    """
+    default = list(backbone.default_layers)
+    if ablation_layers is not None:
+        if isinstance(ablation_layers, dict):
+            grid = {str(k): list(v) if isinstance(v, (list, tuple)) else [v] for k, v in ablation_layers.items()}
+        else:
+            grid = {str(layer): [layer] for layer in ablation_layers}
+            grid["default"] = default
+    elif tiny:
+        grid = {"default": default, _deepest_single(backbone): [_deepest_single(backbone)]}
+    elif backbone.name in ("vgg19", "vgg19_random"):
+        grid = {k: list(v) for k, v in VGG19_GRID.items()}
+    else:
+        grid = _stride_grid(backbone)
+    unknown = sorted({layer for ls in grid.values() for layer in ls} - set(backbone.layer_names))
+    if unknown:
+        raise ValueError(f"backbone {backbone.name!r} has no layers {unknown}; "
+                         f"its layers are {list(backbone.layer_names)}")
+    return grid
+
+
+def _deepest_single(backbone) -> str:
+    """The last of the default layers (the deepest one in network order)."""
+    order = {name: k for k, name in enumerate(backbone.layer_names)}
+    return max(backbone.default_layers, key=order.__getitem__)
+
+
+def _stride_grid(backbone, min_stride: int = 8) -> dict[str, list[str]]:
+    """The last layer of every stride group >= ``min_stride`` (the stage outputs), plus the default set."""
+    groups: dict[int, list[str]] = {}
+    for name in backbone.layer_names:
+        s = int(backbone.strides[name])
+        if s >= min_stride:
+            groups.setdefault(s, []).append(name)
+    grid = {layers[-1]: [layers[-1]] for _, layers in sorted(groups.items())}
+    grid["default"] = list(backbone.default_layers)
+    return grid
+
+
+CENTER_BIAS_CONDITIONS = {
+    # name: TrainConfig overrides ("main" = the main run's configuration)
+    "none": {"center_bias": "none"},
+    "fixed": {"center_bias": "fixed"},
+    "learned": {},
+    "deepgaze1": {"readout": "deepgaze1"},
+}
+
+
+def train_condition(train_cfg: TrainConfig) -> Path:
+    """Train (or resume / reuse) the cross-validated run of ``train_cfg``; its folder."""
+    return Path(train_crossval(train_cfg))
+
+
+def load_dataset(cfg: StudyConfig):
+    """The profile's dataset."""
+    t = cfg.train
+    return datasets.load(t.dataset, n_images=t.n_images, **(t.dataset_options or {}))
+
+
+def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=None, backbone=None) -> dict:
+    """Train every condition of ``grid``; returns {condition: run directory}.
+
+    Layers missing from the main feature store are extracted once into a store of their own
+    (``features.default_store_path(..., layers=<those layers>)``, named by a hash of the layers);
+    the condition whose layers equal the main run's reuses the main run.
+    """
+    t = cfg.train
+    dataset = dataset or load_dataset(cfg)
+    backbone = backbone or backbones.get(t.backbone, device=t.device)
+    main_layers = list(t.layers) if t.layers else list(backbone.default_layers)
+    main_store = Path(t.feature_path) if t.feature_path else features.default_store_path(
+        dataset, backbone, t.downsample, layers=t.layers, dtype=t.feature_dtype)
+    if main_store.exists():
+        with features.FeatureStore(main_store) as store:
+            have = set(store.layers)
+    else:   # training will say that the main store is missing
+        have = set(main_layers)
+    # every condition reads one store: the main one if it has all its layers, else the ablation
+    # store, which holds all layers of all such conditions (so some layers may be stored twice)
+    extra = sorted({layer for ls in grid.values() if not set(ls) <= have for layer in ls})
+    extra_store = None
+    if extra:
+        extra_store = features.default_store_path(dataset, backbone, t.downsample, layers=extra,
+                                                  dtype=t.feature_dtype)
+        features.extract(dataset, backbone, layers=extra, downsample=t.downsample,
+                         dtype=t.feature_dtype, device=t.device, out=extra_store)
+    runs = {}
+    for cond, layers in grid.items():
+        if list(layers) == main_layers:
+            runs[cond] = train_condition(t)
+            continue
+        store = main_store if set(layers) <= have else extra_store
+        runs[cond] = train_condition(cfg.with_train(run=f"{t.run}-layers-{cond}", layers=list(layers),
+                                                    feature_path=str(store)))
+    return runs
+
+
+def run_center_bias_ablation(cfg: StudyConfig, conditions: dict | None = None) -> dict:
+    """Train the centre-bias / readout conditions; returns {condition: run directory}.
+
+    ``learned`` (no overrides) is the main run itself.
+    """
+    runs = {}
+    for cond, overrides in (conditions or CENTER_BIAS_CONDITIONS).items():
+        run = cfg.train.run if not overrides else f"{cfg.train.run}-cb-{cond}"
+        runs[cond] = train_condition(cfg.with_train(run=run, **overrides))
+    return runs
+
+
+# -- backbones -------------------------------------------------------------------------------------
+def backbone_grid(cfg: StudyConfig) -> list[str]:
+    """The backbones compared: the main one first, then the profile's ``ablation_backbones``."""
+    others = [b for b in cfg.ablation_backbones if b != cfg.train.backbone]
+    return [cfg.train.backbone, *others]
+
+
+def fold_table(runs: dict) -> pd.DataFrame:
+    """One row per (condition, test fold) of evaluated runs ({condition: run folder}): the fold's
+    test IG (bit/fix over the centre bias) and its ratio to the run's median fold."""
+    rows = []
+    for cond, run in runs.items():
+        folds = pd.DataFrame(json.loads((Path(run) / "metrics.json").read_text())["folds"])
+        median = float(np.median(folds["IG"]))
+        for r in folds.itertuples():
+            rows.append({"condition": cond, "fold": int(r.fold), "IG": float(r.IG),
+                         "explained_IG": float(getattr(r, "explained_IG", np.nan)),
+                         "IG_over_median": float(r.IG) / median if median else np.nan})
+    return pd.DataFrame(rows)
+
+
+def backbone_run_name(cfg: StudyConfig, backbone: str) -> str:
+    """The run of backbone ``backbone`` in the backbone ablation: the main run for the main
+    backbone; else the main run's name with its backbone swapped (``osie-efficientnet_lite0`` ->
+    ``osie-vgg19_random``, the run ``make reproduce BACKBONE=vgg19_random`` trains), or
+    ``<run>-backbone-<backbone>`` when the main run's name does not end in its backbone."""
+    run, main = cfg.train.run, cfg.train.backbone
+    if backbone == main:
+        return run
+    if run.endswith(f"-{main}"):
+        return run[:-len(main)] + backbone
+    return f"{run}-backbone-{backbone}"
+
+
+def run_backbone_ablation(cfg: StudyConfig, names, dataset=None) -> dict:
+    """Extract (or reuse) the features and train (or reuse) one run per backbone in ``names``,
+    each with its default layers and otherwise the main run's settings; returns {backbone: run
+    directory}. The main backbone's condition is the main run itself (with its layers)."""
+    dataset = dataset or load_dataset(cfg)
+    runs = {}
+    for name in names:
+        is_main = name == cfg.train.backbone
+        t = cfg.with_train(backbone=name, run=backbone_run_name(cfg, name),
+                           layers=cfg.train.layers if is_main else None,
+                           feature_path=cfg.train.feature_path if is_main else None)
+        if not t.feature_path:
+            features.extract(dataset, name, layers=t.layers, downsample=t.downsample,
+                             dtype=t.feature_dtype, device=t.device)
+        runs[name] = train_condition(t)
+    return runs
+
+
+def backbone_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:
+    """The per-fold, validation-chosen ensemble over the backbone runs (``dgstudy.ensemble``),
+    evaluated into ``results/<run>-backbone-ensemble/`` (reused if it holds the same members)."""
+    out = results_dir() / f"{cfg.train.run}-backbone-ensemble"
+    members = {n: str(r) for n, r in runs.items()}
+    if (out / "metrics.json").exists() and (out / "per_image.csv").exists():
+        if json.loads((out / "metrics.json").read_text()).get("members") == members:
+            return out
+    ensemble.select_and_evaluate(runs, out, **evaluate_kw)
+    return out
+
+
+def center_bias_alone(dataset, baseline=None, gold=None, per_image: bool = True):
+    """The centre bias itself as a model (leave-image-out), scored like every other model.
+
+    ``baseline``: the fitted leave-image-out ``CenterBias`` (fitted here if None); it is both the
+    model and the IG baseline, so its IG is 0 by construction and its LL (bit/fix over uniform)
+    is the number to read. Returns what ``metrics.evaluate`` returns.
+    """
+    cb = CenterBias.fit(dataset) if baseline is None else baseline
+    return evaluate(cb, dataset, baseline=cb, gold=gold, per_image=per_image)
