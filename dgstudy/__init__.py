@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.2.0"
+from ._version import __version__  # noqa: F401
 
 _SUBMODULES = {
     "paths", "io", "config", "datasets", "baselines", "metrics", "statistics", "backbones", "features",
@@ -19,7 +19,7 @@ _SUBMODULES = {
 def __getattr__(name):
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
-    if name == "load_model":
+    if name == "load_model":   # deferred on purpose, like the submodules: `import dgstudy` stays instant
         from .predict import load_model
         return load_model
     raise AttributeError(f"module 'dgstudy' has no attribute {name!r}")

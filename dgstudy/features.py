@@ -1,53 +1,20 @@
-"""Backbone features of every image of a dataset, in a resumable HDF5 store.
+"""Backbone features of every image of a dataset, in a resumable, crash-safe HDF5 store.
 
-Pipeline for one image (:func:`compute`, identical inside :func:`extract`)
---------------------------------------------------------------------------
-1. uint8 RGB ``(H, W, 3)`` -> float32 in ``[0, 1]`` (``/ 255``), channels first.
-2. Downsample by ``downsample`` (the paper: 2) to ``(round(H / d), round(W / d))`` (halves round
-   up) with ``torch.nn.functional.interpolate(mode='bilinear', antialias=True,
-   align_corners=False)``: a triangle (tent) filter widened by the scale factor, i.e. PIL's
-   BILINEAR reduction; values are not requantised to uint8. ``downsample=1`` leaves the image
-   as is.
-3. The backbone normalises (its own mean/std) and runs up to the deepest requested layer
-   (see :mod:`dgstudy.backbones`), under ``torch.inference_mode``; optionally under bfloat16
-   autocast (``autocast_bf16=True``, off by default). Measured on CPU, OSIE images 0, 100 and
-   200, default layers, as max |bf16 - fp32| / max |fp32| per layer (worst image): VGG-19
-   (random weights) 1.0-1.2 %, EfficientNet-Lite0 3.2-6.7 % (block3 worst).
-4. Each layer ``(C, h, w)`` is cast to the store's ``dtype`` (``float16`` by default; an
-   overflow to inf raises instead of being stored).
-
-Store layout (``h5py``)
------------------------
-Root attributes (:data:`ATTR_KEYS`): backbone, architecture, weights_sha256, network_id, layers
-(JSON list), downsample, dtype, dataset, dataset_checksum, n_images, dgstudy_version,
-autocast_bf16, resize, format_version. ``architecture`` and ``weights_sha256`` (and
-``network_id``, a hash of both, which is also part of the default file name) define the network:
-a store written by another architecture variant under the same backbone name is never reused
-(the default file name carries an architecture id too).
-Stores of format 1 (dgstudy < 0.2) carry no architecture and are rejected. One group per image, ``images/<i:05d>``, holding one dataset per layer
-``(C, h, w)`` (optionally compressed) and attributes ``image_size`` (H, W) and ``input_size``
-(the downsampled size fed to the backbone).
-
-Crash safety and resuming
--------------------------
-HDF5 files have no crash consistency, so no file is ever modified in place. ``extract`` writes
-batches of finished images to shard files ``<out>.parts/part-XXXXX.h5``, each written under a
-temporary name, fsynced and renamed into place (:func:`dgstudy.io.atomic_path`): a shard exists
-under its final name only when complete. When every requested image is done, the existing
-``<out>`` (if any) and all shards are merged into a temporary file that replaces ``<out>``
-atomically; then the shards are deleted (a crash in between leaves shards whose images are
-already in ``<out>``; the next run skips them). Re-running skips images found in ``<out>`` or in
-a shard. A ``kill -9`` at any moment therefore leaves only complete images under final names,
-plus possibly stray ``*.tmp`` files that are never read (and are removed by the next run).
-One writer per store at a time: ``extract`` holds an exclusive ``flock`` on ``<out>.lock``; a
-second caller waits for it, then finds the work done.
-
-Reading: :class:`FeatureStore` (read-only; opens the file lazily in each process, so it can be
-handed to DataLoader workers).
+:func:`extract` writes (or completes) a store; :class:`FeatureStore` reads it; :func:`compute`
+gives one image's features exactly as the store holds them. One image: uint8 RGB -> float in
+[0, 1] -> downsampled by ``downsample`` (antialiased bilinear, :func:`input_size`) -> the
+backbone (its own normalisation) -> each layer ``(C, h, w)`` cast to ``dtype`` (float16 by
+default; overflow raises). A store's root attributes (:data:`ATTR_KEYS`) say which network made
+it (backbone, architecture, weights hash, :data:`NETWORK_KEYS`), for which dataset (checksum),
+layers, downsample and dtype; an existing store that differs in any of :data:`MATCH_KEYS` is
+refused, never reused. No file is modified in place: finished images go to atomically written
+shards that are merged at the end, so a kill at any moment loses at most the unfinished shard,
+and a rerun resumes. Layout, pipeline details and measurements: ``docs/features.md``.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -57,9 +24,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+import h5py
 import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from . import backbones
+from ._version import __version__
 from .io import DataError, atomic_path
+from .paths import data_dir
 
 FORMAT_VERSION = 2
 ATTR_KEYS = ("backbone", "architecture", "weights_sha256", "network_id", "layers", "downsample",
@@ -84,9 +58,6 @@ def default_store_path(dataset, backbone, downsample=2, layers: Sequence[str] | 
     (the weights hash is a checked attribute). A non-default layer set adds ``-L<hash>`` and a
     non-default dtype adds ``-<dtype>``, so differing stores never collide.
     """
-    from . import backbones
-    from .paths import data_dir
-
     name = backbone if isinstance(backbone, str) else backbone.name
     stem = (f"{dataset.name}-{dataset.checksum[:12]}-{name}-a{backbones.architecture_id(backbone)}"
             f"-ds{_fmt_downsample(downsample)}")
@@ -115,9 +86,6 @@ def input_size(height: int, width: int, downsample: float) -> tuple[int, int]:
 
 def prepare(image: np.ndarray, downsample: float = 2):
     """uint8 (H, W, 3) -> float32 tensor (3, h, w) in [0, 1], downsampled (module docstring)."""
-    import torch
-    import torch.nn.functional as F
-
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
@@ -130,8 +98,6 @@ def prepare(image: np.ndarray, downsample: float = 2):
 
 def _run_batch(backbone, x, layers, dtype: str, autocast_bf16: bool) -> list[dict[str, np.ndarray]]:
     """Features of a batch (B, 3, h, w) as one {layer: (C, h, w) array of ``dtype``} per image."""
-    import torch
-
     device = backbone.mean.device
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
         feats = backbone.features(x.to(device), layers)
@@ -170,7 +136,6 @@ def _check_dtype(dtype):
 
 # -- attributes ----------------------------------------------------------------------------
 def store_attrs(dataset, backbone, layers, downsample, dtype, autocast_bf16=False) -> dict:
-    from . import __version__
 
     return dict(backbone=backbone.name, architecture=backbone.architecture,
                 weights_sha256=backbone.weights_sha256, network_id=backbone.network_id, layers=list(layers),
@@ -229,8 +194,6 @@ def _fsync(path: Path) -> None:
 
 def _write_part(pdir: Path, attrs: dict, results: dict[int, tuple], compression) -> Path:
     """Write {image: (features, image_size, input_size)} to the next shard, atomically."""
-    import h5py
-
     pdir.mkdir(parents=True, exist_ok=True)
     taken = [int(p.stem.split("-")[1]) for p in pdir.glob("part-*.h5")]
     final = pdir / f"part-{max(taken, default=-1) + 1:05d}.h5"
@@ -250,8 +213,6 @@ def _write_part(pdir: Path, attrs: dict, results: dict[int, tuple], compression)
 
 def _consolidate(out: Path, pdir: Path, attrs: dict) -> None:
     """Merge ``out`` (if present) and every shard into a new file that atomically replaces ``out``."""
-    import h5py
-
     parts = sorted(pdir.glob("part-*.h5"))
     if parts:
         with atomic_path(out, suffix=".h5") as tmp:
@@ -274,8 +235,6 @@ def _consolidate(out: Path, pdir: Path, attrs: dict) -> None:
 
 def _scan(out: Path, pdir: Path, attrs: dict) -> set[int]:
     """Images already finished in ``out`` or in complete shards (attributes checked)."""
-    import h5py
-
     done: set[int] = set()
     for stray in out.parent.glob(f".{out.name}.*.tmp"):   # a merge whose writer was killed
         stray.unlink()
@@ -309,9 +268,7 @@ def extract(dataset, backbone, layers: Sequence[str] | None = None, downsample: 
     ``'gzip'`` or ``'lzf'`` (h5py filters). Resumable and crash-safe (module docstring); an
     existing store with other attributes raises DataError naming what differs.
     """
-    import torch
 
-    from . import backbones
 
     _check_dtype(dtype)
     if device == "auto":
@@ -336,8 +293,6 @@ def extract(dataset, backbone, layers: Sequence[str] | None = None, downsample: 
 def _writer_lock(out: Path):
     """Hold an exclusive ``flock`` on ``<out>.lock``: a second writer waits (the OS drops the lock
     of a killed process)."""
-    import fcntl
-
     with open(out.with_name(out.name + ".lock"), "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -352,8 +307,6 @@ def _writer_lock(out: Path):
 
 def _extract_locked(dataset, bb, layers, downsample, dtype, out, pdir, attrs, wanted, batch_size,
                     compression, autocast_bf16, part_size, progress) -> Path:
-    import torch
-    from tqdm.auto import tqdm
 
     done = _scan(out, pdir, attrs)
     todo = [i for i in wanted if i not in done]
@@ -392,9 +345,6 @@ def stack_layers(feats: dict[str, np.ndarray], layers: Sequence[str] | None = No
     other layer is resized to it with ``torch.nn.functional.interpolate(mode='bilinear',
     align_corners=False)``.
     """
-    import torch
-    import torch.nn.functional as F
-
     layers = list(feats) if layers is None else list(layers)
     target = max(layers, key=lambda l: feats[l].shape[-2] * feats[l].shape[-1])
     size = tuple(feats[target].shape[-2:])
@@ -418,9 +368,7 @@ class FeatureStore:
     dtype}), ``.stacked(i, layers)`` (float32 ``(C_total, h, w)``, see :func:`stack_layers`).
     The HDF5 file is opened lazily once per process.
     """
-
     def __init__(self, path: str | os.PathLike):
-        import h5py
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -457,7 +405,6 @@ class FeatureStore:
         return len(self.images) == self.attrs["n_images"]
 
     def _h5(self):
-        import h5py
 
         if self._file is None or self._pid != os.getpid():
             self._file = h5py.File(self.path, "r")

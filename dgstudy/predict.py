@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import backbones, features
 from .ensemble import average_log_densities
@@ -37,8 +38,6 @@ def uniform_log_density(h: int, w: int) -> np.ndarray:
 
 def resize_log_density(log_density: np.ndarray, h: int, w: int) -> np.ndarray:
     """A log-density resampled to (h, w): bilinear on the density, renormalised."""
-    import torch.nn.functional as F
-
     ld = np.asarray(log_density, dtype=np.float64)
     if ld.shape == (h, w):
         return ld

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..io import DataError, verify_file
-from . import SequentialBackbone, register
+from .base import SequentialBackbone, register
 
 DEFAULT_LAYERS = ["block3", "block4", "block5", "block6"]
 STRIDES = {"stem": 2, "block0": 2, "block1": 4, "block2": 8, "block3": 16, "block4": 16,

@@ -30,10 +30,11 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
 
 from ..io import DataError, fetch, sha256_file
-from . import SequentialBackbone, register, tensors_sha256
+from .base import SequentialBackbone, register, tensors_sha256
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
 VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
@@ -161,8 +162,6 @@ def torchvision_random_state(seed: int = 0) -> dict:
 
     The global RNG state is restored afterwards (``torch.random.fork_rng``).
     """
-    import torchvision
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = torchvision.models.vgg19(weights=None)
