@@ -23,10 +23,8 @@ from pathlib import Path
 import numpy as np
 from scipy.special import logsumexp
 
-from . import metrics
-from .baselines import CenterBias, GoldStandard
-from .io import DataError, atomic_path, write_json
-from .evaluation import fold_health, per_fold_summary
+from .evaluation import fold_health, score_cross_validated, write_scores
+from .io import DataError, write_json
 from .runs import CrossValModel
 from .training import fixation_pixels
 
@@ -124,32 +122,22 @@ def select_and_evaluate(runs: dict, out_dir: str | Path, *, dataset=None, baseli
         raise ValueError("an ensemble needs at least one run")
     _check_same_split(models)
     first = next(iter(models.values()))
-    ds = first.dataset
     choice, val_ll = {}, {}
     for fold in sorted(first.folds):
         scores = validation_log_likelihoods(models, fold)
         choice[fold] = max(scores, key=scores.get)
         val_ll[fold] = {"+".join(c): v for c, v in scores.items()}
-    ensemble = SelectedEnsemble(models, choice)
-    baseline = CenterBias.fit(ds) if baseline is None else baseline
-    gold = GoldStandard.fit(ds, baseline) if gold is None else gold
-    summary, per_image = metrics.evaluate(ensemble.log_density, ds, baseline=baseline, gold=gold,
-                                          images=ensemble.images, per_image=True, progress=progress)
-    per_image = per_image.copy()
-    per_image["fold"] = ensemble.fold_of[per_image["image"].to_numpy()]
-    folds = per_fold_summary(per_image, ensemble.fold_of)
+    summary, per_image, folds = score_cross_validated(SelectedEnsemble(models, choice), baseline, gold,
+                                                      progress)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     result = {"run": out_dir.name, "members": {n: str(m.run_dir) for n, m in models.items()},
               "summary": summary, "folds": folds.to_dict(orient="records"),
               "choice": {str(f): list(c) for f, c in choice.items()},
               "validation_LL": {str(f): v for f, v in val_ll.items()},
               "folds_low_test_ig": fold_health(out_dir, folds)["folds_low_test_ig"],
               "seconds": time.perf_counter() - t0}
-    write_json(out_dir / "metrics.json", result)
+    write_scores(out_dir, result, per_image)
     write_json(out_dir / "ensemble.json", {k: result[k] for k in ("members", "choice", "validation_LL")})
-    with atomic_path(out_dir / "per_image.csv") as tmp:
-        per_image.to_csv(tmp, index=False)
     return result
 
 

@@ -66,6 +66,31 @@ def fold_health(run_dir, folds: pd.DataFrame) -> dict:
             "folds_restarted": restarted, "problems": problems}
 
 
+def score_cross_validated(model, baseline=None, gold=None, progress: bool = True
+                          ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """(summary, per-image table with ``fold``, per-fold table) of a cross-validated ``model``: an
+    object with ``.dataset``, ``.images``, ``.fold_of`` and ``log_density(i)`` (a
+    :class:`~dgstudy.runs.CrossValModel`, or an ensemble of them). ``baseline``/``gold``: the
+    leave-image-out centre bias and the gold standard (fitted here if None)."""
+    ds = model.dataset
+    baseline = CenterBias.fit(ds) if baseline is None else baseline
+    gold = GoldStandard.fit(ds, baseline) if gold is None else gold
+    summary, per_image = metrics.evaluate(model.log_density, ds, baseline=baseline, gold=gold,
+                                          images=model.images, per_image=True, progress=progress)
+    per_image = per_image.copy()
+    per_image["fold"] = model.fold_of[per_image["image"].to_numpy()]
+    return summary, per_image, per_fold_summary(per_image, model.fold_of)
+
+
+def write_scores(out_dir, result: dict, per_image: pd.DataFrame) -> None:
+    """``metrics.json`` (``result``) and ``per_image.csv`` into ``out_dir``, atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "metrics.json", result)
+    with atomic_path(out_dir / "per_image.csv") as tmp:
+        per_image.to_csv(tmp, index=False)
+
+
 def evaluate_run(run_dir, *, dataset=None, features=None, baseline=None, gold=None,
                  progress: bool = True, allow_partial: bool = False) -> dict:
     """Evaluate a run's cross-validated predictions; writes ``metrics.json`` and ``per_image.csv``.
@@ -79,26 +104,15 @@ def evaluate_run(run_dir, *, dataset=None, features=None, baseline=None, gold=No
     """
     t0 = time.perf_counter()
     cvm = CrossValModel(run_dir, dataset=dataset, features=features, allow_partial=allow_partial)
-    ds = cvm.dataset
-    baseline = CenterBias.fit(ds) if baseline is None else baseline
-    gold = GoldStandard.fit(ds, baseline) if gold is None else gold
-    summary, per_image = metrics.evaluate(cvm.log_density, ds, baseline=baseline, gold=gold,
-                                          images=cvm.images, per_image=True, progress=progress)
-    per_image = per_image.copy()
-    per_image["fold"] = cvm.fold_of[per_image["image"].to_numpy()]
-    folds = per_fold_summary(per_image, cvm.fold_of)
+    summary, per_image, folds = score_cross_validated(cvm, baseline, gold, progress)
     health = fold_health(cvm.run_dir, folds)
     for problem in health["problems"]:
         warnings.warn(f"{run_dir}: {problem}")
     result = {"run": cvm.cfg.run, "config": cvm.cfg.to_dict(), "summary": summary,
               "folds": folds.to_dict(orient="records"), "folds_missing": cvm.missing_folds,
               **health, "seconds": time.perf_counter() - t0}
-    run_dir = Path(run_dir)
-    write_json(run_dir / "metrics.json", result)
-    with atomic_path(run_dir / "per_image.csv") as tmp:
-        per_image.to_csv(tmp, index=False)
+    write_scores(run_dir, result, per_image)
     return result
-
 
 
 def load_run_metrics(run_dir: str | Path, **evaluate_kw) -> tuple[dict, pd.DataFrame]:
