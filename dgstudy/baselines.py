@@ -1,29 +1,22 @@
 """Baseline models: uniform, centre bias, and the leave-one-subject-out gold standard.
 
-Kernel density conventions
---------------------------
-Every kernel density here is a sum of Gaussians centred on the **pixel** of each fixation
-(``(floor(y), floor(x))``, i.e. positions are binned to the pixel grid), evaluated at the pixel
-centres of the target image and normalised over its pixels (kernels are truncated at the image
-border, not reflected). Computed as ``Ky @ counts @ Kx.T`` with exact (untruncated) Gaussian
-matrices ``K[i, k] = exp(-(i - k)^2 / (2 sigma^2))``.
+- :class:`Uniform` ``(dataset=None)``: ``-log(H W)`` everywhere.
+- :class:`CenterBias` ``.fit(dataset, images)``: a Gaussian KDE of the fixations in image-normalised
+  coordinates (sigma = ``bandwidth`` x width, x height) mixed with a uniform density, ``(1 - a) *
+  KDE + a / (h w)``; ``log_density(i)`` leaves out image ``i``'s own fixations,
+  ``log_density_for_size(h, w)`` uses all; ``to_dict`` / ``from_dict`` persist it.
+- :class:`GoldStandard` ``.fit(dataset, center_bias, images)``: for subject ``s``, the KDE of the
+  other subjects' fixations on the image (sigma = ``bandwidth`` x max(H, W) px) mixed as ``w_kde *
+  KDE + w_cb * CB + w_uniform / (H W)``; ``loso_log_density(i, s)`` and
+  ``fixation_log_likelihoods(i)`` are held out, ``log_density(i)`` is in-sample.
 
-- :class:`CenterBias`: fixations of all fitted images in coordinates normalised to the image size
-  (``u = x / W``, ``v = y / H``); on an ``h x w`` grid the kernel has ``sigma_x = bandwidth * w`` and
-  ``sigma_y = bandwidth * h``. Mixed with a uniform density: ``(1 - a) * KDE + a / (h w)``.
-- :class:`GoldStandard`: for a fixation of subject ``s`` on image ``i``, the KDE of the *other*
-  subjects' fixations on image ``i`` with an isotropic kernel ``sigma = bandwidth * max(H, W)`` px,
-  mixed with the (leave-image-out) centre bias and a uniform density:
-  ``w_kde * KDE + w_cb * CB + w_uniform / (H W)``. Where no other subject looked at the image the
-  KDE term is dropped and the other two weights are renormalised.
-
-Parameters are fitted by maximising the held-out log-likelihood (leave-image-out for the centre
-bias, leave-one-subject-out for the gold standard): a bounded 1-D search over log bandwidth
-(``scipy.optimize.minimize_scalar``), with the mixture weights solved exactly for each bandwidth
-(a concave problem: a bounded 1-D search for the centre bias, EM for the gold standard).
+Densities: natural logs normalised over the pixels; kernels sit on the fixation's **pixel**
+``(floor(y), floor(x))``, truncated (not reflected) at the border. Fits maximise the held-out
+log-likelihood (docs/baselines.md).
 """
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass, field
 
@@ -31,7 +24,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from .io import DataError
-from .metrics import single_threaded_blas
+from .util import single_threaded_blas
 
 BANDWIDTH_RANGE = (0.003, 0.5)       # search range of the relative bandwidths
 EDGE_EPS = 1e-9
@@ -188,12 +181,10 @@ class CenterBias:
 
 
 def _encode(a: np.ndarray) -> str:
-    import base64
     return base64.b64encode(np.ascontiguousarray(a, dtype="<f8").tobytes()).decode("ascii")
 
 
 def _decode(text) -> np.ndarray:
-    import base64
     if isinstance(text, list):                   # plain lists are accepted too
         return np.asarray(text, dtype=np.float64)
     return np.frombuffer(base64.b64decode(text), dtype="<f8").copy()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .io import DataError
 
@@ -37,8 +38,6 @@ def read_rgb(image, exif_transpose: bool = True) -> np.ndarray:
 
 
 def _read_rgb_file(path: Path, exif_transpose: bool = True) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             im.seek(0)
@@ -114,5 +113,3 @@ def expand_image_args(args: Iterable[str | os.PathLike]) -> list[Path]:
         else:
             out.append(p)
     return out
-
-

@@ -15,6 +15,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 
@@ -67,11 +68,11 @@ def atomic_path(final: str | os.PathLike, suffix: str = ""):
 
 def write_json(path: str | os.PathLike, obj, **kw) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default, **kw) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=json_default, **kw) + "\n")
 
 
-def _json_default(o):
-    import numpy as np
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy scalars and arrays and paths."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

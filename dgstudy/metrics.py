@@ -1,56 +1,24 @@
-"""Metrics for probabilistic fixation models, computed the way the MIT/Tübingen benchmark does.
+"""Metrics of probabilistic fixation models, computed the way the MIT/Tübingen benchmark does.
 
-A *model* is anything with ``log_density(i) -> (H, W)`` (natural log, ``exp`` sums to 1 over the
-pixels of image ``i``), or a callable ``f(i)`` returning the same; numpy arrays or torch tensors.
+A *model* is an object with ``log_density(i) -> (H, W)`` (natural log, ``exp`` sums to 1 over the
+pixels of image ``i``; numpy or torch), a callable ``f(i)`` returning the same, or an object not
+bound to a data set (``model.dataset is None``) with ``log_density_for_size(h, w)``, which is
+evaluated at the data set's image sizes. :func:`evaluate` computes every metric; what each sees:
 
-Which saliency map each metric sees (Kümmerer, Wallis & Bethge, ECCV 2018, "Saliency benchmarking
-made easy"; pysaliency's ``saliency_map_models`` and the ``saliency-benchmarking`` code)
---------------------------------------------------------------------------------------------
-==========  ===================================================================================
-LL          log-likelihood of each fixation, bits/fixation relative to a uniform density:
-            ``log2 p(fix) + log2(H * W)``.
-IG          information gain over ``baseline``: ``log2 p(fix) - log2 p_baseline(fix)``
-            (``baseline=None`` means the uniform density, as in pysaliency, so IG == LL).
-explained_IG  ``IG_model / IG_gold`` over the same baseline and fixations (``gold`` required).
-AUC         the density itself; negatives = **all pixels** of the image (pysaliency's
-            ``nonfixations='uniform'``); ties count one half.
-sAUC        ``log p - log p_baseline``; negatives = the fixations on all *other* evaluated
-            images, rescaled to this image's size (``x * W_n / W_other``, then truncated to a
-            pixel, pysaliency's ``FullShuffledNonfixationProvider``); ties count one half.
-            (The benchmark server divides by the model's own average prediction over the other
-            images, ``ShuffledBaselineModel``; we divide by ``baseline``, the centre bias.)
-NSS         the density itself, standardised per image (population std, as pysaliency).
-CC, KLDiv,  the model's *expected empirical saliency map*: the density blurred with the same
-SIM         Gaussian (sigma = ``kernel_size`` px, ``scipy.ndimage.gaussian_filter`` with
-            ``mode='reflect'``, ``truncate=4``) that makes the empirical map from the fixation
-            count map (pysaliency ``FixationMap(kernel_size=...)``). Because the blur is linear,
-            this map is exactly E[empirical map] under the model. Two documented departures from
-            the benchmark code: (1) it blurs the model density with ``mode='constant'``; we use
-            the empirical map's own boundary mode so that the map *is* the expectation;
-            (2) for SIM the benchmark optimises a SIM-specific map per image
-            (``SIMSaliencyMapModel``); we use the expected empirical map, which is cheaper and
-            slightly understates a probabilistic model's benchmark SIM.
-            KLDiv is the benchmark's regularised image-based KL: both maps divided by their sums,
-            ``sum(e * log(eps + e / (m + eps)))`` with ``eps = 2.2204e-16``, ``e`` empirical.
-==========  ===================================================================================
+- LL: bits/fixation relative to a uniform density, ``log2 p(fix) + log2(H W)``; IG: bits/fixation
+  over ``baseline`` (None = uniform), ``log2 p(fix) - log2 p_baseline(fix)``; explained_IG:
+  ``IG / IG_gold`` over the same baseline and fixations.
+- AUC: the density, negatives = all pixels; sAUC: ``log p - log p_baseline``, negatives = the
+  fixations on the other evaluated images rescaled to this image's size; ties count one half.
+- NSS: the density standardised per image; CC, KLDiv, SIM: the density blurred like the empirical
+  map (:func:`gaussian_blur`, sigma = ``kernel_size`` px) against the empirical map.
+- Fixation pixel = ``(floor(y), floor(x))``; outside the image: DataError. Per-fixation metrics
+  come as ``<m>_per_fixation`` and ``<m>_per_image``; the plain key follows the benchmark (LL, IG,
+  explained_IG per fixation, the rest per image; ``result['conventions']``). A model with
+  ``loso_log_density(i, subject)`` is scored per subject on LL, IG, AUC, sAUC, NSS.
 
-Conventions
------------
-- The pixel of a fixation is ``(floor(y), floor(x))`` (see :mod:`dgstudy.datasets`). A fixation
-  outside its image raises :class:`~dgstudy.io.DataError`.
-- Averages: every per-fixation metric (LL, IG, AUC, sAUC, NSS) is reported both averaged over
-  fixations (``<m>_per_fixation``) and averaged over images (mean of per-image means,
-  ``<m>_per_image``). The plain key follows the benchmark: LL, IG, explained_IG per fixation;
-  AUC, sAUC, NSS, CC, KLDiv, SIM per image. ``result['conventions']`` says so per key.
-- Images without fixations are skipped (``n_images_skipped``).
-- Log-densities are checked: wrong shape, NaN or ``+inf`` raise ``ValueError`` naming the image;
-  ``-inf`` (zero density) is allowed. If ``exp`` does not sum to 1 within ``norm_tol`` (relative)
-  a ``ValueError`` is raised; within the tolerance the map is renormalised exactly.
-- Models with a ``loso_log_density(i, subject)`` method (the leave-one-subject-out gold
-  standard) are scored per subject for the per-fixation metrics: each fixation is judged with the
-  density that did not see its own subject. The image-based metrics (CC, KLDiv, SIM) use
-  ``log_density(i)``, which for the gold standard has seen all subjects (an in-sample upper
-  bound, flagged in ``conventions``).
+The plain definitions come first; :func:`evaluate` uses the exact speed-ups of
+:mod:`dgstudy.metrics_fast` (equivalence-tested). Sources and departures: docs/metrics.md.
 """
 from __future__ import annotations
 
@@ -59,8 +27,12 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from scipy.ndimage import gaussian_filter
+from tqdm.auto import tqdm
 
+from . import metrics_fast
 from .io import DataError
+from .util import single_threaded_blas
 
 CONSTANT_RTOL = 1e-9
 KL_EPS = 2.2204e-16                    # regularisation of the MIT benchmark's KL divergence
@@ -71,131 +43,55 @@ MAIN_AVERAGE = {"LL": "fixation", "IG": "fixation", "explained_IG": "fixation", 
                 "sAUC": "image", "NSS": "image", "CC": "image", "KLDiv": "image", "SIM": "image"}
 
 
-# -- small pieces ------------------------------------------------------------------------------
-def single_threaded_blas():
-    """Context manager limiting BLAS to one thread (``threadpoolctl``), else a no-op.
-
-    The matrix products here are small (e.g. 600x8 @ 8x800); multi-threaded OpenBLAS spends far
-    longer synchronising than computing them, 30x longer on a busy 2-core machine (measured).
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:          # performance only; results are identical
-        import contextlib
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+# -- the metrics: plain definitions --------------------------------------------------------------
+def log_likelihood_bits(log_p, n_pixels: int):
+    """LL in bits/fixation relative to a uniform density over ``n_pixels``: ``(log p + log n) / log 2``."""
+    return (log_p + math.log(n_pixels)) / math.log(2)
 
 
-def default_kernel_size(dataset, shape=None) -> float:
-    """Gaussian sigma (px) of the empirical saliency map: about one degree of visual angle.
-
-    ``dataset.notes['pixels_per_degree']`` if set, else :data:`PIXELS_PER_DEGREE` by dataset name
-    (MIT1003: 35 px as in the MIT benchmark; OSIE: 24 px, 800 px spanning about 33.7 degrees),
-    else 1/30 of the larger side of ``shape`` (or of the first image).
-    """
-    ppd = dataset.notes.get("pixels_per_degree") if hasattr(dataset, "notes") else None
-    if ppd:
-        return float(ppd)
-    if getattr(dataset, "name", None) in PIXELS_PER_DEGREE:
-        return PIXELS_PER_DEGREE[dataset.name]
-    h, w = shape if shape is not None else dataset.sizes[0]
-    return max(h, w) / 30.0
-
-
-def model_function(model, dataset=None) -> Callable[[int], np.ndarray]:
-    """``i -> log density`` for a model object, a callable, or :class:`~dgstudy.baselines.Uniform`."""
-    from .baselines import Uniform
-    if isinstance(model, Uniform) and model.dataset is None and dataset is not None:
-        return lambda i: model.log_density_for_size(*dataset.sizes[i])
-    if hasattr(model, "log_density"):
-        return model.log_density
-    if callable(model):
-        return model
-    raise TypeError(f"a model needs a log_density(i) method or must be callable, got {type(model).__name__}")
-
-
-def to_numpy(x) -> np.ndarray:
-    """A float64 numpy copy of a numpy array or torch tensor."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
-    return np.array(x, dtype=np.float64)
-
-
-def checked_log_density(logp, shape: tuple[int, int], image: int, norm_tol: float = 1e-3
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Validate a log-density for image ``image``; return ``(log p, p)`` exactly normalised."""
-    logp = to_numpy(logp)
-    if logp.shape != tuple(shape):
-        raise ValueError(f"image {image}: log density has shape {logp.shape}, expected {tuple(shape)}")
-    top = logp.max()                     # NaN propagates through max
-    if np.isnan(top) or top == np.inf:
-        raise ValueError(f"image {image}: log density contains NaN or +inf")
-    p = np.exp(logp)
-    total = p.sum()
-    if not np.isfinite(total) or abs(total - 1.0) > norm_tol:
-        raise ValueError(f"image {image}: density sums to {total:.6g}, not 1 (is it a log density? "
-                         f"tolerance {norm_tol})")
-    if total != 1.0:
-        logp -= math.log(total)
-        p /= total
-    return logp, p
-
-
-def fixation_pixels(xs, ys, shape, image: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of each fixation (floor convention); DataError if any lies outside."""
-    rows = np.floor(np.asarray(ys, dtype=np.float64)).astype(np.int64)
-    cols = np.floor(np.asarray(xs, dtype=np.float64)).astype(np.int64)
-    h, w = shape
-    bad = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
-    if bad.any():
-        raise DataError(f"image {image}: {int(bad.sum())} fixations lie outside the {w}x{h} image")
-    return rows, cols
+def information_gain_bits(log_p, log_p_baseline):
+    """IG in bits/fixation over a baseline: ``(log p - log p_baseline) / log 2``."""
+    return (log_p - log_p_baseline) / math.log(2)
 
 
 def auc_per_positive(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
     """AUC of each positive against all negatives: ``P(neg < pos) + P(neg == pos) / 2``.
 
-    Equals pysaliency's ``general_rocs_per_positive`` (whose mean is ``general_roc``). Exact, but
-    avoids sorting all negatives: values are first binned on a uniform grid (binning is monotone,
-    so a negative in a lower bin is smaller), and only the negatives sharing a bin with some
-    positive are sorted and compared exactly.
+    The probability that the positive outranks a negative, ties counting one half; its mean over
+    the positives is the AUC (pysaliency's ``general_rocs_per_positive`` / ``general_roc``).
     """
     positives = np.asarray(positives, dtype=np.float64).ravel()
-    negatives = np.asarray(negatives, dtype=np.float64).ravel()
-    n = len(negatives)
-    lo = min(negatives.min(), positives.min())
-    hi = max(negatives.max(), positives.max())
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return _auc_by_search(positives, negatives)
-    if hi == lo:
-        return np.full(len(positives), 0.5)
-    n_bins = int(min(1 << 16, max(256, n // 32)))
-    scale = n_bins / (hi - lo)
-
-    def binned(v):
-        return np.minimum(((v - lo) * scale).astype(np.int64), n_bins - 1)
-
-    bn, bp = binned(negatives), binned(positives)
-    counts = np.bincount(bn, minlength=n_bins)
-    below_bin = np.cumsum(counts) - counts                  # negatives in strictly lower bins
-    shared = np.zeros(n_bins, dtype=bool)
-    shared[bp] = True
-    same = np.sort(negatives[shared[bn]])                   # negatives in the positives' bins
-    start = np.searchsorted(binned(same), bp, side="left")  # first of each positive's bin
-    left = np.searchsorted(same, positives, side="left")
-    right = np.searchsorted(same, positives, side="right")
-    less = below_bin[bp] + (left - start)
-    return (less + 0.5 * (right - left)) / n
+    negatives = np.sort(np.asarray(negatives, dtype=np.float64).ravel())
+    less = np.searchsorted(negatives, positives, side="left")
+    ties = np.searchsorted(negatives, positives, side="right") - less
+    return (less + 0.5 * ties) / len(negatives)
 
 
-def _auc_by_search(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
-    """The same as :func:`auc_per_positive` by binary search of every negative (handles +-inf)."""
-    u, inverse = np.unique(positives, return_inverse=True)
-    k = len(u)
-    # v <= u_j  <=>  #{u < v} <= j ;  v < u_j  <=>  #{u <= v} <= j
-    at_most = np.cumsum(np.bincount(np.searchsorted(u, negatives, side="left"), minlength=k + 1))[:k]
-    below = np.cumsum(np.bincount(np.searchsorted(u, negatives, side="right"), minlength=k + 1))[:k]
-    return (0.5 * (below + at_most) / len(negatives))[inverse]
+class ShuffledNegatives:
+    """The sAUC negatives of each image: the fixations on all *other* evaluated images.
+
+    Rescaled to the image's size (``x * W_n / W_other``, then truncated to a pixel, as pysaliency's
+    ``FullShuffledNonfixationProvider``); the sAUC of a fixation is :func:`auc_per_positive` of
+    ``log p - log p_baseline`` there against the same at these pixels. (Pixels are computed once
+    per image size.)
+    """
+
+    def __init__(self, image, x, y, sizes):
+        self.image, self.x, self.y = np.asarray(image), np.asarray(x, float), np.asarray(y, float)
+        self.sizes = np.asarray(sizes)
+        self._flat = {}
+
+    def _flat_for_size(self, h: int, w: int) -> np.ndarray:
+        if (h, w) not in self._flat:
+            hs, ws = self.sizes[self.image, 0].astype(float), self.sizes[self.image, 1].astype(float)
+            cols = np.minimum((self.x * (w / ws)).astype(np.int64), w - 1)
+            rows = np.minimum((self.y * (h / hs)).astype(np.int64), h - 1)
+            self._flat[(h, w)] = rows * w + cols
+        return self._flat[(h, w)]
+
+    def indices(self, h: int, w: int, n: int) -> np.ndarray:
+        """Flat pixel indices (on an h x w image) of the fixations on images other than ``n``."""
+        return self._flat_for_size(h, w)[self.image != n]
 
 
 def nss_values(saliency: np.ndarray, rows, cols) -> np.ndarray:
@@ -243,93 +139,105 @@ def sim(map1: np.ndarray, map2: np.ndarray) -> float:
     return float(np.minimum(as_density(map1), as_density(map2)).sum())
 
 
-def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
-    """The normalised kernel of ``scipy.ndimage.gaussian_filter1d`` (radius ``int(truncate*sigma+0.5)``)."""
-    radius = int(truncate * float(sigma) + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    k = np.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
+def gaussian_blur(saliency: np.ndarray, sigma: float) -> np.ndarray:
+    """The blur of the empirical saliency map: ``gaussian_filter(..., mode='reflect', truncate=4)``.
 
-
-def blur_matrix(n: int, sigma: float, mode: str = "reflect") -> np.ndarray:
-    """(n, n) matrix ``B`` with ``B @ v == scipy.ndimage.gaussian_filter1d(v, sigma, mode=mode)``."""
-    from scipy.ndimage import gaussian_filter1d
-    return gaussian_filter1d(np.eye(n), sigma, axis=0, mode=mode, truncate=4.0)
-
-
-class Blur:
-    """``scipy.ndimage.gaussian_filter(map, sigma, mode='reflect', truncate=4)``, faster and exact.
-
-    scipy's ``'reflect'`` boundary is the half-sample symmetric extension, under which convolution
-    with a symmetric kernel is diagonal in the DCT-II basis: blur = IDCT(DCT(map) * response), the
-    response being the real DFT of the (truncated, normalised) scipy kernel wrapped onto a circle
-    of length 2n. Agrees with scipy to rounding for any size and sigma (tested).
+    As pysaliency's ``FixationMap(kernel_size=sigma)``; ``'reflect'`` is the half-sample symmetric
+    extension at the borders.
     """
-
-    def __init__(self, sigma: float):
-        self.sigma = float(sigma)
-        self.kernel = gaussian_kernel1d(self.sigma)
-        self._response = {}
-
-    def response(self, n: int) -> np.ndarray:
-        if n not in self._response:
-            r = (len(self.kernel) - 1) // 2
-            circle = np.zeros(2 * n)
-            np.add.at(circle, np.arange(-r, r + 1) % (2 * n), self.kernel)
-            self._response[n] = np.fft.rfft(circle).real[:n]
-        return self._response[n]
-
-    def dense(self, image: np.ndarray) -> np.ndarray:
-        from scipy.fft import dct, idct
-        coef = dct(dct(image, type=2, axis=0, norm="ortho"), type=2, axis=1, norm="ortho")
-        coef *= self.response(image.shape[0])[:, None]
-        coef *= self.response(image.shape[1])[None, :]
-        return idct(idct(coef, type=2, axis=1, norm="ortho"), type=2, axis=0, norm="ortho")
-
-    def columns(self, n: int) -> np.ndarray:
-        """``B.T`` (contiguous), ``B`` the (n, n) matrix with ``B @ v`` = the 1-D filter (cached)."""
-        if ("BT", n) not in self._response:
-            self._response[("BT", n)] = np.ascontiguousarray(blur_matrix(n, self.sigma, "reflect").T)
-        return self._response[("BT", n)]
-
-    def fixations(self, rows, cols, shape) -> np.ndarray:
-        """The blurred fixation count map (each fixation counted, duplicates included).
-
-        A sum of separable kernels: ``By[:, rows] @ Bx[:, cols].T`` (cheaper than a dense blur
-        for the ~100 fixations of an image).
-        """
-        if len(rows) > min(shape) // 2:
-            h, w = shape
-            counts = np.bincount(np.asarray(rows) * w + np.asarray(cols), minlength=h * w)
-            return self.dense(counts.reshape(h, w).astype(np.float64))
-        return self.columns(shape[0])[rows].T @ self.columns(shape[1])[cols]
+    return gaussian_filter(np.asarray(saliency, dtype=np.float64), sigma, mode="reflect", truncate=4.0)
 
 
-class ShuffledNegatives:
-    """The sAUC negatives of each image: all other evaluated fixations, rescaled to its size."""
+def empirical_saliency_map(rows, cols, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """The fixation count map (duplicates counted) blurred with :func:`gaussian_blur`."""
+    counts = np.zeros(shape)
+    np.add.at(counts, (np.asarray(rows), np.asarray(cols)), 1.0)
+    return gaussian_blur(counts, sigma)
 
-    def __init__(self, image, x, y, sizes):
-        self.image, self.x, self.y = np.asarray(image), np.asarray(x, float), np.asarray(y, float)
-        self.sizes = np.asarray(sizes)
-        self._flat = {}
 
-    def _flat_for_size(self, h: int, w: int) -> np.ndarray:
-        if (h, w) not in self._flat:
-            hs, ws = self.sizes[self.image, 0].astype(float), self.sizes[self.image, 1].astype(float)
-            cols = np.minimum((self.x * (w / ws)).astype(np.int64), w - 1)
-            rows = np.minimum((self.y * (h / hs)).astype(np.int64), h - 1)
-            self._flat[(h, w)] = rows * w + cols
-        return self._flat[(h, w)]
+def expected_saliency_map(density: np.ndarray, sigma: float) -> np.ndarray:
+    """A model's map for CC, KLDiv and SIM: its density blurred like the empirical map.
 
-    def indices(self, h: int, w: int, n: int) -> np.ndarray:
-        """Flat pixel indices (on an h x w image) of the fixations on images other than ``n``."""
-        return self._flat_for_size(h, w)[self.image != n]
+    The blur is linear, so this is exactly the expected empirical map under the model.
+    """
+    return gaussian_blur(density, sigma)
+
+
+# -- models and their inputs -----------------------------------------------------------------------
+def default_kernel_size(dataset, shape=None) -> float:
+    """Gaussian sigma (px) of the empirical saliency map: about one degree of visual angle.
+
+    ``dataset.notes['pixels_per_degree']`` if set, else :data:`PIXELS_PER_DEGREE` by dataset name
+    (MIT1003: 35 px as in the MIT benchmark; OSIE: 24 px, 800 px spanning about 33.7 degrees),
+    else 1/30 of the larger side of ``shape`` (or of the first image).
+    """
+    ppd = dataset.notes.get("pixels_per_degree") if hasattr(dataset, "notes") else None
+    if ppd:
+        return float(ppd)
+    if getattr(dataset, "name", None) in PIXELS_PER_DEGREE:
+        return PIXELS_PER_DEGREE[dataset.name]
+    h, w = shape if shape is not None else dataset.sizes[0]
+    return max(h, w) / 30.0
+
+
+def model_function(model, dataset=None) -> Callable[[int], np.ndarray]:
+    """``i -> log density`` for a model object or a callable (see the module docstring).
+
+    A model with ``log_density_for_size(h, w)`` whose ``dataset`` is None (e.g. ``Uniform()`` or a
+    centre bias rebuilt from a dict) is evaluated at ``dataset.sizes[i]``.
+    """
+    if (dataset is not None and getattr(model, "dataset", True) is None
+            and hasattr(model, "log_density_for_size")):
+        return lambda i: model.log_density_for_size(*dataset.sizes[i])
+    if hasattr(model, "log_density"):
+        return model.log_density
+    if callable(model):
+        return model
+    raise TypeError(f"a model needs a log_density(i) method or must be callable, got {type(model).__name__}")
+
+
+def to_numpy(x) -> np.ndarray:
+    """A float64 numpy copy of a numpy array or torch tensor."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    return np.array(x, dtype=np.float64)
+
+
+def checked_log_density(logp, shape: tuple[int, int], image: int, norm_tol: float = 1e-3
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a log-density for image ``image``; return ``(log p, p)`` exactly normalised."""
+    logp = to_numpy(logp)
+    if logp.shape != tuple(shape):
+        raise ValueError(f"image {image}: log density has shape {logp.shape}, expected {tuple(shape)}")
+    top = logp.max()                     # NaN propagates through max
+    if np.isnan(top) or top == np.inf:
+        raise ValueError(f"image {image}: log density contains NaN or +inf")
+    p = np.exp(logp)
+    total = p.sum()
+    if not np.isfinite(total) or abs(total - 1.0) > norm_tol:
+        raise ValueError(f"image {image}: density sums to {total:.6g}, not 1 (is it a log density? "
+                         f"tolerance {norm_tol})")
+    if total != 1.0:
+        logp -= math.log(total)
+        p /= total
+    return logp, p
+
+
+def fixation_pixels(xs, ys, shape, image: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of each fixation (floor convention); DataError if any lies outside."""
+    rows = np.floor(np.asarray(ys, dtype=np.float64)).astype(np.int64)
+    cols = np.floor(np.asarray(xs, dtype=np.float64)).astype(np.int64)
+    h, w = shape
+    bad = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
+    if bad.any():
+        raise DataError(f"image {image}: {int(bad.sum())} fixations lie outside the {w}x{h} image")
+    return rows, cols
 
 
 # -- evaluation -----------------------------------------------------------------------------------
 def evaluate(model, dataset, baseline=None, gold=None, images=None, per_image: bool = False,
              kernel_size: float | None = None, norm_tol: float = 1e-3, progress: bool = False):
-    """All metrics of ``model`` on ``dataset`` (see the module docstring for every convention).
+    """All metrics of ``model`` on ``dataset`` (conventions: the module docstring, docs/metrics.md).
 
     Parameters
     ----------
@@ -358,7 +266,7 @@ def evaluate(model, dataset, baseline=None, gold=None, images=None, per_image: b
     model_fn = model_function(model, dataset)
     base_fn = model_function(baseline, dataset) if baseline is not None else None
     loso = getattr(model, "loso_log_density", None)
-    blur = Blur(kernel_size)
+    blur = metrics_fast.Blur(kernel_size)      # gaussian_blur / empirical_saliency_map, fast
     shuffled = ShuffledNegatives(fx["image"].to_numpy(), fx["x"].to_numpy(), fx["y"].to_numpy(), dataset.sizes)
     by_image = {i: g for i, g in fx.groupby("image", sort=False)}
 
@@ -382,7 +290,6 @@ def evaluate(model, dataset, baseline=None, gold=None, images=None, per_image: b
 def _evaluate_images(images, dataset, by_image, model_fn, base_fn, loso, gold, blur, shuffled,
                      norm_tol, progress):
     """Per-fixation arrays and per-image rows for every image (the loop of :func:`evaluate`)."""
-    from tqdm.auto import tqdm
     fix_rows, img_rows = [], []
     for i in tqdm(images, desc="evaluate", disable=not progress, leave=False):
         i = int(i)
@@ -394,11 +301,11 @@ def _evaluate_images(images, dataset, by_image, model_fn, base_fn, loso, gold, b
                     else np.full(shape, -math.log(shape[0] * shape[1])))
         per_fix = _per_fixation_metrics(i, g, rows, cols, logp, p, log_base, loso, shuffled, norm_tol)
         if gold is not None:
-            per_fix["IG_gold"] = (np.asarray(gold.fixation_log_likelihoods(i), dtype=np.float64)
-                                  - log_base[rows, cols]) / math.log(2)
+            per_fix["IG_gold"] = information_gain_bits(
+                np.asarray(gold.fixation_log_likelihoods(i), dtype=np.float64), log_base[rows, cols])
         fix_rows.append(per_fix)
-        expected = blur.dense(p)
-        empirical = blur.fixations(rows, cols, shape)
+        expected = blur.dense(p)                              # expected_saliency_map(p, sigma)
+        empirical = blur.fixations(rows, cols, shape)         # empirical_saliency_map(...)
         img_rows.append({"image": i, "n_fix": len(rows),
                          **{k: float(v.mean()) for k, v in per_fix.items()},
                          "CC": cc(expected, empirical), "KLDiv": kl_div(expected, empirical),
@@ -416,10 +323,10 @@ def _per_fixation_metrics(i, g, rows, cols, logp, p, log_base, loso, shuffled, n
     def score(sel, lp, pp):
         r, c = rows[sel], cols[sel]
         ll = lp[r, c]
-        out["LL"][sel] = (ll + math.log(h * w)) / math.log(2)
-        out["IG"][sel] = (ll - log_base[r, c]) / math.log(2)
-        out["AUC"][sel] = auc_per_positive(pp[r, c], pp)
-        out["sAUC"][sel] = auc_per_positive(ll - log_base[r, c], lp.ravel()[neg] - base_neg)
+        out["LL"][sel] = log_likelihood_bits(ll, h * w)
+        out["IG"][sel] = information_gain_bits(ll, log_base[r, c])
+        out["AUC"][sel] = metrics_fast.auc_per_positive(pp[r, c], pp)
+        out["sAUC"][sel] = metrics_fast.auc_per_positive(ll - log_base[r, c], lp.ravel()[neg] - base_neg)
         out["NSS"][sel] = nss_values(pp, r, c)
 
     if loso is None:

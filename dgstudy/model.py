@@ -1,30 +1,19 @@
 """The DeepGaze II model (Kümmerer, Wallis & Bethge 2016) on precomputed features.
 
-Pipeline (each step is a named, separately switchable piece)::
+:class:`DeepGazeII` ``(in_channels, readout, nonlinearity, center_bias, center_bias_weight,
+blur_sigma, saliency_map_factor, learn_sigma)``: ``forward(features (B, C, h, w), log_center_bias
+(B, H, W)) -> (B, H, W)``, a natural-log density over the stimulus pixels (``logsumexp(out[b]) ==
+0``). The pipeline, each a named submodule: standardise the channels (``feature_mean`` /
+``feature_std`` buffers) -> ``readout`` (1x1 convolutions, :func:`make_readout`) -> bilinear to the
+reduced grid H/f x W/f (f = ``saliency_map_factor``) -> ``blur`` (:class:`GaussianBlur`, sigma in
+pixels of the reduced grid) -> ``center_bias`` (+ weight x log centre bias, area-averaged to the
+reduced grid) -> ``finalizer`` (bilinear up to H x W, log-softmax over all pixels).
+:func:`DeepGazeI` is the same with a linear readout; ``hparams`` rebuilds a saved model.
 
-    features (B, C, h, w)                 frozen backbone maps, stacked on one grid
-      -> standardise per channel          ``.feature_mean`` / ``.feature_std`` buffers (set from
-                                          the training images; identity by default)
-      -> .readout                         1x1 convolutions: DeepGaze II 16, 32, 2, 1 channels with a
-                                          pointwise nonlinearity after each hidden layer (ReLU as in
-                                          the paper, or softplus + channel layer norm as in the
-                                          authors' later code); DeepGaze I: one linear 1x1 conv
-      -> .finalizer.resize                bilinear to the *reduced* grid, H/f x W/f with
-                                          f = ``saliency_map_factor`` (as DeepGaze's Finalizer)
-      -> .blur                            separable Gaussian, learned width ``.blur.sigma`` in
-                                          pixels of the reduced grid (so stimulus px = sigma * f)
-      -> .center_bias                     + ``.center_bias.weight`` x log centre bias (the log
-                                          centre bias is area-averaged down to the reduced grid)
-      -> .finalizer                       bilinear up to the stimulus size H x W, log-softmax over
-                                          all H*W pixels
-
-The output is a natural-log density over the stimulus pixels: ``logsumexp(out[b]) == 0``.
-The blur and the centre bias act on the readout map *before* the softmax (in log space), as in
-the paper. Computing them at 1/f resolution keeps the cost low; the final bilinear upsampling
-is smooth, and the normalisation is done at full resolution so the output is exactly normalised.
-
-Pixel convention: output[b, i, j] is the log-probability of pixel (row i, column j), i.e. of a
-fixation with ``floor(y) == i`` and ``floor(x) == j`` (see :mod:`dgstudy.datasets`).
+Pixel convention: ``out[b, i, j]`` is the log-probability of pixel (row i, column j), i.e. of a
+fixation with ``floor(y) == i`` and ``floor(x) == j``. Two exact CPU speed-ups (the 1x1
+convolution as a matrix product, the blur as matrix products) are in :mod:`dgstudy.model_fast`.
+Reference: docs/model.md.
 """
 from __future__ import annotations
 
@@ -34,6 +23,8 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .model_fast import PointwiseConv, replicate_blur_matrix  # 1x1 conv and blur as matmuls
 
 READOUT_CHANNELS = (16, 32, 2, 1)   # the paper's readout network
 
@@ -49,19 +40,6 @@ class ChannelLayerNorm(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class PointwiseConv(nn.Conv2d):
-    """A 1x1 convolution computed as one matrix product over the channels (same parameters and
-    result as ``nn.Conv2d(c_in, c_out, 1)``; several times faster on CPU, backward included)."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(in_channels, out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        y = torch.matmul(self.weight[:, :, 0, 0], x.reshape(b, c, h * w)) + self.bias[:, None]
-        return y.reshape(b, -1, h, w)
-
-
 def make_readout(in_channels: int, readout: str = "deepgaze2", nonlinearity: str = "relu"
                  ) -> nn.Sequential:
     """The readout network as a named ``nn.Sequential`` (``conv0``, ``act0``, ... ``conv3``).
@@ -69,7 +47,8 @@ def make_readout(in_channels: int, readout: str = "deepgaze2", nonlinearity: str
     ``readout='deepgaze2'``: 1x1 convs with 16, 32, 2, 1 output channels; after each of the
     first three, ``nonlinearity`` = ``'relu'`` (paper) or ``'softplus_layernorm'`` (channel layer
     norm, then softplus; also a layer norm on the input). The last conv is linear.
-    ``readout='deepgaze1'``: a single linear 1x1 conv to one channel (DeepGaze I).
+    ``readout='deepgaze1'``: a single linear 1x1 conv to one channel (DeepGaze I). The convs are
+    :class:`~dgstudy.model_fast.PointwiseConv`: ``nn.Conv2d(c_in, c_out, 1)`` computed as a matmul.
     """
     layers: list[tuple[str, nn.Module]] = []
     if readout == "deepgaze1":
@@ -97,10 +76,12 @@ def make_readout(in_channels: int, readout: str = "deepgaze2", nonlinearity: str
 class GaussianBlur(nn.Module):
     """Separable Gaussian blur of (B, C, h, w) with a learnable width ``sigma`` (pixels).
 
-    The kernel is sampled at integer offsets up to ``radius = int(truncate * sigma + 0.5)`` (as
-    ``scipy.ndimage.gaussian_filter``; at least 1, at most the map's side) and normalised to sum 1, so constant maps are unchanged.
-    Borders are padded by replication (no darkening towards the edges). The gradient with
-    respect to ``sigma`` is exact for the sampled kernel (the radius is piecewise constant).
+    Definition (:meth:`reference`): each axis is convolved with :meth:`kernel` after padding the
+    borders by replication (no darkening towards the edges). The kernel is sampled at integer
+    offsets up to ``radius = int(truncate * sigma + 0.5)`` (as ``scipy.ndimage.gaussian_filter``;
+    at least 1, at most the map's side) and normalised to sum 1, so constant maps are unchanged.
+    The gradient with respect to ``sigma`` is exact for the sampled kernel (the radius is
+    piecewise constant). ``forward`` computes the same as two matrix products (faster on CPU).
     """
 
     def __init__(self, sigma: float = 8.0, learn_sigma: bool = True, truncate: float = 3.0,
@@ -118,20 +99,23 @@ class GaussianBlur(nn.Module):
         k = torch.exp(-0.5 * (t / sigma) ** 2)
         return k / k.sum()
 
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The blur as defined: replicate padding, then a 1-D convolution along each axis."""
+        b, c, h, w = x.shape
+        y = x.reshape(b * c, 1, h, w)
+        kw, kh = self.kernel(w, x.dtype, x.device), self.kernel(h, x.dtype, x.device)
+        rw, rh = (len(kw) - 1) // 2, (len(kh) - 1) // 2
+        y = F.conv2d(F.pad(y, (rw, rw, 0, 0), mode="replicate"), kw.view(1, 1, 1, -1))
+        y = F.conv2d(F.pad(y, (0, 0, rh, rh), mode="replicate"), kh.view(1, 1, -1, 1))
+        return y.reshape(b, c, h, w)
+
     def matrix(self, n: int, dtype, device) -> torch.Tensor:
         """(n, n) matrix M with ``blur_1d(v) = v @ M`` for a length-n signal, borders replicated."""
-        k = self.kernel(n, dtype, device)
-        r = (len(k) - 1) // 2
-        j = torch.arange(n, device=device)
-        t = torch.arange(-r, r + 1, device=device)
-        src = (j[None, :] + t[:, None]).clamp(0, n - 1)          # (2r+1, n): input index per tap
-        m = torch.zeros(n, n, dtype=dtype, device=device)
-        return m.index_put((src.reshape(-1), j.repeat(len(k))), k[:, None].expand(-1, n).reshape(-1),
-                           accumulate=True)
+        return replicate_blur_matrix(self.kernel(n, dtype, device), n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Two small matrix products (rows, then columns): much faster on CPU than depthwise
-        # convolutions, in particular their backward pass, and exact replicate padding.
+        """:meth:`reference` as two small matrix products (rows, then columns): much faster on
+        CPU than convolutions, in particular their backward pass (equal to rounding, tested)."""
         h, w = x.shape[-2:]
         x = x @ self.matrix(w, x.dtype, x.device)
         return self.matrix(h, x.dtype, x.device).transpose(0, 1) @ x

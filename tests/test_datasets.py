@@ -10,7 +10,8 @@ import pytest
 import scipy.io as sio
 from PIL import Image
 
-from dgstudy import datasets, osie
+from dgstudy import datasets
+from dgstudy.datasets import osie
 from dgstudy.io import DataError
 
 W, H = 64, 48   # size of the fake OSIE images

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from dgstudy import datasets
+from dgstudy import datasets, metrics, metrics_fast
 from dgstudy.baselines import CenterBias, Uniform
 from dgstudy.io import DataError
-from dgstudy.metrics import (KL_EPS, Blur, auc_per_positive, checked_log_density, evaluate)
+from dgstudy.metrics import KL_EPS, checked_log_density, evaluate
 
 pysaliency = pytest.importorskip("pysaliency")
 from pysaliency.numba_utils import general_rocs_per_positive_numba  # noqa: E402
@@ -111,7 +111,9 @@ def two_sizes(tmp_path_factory):
 
 
 # -- pieces --------------------------------------------------------------------------------------
-def test_auc_per_positive_matches_pysaliency_including_ties():
+@pytest.mark.parametrize("auc_per_positive", [metrics.auc_per_positive, metrics_fast.auc_per_positive],
+                         ids=["plain", "fast"])
+def test_auc_per_positive_matches_pysaliency_including_ties(auc_per_positive):
     rng = np.random.default_rng(0)
     cases = [(rng.random(5000), None), (np.exp(5 * rng.normal(size=20000)), None),
              (np.round(10 * rng.random(3000)), np.round(12 * rng.random(40)) - 1),   # heavy ties
@@ -121,19 +123,6 @@ def test_auc_per_positive_matches_pysaliency_including_ties():
         ours = auc_per_positive(pos, neg)
         np.testing.assert_array_equal(ours, general_rocs_per_positive_numba(pos, neg))
         assert ours.mean() == pytest.approx(general_roc(pos, neg)[0], rel=1e-12)
-
-
-def test_blur_equals_scipy_gaussian_filter():
-    rng = np.random.default_rng(1)
-    for (h, w, sigma) in [(60, 80, 24.0), (7, 5, 10.0), (50, 41, 1.5), (120, 33, 6.3)]:
-        img = rng.random((h, w))
-        ref = gaussian_filter(img, sigma, mode="reflect")
-        np.testing.assert_allclose(Blur(sigma).dense(img), ref, rtol=1e-12, atol=1e-14 * ref.max())
-        rows, cols = rng.integers(0, h, 9), rng.integers(0, w, 9)
-        counts = np.zeros((h, w))
-        np.add.at(counts, (rows, cols), 1)
-        ref = gaussian_filter(counts, sigma, mode="reflect")
-        np.testing.assert_allclose(Blur(sigma).fixations(rows, cols, (h, w)), ref, rtol=1e-10, atol=1e-14)
 
 
 # -- whole evaluation vs pysaliency -------------------------------------------------------------
@@ -219,3 +208,16 @@ def test_bad_inputs_raise_clear_errors(two_sizes):
         evaluate(lambda i: maps[i], outside)
     with pytest.raises(TypeError):
         evaluate(42, ds)
+
+
+def test_models_not_bound_to_a_dataset_are_evaluated_at_its_sizes(two_sizes):
+    """``Uniform()`` or a centre bias rebuilt from a dict: ``log_density_for_size`` at each image's size."""
+    ds = two_sizes
+    cb = CenterBias.fit(ds, bandwidth=0.1, uniform_weight=0.01)
+    unbound = CenterBias.from_dict(cb.to_dict())
+    assert unbound.dataset is None
+    by_size = evaluate(lambda i: cb.log_density_for_size(*ds.sizes[i]), ds, kernel_size=3.0)
+    ours = evaluate(unbound, ds, kernel_size=3.0)
+    for k in ("LL", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM"):
+        assert ours[k] == by_size[k], k
+    assert evaluate(Uniform(), ds, kernel_size=3.0)["LL"] == evaluate(Uniform(ds), ds, kernel_size=3.0)["LL"]

@@ -12,7 +12,8 @@ from PIL import Image
 
 from dgstudy import datasets
 from dgstudy.io import DataError
-from dgstudy.mit1003 import FixationParams, check_fixations, natural_key, read_eye_data
+from dgstudy.datasets.mit1003 import natural_key, read_eye_data
+from dgstudy.datasets.mit1003_detector import FixationParams, check_fixations
 
 
 def trace(points, durs, sac_len=8):

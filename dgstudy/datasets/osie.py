@@ -1,42 +1,15 @@
-"""OSIE loader: 700 images (800x600 px), 15 observers, free viewing for 3 s.
+"""OSIE (Xu et al. 2014): 700 images of 800x600 px, 15 observers, 3 s free viewing.
 
-Xu, Jiang, Wang, Kankanhalli & Zhao (2014), "Predicting human gaze beyond pixels",
-Journal of Vision 14(1):28. Upstream files: ``data/stimuli/<name>.jpg`` and
-``data/eye/fixations.mat`` of github.com/NUS-VIP/predicting-human-gaze-beyond-pixels.
+:func:`load_osie` (``datasets.load('osie', ...)``) reads ``fixations.mat`` + ``stimuli/<name>.jpg``
+from the first of: ``local_dir``, ``$DGSTUDY_OSIE_DIR``, the workplace mirror :data:`MIRROR`, else
+a download from :data:`BASE_URL` into ``data_dir()/osie/`` (``download=False``: an error instead).
+Every file is verified once against ``dgstudy/checksums/osie.sha256``; the parse is cached.
 
-Where the files come from (first that applies)
-----------------------------------------------
-1. ``local_dir`` argument, 2. environment variable ``DGSTUDY_OSIE_DIR``,
-3. the workplace mirror ``<repo>/../shared/datasets/osie`` if it exists (a byte-for-byte
-   copy of the upstream files, for machines without internet access),
-4. otherwise every file is downloaded from :data:`BASE_URL` into ``data_dir()/osie/``
-   (atomic, SHA-256 verified; ``download=False`` turns this into an error).
-
-A local folder has the layout ``fixations.mat`` + ``stimuli/<name>.jpg``. Every file is
-verified against the checksums shipped in the package (``dgstudy/checksums/osie.sha256``)
-the first time; the parsed result is then cached (see ``datasets.save_cache``) and later
-loads only ``stat`` the files.
-
-Parsing decisions (measured on the published ``fixations.mat``)
----------------------------------------------------------------
-- ``fixations.mat`` holds ``fixations``: a 700x1 cell of structs ``img`` (file name) and
-  ``subjects`` (15x1 cell of structs ``fix_x``, ``fix_y``, ``fix_duration``, each 1xn).
-  Subject id = position in that cell (0-based). Empty trials are skipped.
-- Coordinates are MATLAB 1-based pixel coordinates: ``x = fix_x - 0.5``, ``y = fix_y - 0.5``
-  (dgstudy convention, see ``datasets``). All published values lie in [1.2, 799.2] x
-  [1.2, 599.2], so no fixation lies outside the 800x600 images.
-- ``duration`` = ``fix_duration`` (ms). ``onset`` is NaN: the file has durations only, and the
-  saccade times between fixations are unknown, so onsets cannot be derived.
-- The first fixation of each trial is dropped by default (``initial_fixation=False``),
-  ``initial_fixation=True`` keeps it. On the data the first recorded fixation is strongly
-  pulled to the centre, where the observers fixated before image onset: its median distance
-  from the image centre is 113 px against 168-196 px for fixations 2-5, and 11.6 % of first
-  fixations lie within 30 px of the centre against 1-2 % of the later ones. It is *not*
-  a pure central fixation, though (only 16 % lie within 40 px of the centre), so upstream
-  seems to have removed most forced central fixations already; dropping the first one
-  anyway is the conservative choice and matches the MIT1003 convention (Judd et al.).
-- ``fix_index`` is the position within the trial as recorded (0 = first recorded
-  fixation), so with the default the kept fixations start at ``fix_index == 1``.
+Conventions a caller sees: ``x = fix_x - 0.5``, ``y = fix_y - 0.5`` (MATLAB 1-based -> dgstudy);
+``duration`` in ms, ``onset`` NaN (unknown); subject = position in the file (0-based); the first
+fixation of each trial is dropped unless ``initial_fixation=True``, and ``fix_index`` keeps the
+recorded position (so by default the kept ones start at 1). Why, with the measurements:
+docs/datasets.md.
 """
 from __future__ import annotations
 
@@ -44,14 +17,16 @@ import os
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat
+from tqdm.auto import tqdm
 
-from .datasets import (FixationDataset, cache_file, image_sizes, load_cache, make_fixation_table,
-                       save_cache)
-from .io import DataError, fetch, read_sha256sums, sha256_file
-from .paths import REPO_ROOT, data_dir
+from ..io import DataError, fetch, read_sha256sums, sha256_file
+from ..paths import REPO_ROOT, data_dir
+from .cache import cache_file, load_cache, save_cache
+from .core import FixationDataset, image_sizes, make_fixation_table
 
 BASE_URL = "https://raw.githubusercontent.com/NUS-VIP/predicting-human-gaze-beyond-pixels/master/data"
-CHECKSUMS = Path(__file__).resolve().parent / "checksums" / "osie.sha256"
+CHECKSUMS = Path(__file__).resolve().parents[1] / "checksums" / "osie.sha256"
 MIRROR = REPO_ROOT.parent / "shared" / "datasets" / "osie"
 ENV_VAR = "DGSTUDY_OSIE_DIR"
 FIXATIONS_FILE = "fixations.mat"
@@ -92,8 +67,6 @@ def verify_folder(folder: Path, sums: dict[str, str]) -> None:
 
 def download_files(folder: Path, sums: dict[str, str], base_url: str = BASE_URL) -> None:
     """Fetch every file of ``sums`` that is not yet in ``folder`` with the right checksum."""
-    from tqdm.auto import tqdm
-
     for name, digest in tqdm(sums.items(), desc="OSIE download", unit="file", leave=False):
         fetch(upstream_url(name, base_url), folder / name, sha256=digest)
 
@@ -111,11 +84,9 @@ def parse_fixations_mat(path: Path, sizes_of: dict[str, tuple[int, int]] | None 
 
     Returns ``(image_names, columns)``: the image file names in file order, and a dict of
     equal-length arrays ``image`` (index into image_names), ``subject``, ``x``, ``y`` (dgstudy
-    convention), ``fix_index``, ``duration``, plus ``n_trials`` (non-empty trials). Raises DataError naming ``path`` on any
-    structural problem.
+    convention), ``fix_index``, ``duration``, plus ``n_trials`` (non-empty trials). Raises
+    DataError naming ``path`` on any structural problem.
     """
-    from scipy.io import loadmat
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file is missing")
@@ -162,7 +133,7 @@ def load_osie(local_dir: str | os.PathLike | None = None, download: bool = True,
               initial_fixation: bool = False, base_url: str = BASE_URL,
               checksums: str | os.PathLike = CHECKSUMS, use_mirror: bool = True,
               cache: bool = True) -> FixationDataset:
-    """Load OSIE (see the module docstring for the source order and every decision).
+    """Load OSIE (source order: the module docstring; every parsing decision: docs/datasets.md).
 
     ``initial_fixation=True`` keeps the first fixation of each trial. ``base_url`` and
     ``checksums`` exist so the download path can be tested on a local ``file://`` copy;
