@@ -12,7 +12,7 @@ from ._version import __version__  # noqa: F401
 _SUBMODULES = {
     "paths", "io", "config", "datasets", "baselines", "metrics", "statistics", "backbones", "features",
     "model", "training", "runs", "evaluation", "ensemble", "ablations", "report", "figures", "predict",
-    "predict_files", "imageio", "fixation_csv", "cli", "util", "metrics_fast", "model_fast",
+    "predict_files", "imageio", "fixation_csv", "cli", "util", "metrics_fast", "model_fast", "feature_shards",
 }
 
 

@@ -13,12 +13,8 @@ and a rerun resumes. Layout, pipeline details and measurements: ``docs/features.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import json
 import os
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -32,7 +28,9 @@ from tqdm.auto import tqdm
 
 from . import backbones
 from ._version import __version__
-from .io import DataError, atomic_path
+from .feature_shards import (consolidate, image_key, parts_dir, read_attrs, scan, stored_images,
+                             write_part, writer_lock)
+from .io import DataError
 from .paths import data_dir
 
 FORMAT_VERSION = 2
@@ -70,11 +68,6 @@ def default_store_path(dataset, backbone, downsample=2, layers: Sequence[str] | 
 
 def _fmt_downsample(d) -> str:
     return str(int(d)) if float(d).is_integer() else str(float(d))
-
-
-def parts_dir(out: str | os.PathLike) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + ".parts")
 
 
 # -- one image -------------------------------------------------------------------------
@@ -145,25 +138,6 @@ def store_attrs(dataset, backbone, layers, downsample, dtype, autocast_bf16=Fals
                 autocast_bf16=bool(autocast_bf16), resize=RESIZE_METHOD, format_version=FORMAT_VERSION)
 
 
-def _write_attrs(f, attrs: dict) -> None:
-    for k, v in attrs.items():
-        f.attrs[k] = json.dumps(v) if isinstance(v, (list, tuple)) else v
-
-
-def read_attrs(f) -> dict:
-    """Root attributes of an open h5py file as plain Python values (``layers`` a list)."""
-    out = {}
-    for k, v in f.attrs.items():
-        if isinstance(v, bytes):
-            v = v.decode()
-        if isinstance(v, np.generic):
-            v = v.item()
-        if k == "layers" and isinstance(v, str):
-            v = json.loads(v)
-        out[k] = v
-    return out
-
-
 def _check_attrs(path: Path, have: dict, want: dict) -> None:
     diff = [f"{k}: file has {have.get(k)!r}, requested {want[k]!r}" for k in MATCH_KEYS
             if have.get(k) != want[k]]
@@ -172,87 +146,6 @@ def _check_attrs(path: Path, have: dict, want: dict) -> None:
                         + "; ".join(diff) + "). Delete it (and its .parts folder) or choose another out="
                         + ("; stores written before dgstudy 0.2 must be rebuilt"
                            if have.get("format_version", 1) < FORMAT_VERSION else ""))
-
-
-def _image_key(i: int) -> str:
-    return f"{int(i):05d}"
-
-
-def _stored_images(f) -> set[int]:
-    return {int(k) for k in f["images"]} if "images" in f else set()
-
-
-# -- writing -----------------------------------------------------------------------------------
-def _fsync(path: Path) -> None:
-    """Flush ``path`` to disk and give it the usual permissions (mkstemp makes it 0600)."""
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _write_part(pdir: Path, attrs: dict, results: dict[int, tuple], compression) -> Path:
-    """Write {image: (features, image_size, input_size)} to the next shard, atomically."""
-    pdir.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.stem.split("-")[1]) for p in pdir.glob("part-*.h5")]
-    final = pdir / f"part-{max(taken, default=-1) + 1:05d}.h5"
-    with atomic_path(final, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as f:
-            _write_attrs(f, attrs)
-            grp = f.create_group("images")
-            for i, (feats, image_size, in_size) in sorted(results.items()):
-                g = grp.create_group(_image_key(i))
-                g.attrs["image_size"] = np.asarray(image_size, dtype=np.int64)
-                g.attrs["input_size"] = np.asarray(in_size, dtype=np.int64)
-                for layer, arr in feats.items():
-                    g.create_dataset(layer, data=arr, compression=compression)
-        _fsync(tmp)
-    return final
-
-
-def _consolidate(out: Path, pdir: Path, attrs: dict) -> None:
-    """Merge ``out`` (if present) and every shard into a new file that atomically replaces ``out``."""
-    parts = sorted(pdir.glob("part-*.h5"))
-    if parts:
-        with atomic_path(out, suffix=".h5") as tmp:
-            if out.exists():
-                shutil.copyfile(out, tmp)
-            with h5py.File(tmp, "a") as f:
-                if "images" not in f:
-                    _write_attrs(f, attrs)
-                    f.create_group("images")
-                have = _stored_images(f)
-                for p in parts:
-                    with h5py.File(p, "r") as src:
-                        for key in src["images"]:
-                            if int(key) not in have:
-                                src.copy(src["images"][key], f["images"], name=key)
-                                have.add(int(key))
-            _fsync(tmp)
-    shutil.rmtree(pdir, ignore_errors=True)
-
-
-def _scan(out: Path, pdir: Path, attrs: dict) -> set[int]:
-    """Images already finished in ``out`` or in complete shards (attributes checked)."""
-    done: set[int] = set()
-    for stray in out.parent.glob(f".{out.name}.*.tmp"):   # a merge whose writer was killed
-        stray.unlink()
-    if out.exists():
-        with h5py.File(out, "r") as f:
-            _check_attrs(out, read_attrs(f), attrs)
-            done |= _stored_images(f)
-    if pdir.exists():
-        for stray in pdir.glob(".part-*.tmp"):   # a shard whose writer was killed
-            stray.unlink()
-        for p in sorted(pdir.glob("part-*.h5")):
-            try:
-                with h5py.File(p, "r") as f:
-                    _check_attrs(p, read_attrs(f), attrs)
-                    done |= _stored_images(f)
-            except OSError as e:
-                raise DataError(f"{p}: unreadable feature shard ({e}); delete it to recompute its images") from e
-    return done
 
 
 def extract(dataset, backbone, layers: Sequence[str] | None = None, downsample: float = 2,
@@ -284,31 +177,15 @@ def extract(dataset, backbone, layers: Sequence[str] | None = None, downsample: 
         raise IndexError(f"images {bad[:5]} out of range for {dataset.name} ({len(dataset)} images)")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _writer_lock(out):
+    with writer_lock(out):
         return _extract_locked(dataset, bb, layers, downsample, dtype, out, pdir, attrs, wanted,
                                batch_size, compression, autocast_bf16, part_size, progress)
-
-
-@contextlib.contextmanager
-def _writer_lock(out: Path):
-    """Hold an exclusive ``flock`` on ``<out>.lock``: a second writer waits (the OS drops the lock
-    of a killed process)."""
-    with open(out.with_name(out.name + ".lock"), "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another process that is extracting into {out} ...", flush=True)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _extract_locked(dataset, bb, layers, downsample, dtype, out, pdir, attrs, wanted, batch_size,
                     compression, autocast_bf16, part_size, progress) -> Path:
 
-    done = _scan(out, pdir, attrs)
+    done = scan(out, pdir, attrs, _check_attrs)
     todo = [i for i in wanted if i not in done]
     groups: dict[tuple, list[int]] = defaultdict(list)   # equal sizes batch together
     for i in todo:
@@ -324,12 +201,12 @@ def _extract_locked(dataset, bb, layers, downsample, dtype, out, pdir, attrs, wa
                     buffer[i] = (feats, size, tuple(x.shape[-2:]))
                 bar.update(len(batch))
                 if len(buffer) >= part_size:
-                    _write_part(pdir, attrs, buffer, compression)
+                    write_part(pdir, attrs, buffer, compression)
                     buffer = {}
     if buffer:
-        _write_part(pdir, attrs, buffer, compression)
+        write_part(pdir, attrs, buffer, compression)
     if pdir.exists():
-        _consolidate(out, pdir, attrs)
+        consolidate(out, pdir, attrs)
     if todo and progress:
         dt = time.perf_counter() - t0
         print(f"{bb.name}: {len(todo)} images in {dt:.1f} s ({len(todo) / dt:.2f} img/s) -> {out} "
@@ -376,7 +253,7 @@ class FeatureStore:
         try:
             with h5py.File(self.path, "r") as f:
                 self.attrs = read_attrs(f)
-                self.images = sorted(_stored_images(f))
+                self.images = sorted(stored_images(f))
         except OSError as e:
             raise DataError(f"{self.path}: not a readable HDF5 feature store ({e})") from e
         missing = [k for k in ATTR_KEYS if k not in self.attrs]
@@ -419,7 +296,7 @@ class FeatureStore:
         if not self.has(i):
             raise DataError(f"{self.path}: image {i} is not in the store "
                             f"({len(self.images)} of {self.attrs['n_images']} images stored)")
-        g = self._h5()["images"][_image_key(i)]
+        g = self._h5()["images"][image_key(i)]
         return {l: g[l][()] for l in layers}
 
     def stacked(self, i: int, layers: Sequence[str] | None = None) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Shared test fixtures. Tests write caches into a temporary data root, never into data/."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -14,6 +15,25 @@ if not hasattr(np, "trapz"):
 
 REPO = Path(__file__).resolve().parents[1]
 OSIE_DIR = Path(os.environ.get("DGSTUDY_OSIE_DIR", REPO.parent / "shared" / "datasets" / "osie"))
+
+
+@contextlib.contextmanager
+def isolated_study(root: Path):
+    """For a module-scoped fixture: DGSTUDY_DATA and DGSTUDY_RESULTS under ``root`` and one torch
+    thread (tiny tensors on a shared 2-core machine run many times faster without contention);
+    both restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DGSTUDY_DATA", str(root / "data"))
+    mp.setenv("DGSTUDY_RESULTS", str(root / "results"))
+    try:
+        yield root
+    finally:
+        mp.undo()
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -6,22 +6,21 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from dgstudy import datasets, ensemble, runs, training
 from dgstudy.io import DataError
+from conftest import isolated_study
 from test_training import H, W, small_config, synthetic_features
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """Two 3-fold runs on one synthetic data set: one on informative features, one on noise."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("ensemble")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DGSTUDY_RESULTS", str(root / "results"))
-    mp.setenv("DGSTUDY_DATA", str(root / "data"))
+    with isolated_study(tmp_path_factory.mktemp("ensemble")) as root:
+        yield _train_two(root)
+
+
+def _train_two(root):
     ds = datasets.load("synthetic", n_images=30, size=(H, W), n_subjects=8, fixations_per_subject=8,
                        seed=2, beta=8.0, folder=root / "synthetic")
     good = synthetic_features(ds)
@@ -31,9 +30,7 @@ def two_runs(tmp_path_factory):
         run = training.train_crossval(small_config(run=name, max_epochs=8), dataset=ds, features=feats,
                                       progress=False)
         trained[name] = (run, feats)
-    yield ds, trained, root
-    mp.undo()
-    torch.set_num_threads(threads)
+    return ds, trained, root
 
 
 def _models(ds, trained):

@@ -20,6 +20,7 @@ from dgstudy import cli, imageio, predict, predict_files, runs
 from dgstudy.ensemble import average_log_densities
 from dgstudy import fixation_csv
 from dgstudy.config import TrainConfig
+from conftest import isolated_study
 from dgstudy.io import DataError
 
 
@@ -276,32 +277,19 @@ def test_cli_registers_on_subparsers():
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A 3-fold run on 9 synthetic 96x128 images, efficientnet_lite0 features, 2 epochs.
-
-    Torch runs single-threaded here (restored afterwards): on this shared 2-core machine the tiny
-    convolutions are many times faster without thread contention.
-    """
-    import torch
-
+    """A 3-fold run on 9 synthetic 96x128 images, efficientnet_lite0 features, 2 epochs."""
     from dgstudy import features, training
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("predict_run")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DGSTUDY_DATA", str(root / "data"))
-    mp.setenv("DGSTUDY_RESULTS", str(root / "results"))
-    cfg = TrainConfig(dataset="synthetic", n_images=9, backbone="efficientnet_lite0",
-                               dataset_options={"size": [96, 128], "seed": 3, "n_subjects": 4,
-                                                "fixations_per_subject": 6},
-                               folds=3, max_epochs=2, patience=2, batch_size=4, run="tiny")
-    ds = runs.load_dataset(cfg)
-    features.extract(ds, cfg.backbone, downsample=cfg.downsample, out=runs.feature_path(cfg, ds),
-                     progress=False)
-    run_dir = training.train_crossval(cfg, progress=False)
-    yield run_dir, ds, runs.CrossValModel(run_dir)
-    mp.undo()
-    torch.set_num_threads(threads)
+    with isolated_study(tmp_path_factory.mktemp("predict_run")):
+        cfg = TrainConfig(dataset="synthetic", n_images=9, backbone="efficientnet_lite0",
+                          dataset_options={"size": [96, 128], "seed": 3, "n_subjects": 4,
+                                           "fixations_per_subject": 6},
+                          folds=3, max_epochs=2, patience=2, batch_size=4, run="tiny")
+        ds = runs.load_dataset(cfg)
+        features.extract(ds, cfg.backbone, downsample=cfg.downsample, out=runs.feature_path(cfg, ds),
+                         progress=False)
+        run_dir = training.train_crossval(cfg, progress=False)
+        yield run_dir, ds, runs.CrossValModel(run_dir)
 
 
 @pytest.fixture(scope="module")
