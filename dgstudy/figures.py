@@ -129,7 +129,7 @@ def plot_ablation(table: pd.DataFrame, metric: str = "IG", title: str = "", orde
                   highlight: str | None = None):
     """Bar chart of ``metric`` per condition with its bootstrap interval as error bar.
 
-    ``table``: from :func:`dgstudy.study.ablation_table` (columns ``condition``, ``<metric>``,
+    ``table``: from :func:`dgstudy.ablations.ablation_table` (columns ``condition``, ``<metric>``,
     ``<metric>_lo``, ``<metric>_hi``). ``highlight``: a condition drawn in the accent colour.
     """
     set_style()
@@ -155,7 +155,7 @@ def plot_ablation(table: pd.DataFrame, metric: str = "IG", title: str = "", orde
 
 
 def plot_fold_ig(folds: pd.DataFrame, title: str = "test IG per fold"):
-    """Test IG of every fold, one line per condition (``folds``: :func:`dgstudy.study.fold_table`);
+    """Test IG of every fold, one line per condition (``folds``: :func:`dgstudy.ablations.fold_table`);
     a collapsed fold shows as a dip towards 0."""
     set_style()
     fig, ax = plt.subplots(figsize=(6.0, 3.4))

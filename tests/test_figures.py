@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dgstudy import datasets, figures, study
+from dgstudy import ablations, datasets, figures
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_ablation_plot_reads_a_study_table(tmp_path):
     rng = np.random.default_rng(0)
     per_image = pd.DataFrame({"image": range(30), "n_fix": rng.integers(5, 20, 30),
                               "LL": rng.normal(1, 0.2, 30), "IG": rng.normal(0.3, 0.1, 30)})
-    table = study.ablation_table({"x": ({}, per_image)}, n_boot=200)
+    table = ablations.ablation_table({"x": ({}, per_image)}, n_boot=200)
     fig = figures.plot_ablation(table)
     assert fig.axes[0].patches[0].get_height() == pytest.approx(table.IG[0])
     plt.close(fig)
