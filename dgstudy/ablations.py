@@ -35,7 +35,7 @@ def ablation_table(results: dict, n_boot: int = 1000, level: float = 0.95, seed:
     ``describe``: optional {condition: text} (e.g. the layers), put in column ``detail``.
     ``reference``: a condition; adds ``IG_diff`` (condition minus reference, bit/fix) with a
     *paired* interval (the same images resampled for both; images matched by ``image``).
-    ``evaluate_kw``: passed to ``training.evaluate_run`` for runs not yet evaluated.
+    ``evaluate_kw``: passed to ``evaluation.evaluate_run`` for runs not yet evaluated.
     The same ``seed`` is used for every condition, so the resampled image sets are identical
     across conditions.
     """

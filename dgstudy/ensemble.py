@@ -111,7 +111,7 @@ def select_and_evaluate(runs: dict, out_dir: str | Path, *, dataset=None, baseli
     """Choose, per fold, the subset of ``runs`` ({name: run folder, or a ``CrossValModel``}) with the
     best validation log-likelihood; evaluate the chosen ensembles on the test folds; write ``out_dir``.
 
-    ``baseline``/``gold``: as for ``training.evaluate_run`` (fitted here if None). Returns what
+    ``baseline``/``gold``: as for ``evaluation.evaluate_run`` (fitted here if None). Returns what
     is written to ``metrics.json``: ``summary`` (``dgstudy.metrics.evaluate``), ``folds``,
     ``choice`` ({fold: members}) and ``validation_LL`` ({fold: {"a+b": bit/fix}}).
     """

@@ -117,7 +117,7 @@ def evaluate_run(run_dir, *, dataset=None, features=None, baseline=None, gold=No
 
 def load_run_metrics(run_dir: str | Path, **evaluate_kw) -> tuple[dict, pd.DataFrame]:
     """(metrics dict, per-image DataFrame) of a training run, from ``metrics.json`` (its ``summary``)
-    and ``per_image.csv``; evaluates the run first (``training.evaluate_run(run_dir,
+    and ``per_image.csv``; evaluates the run first (``evaluation.evaluate_run(run_dir,
     **evaluate_kw)``, e.g. with a shared ``dataset``, ``baseline`` and ``gold``) if they are missing.
     """
     run_dir = Path(run_dir)
