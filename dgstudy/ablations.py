@@ -236,11 +236,11 @@ def run_backbone_ablation(cfg: StudyConfig, names, dataset=None) -> dict:
 
 def backbone_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:
     """The per-fold, validation-chosen ensemble over the backbone runs (``dgstudy.ensemble``),
-    evaluated into ``results/<run>-backbone-ensemble/`` (reused if it holds the same members)."""
+    evaluated into ``results/<run>-backbone-ensemble/`` (reused while its members' folds are the
+    same: ``ensemble.fingerprint``)."""
     out = results_dir() / f"{cfg.train.run}-backbone-ensemble"
-    members = {n: str(r) for n, r in runs.items()}
     if (out / "metrics.json").exists() and (out / "per_image.csv").exists():
-        if json.loads((out / "metrics.json").read_text()).get("members") == members:
+        if json.loads((out / "metrics.json").read_text()).get("fingerprint") == ensemble.fingerprint(runs):
             return out
     ensemble.select_and_evaluate(runs, out, **evaluate_kw)
     return out

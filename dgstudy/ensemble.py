@@ -90,6 +90,21 @@ def validation_log_likelihoods(models: dict[str, CrossValModel], fold: int) -> d
     return out
 
 
+def fingerprint(runs: dict) -> dict:
+    """{name: [[fold, seed, best validation LL], ...]} of the runs' finished folds: changes when a
+    member is retrained, so a stored ensemble is reused only for the very same members."""
+    out = {}
+    for name, run in runs.items():
+        run_dir = run.run_dir if isinstance(run, CrossValModel) else Path(run)
+        rows = []
+        for d in sorted(run_dir.glob("fold_*")):
+            if (d / "config.json").exists():
+                info = json.loads((d / "config.json").read_text())
+                rows.append([info["fold"], info.get("seed"), info.get("best_val_LL")])
+        out[name] = rows
+    return out
+
+
 class SelectedEnsemble:
     """Image ``i``'s density: the average over the members chosen for the fold that held it out."""
 
@@ -131,13 +146,15 @@ def select_and_evaluate(runs: dict, out_dir: str | Path, *, dataset=None, baseli
                                                       progress)
     out_dir = Path(out_dir)
     result = {"run": out_dir.name, "members": {n: str(m.run_dir) for n, m in models.items()},
+              "fingerprint": fingerprint(models),
               "summary": summary, "folds": folds.to_dict(orient="records"),
               "choice": {str(f): list(c) for f, c in choice.items()},
               "validation_LL": {str(f): v for f, v in val_ll.items()},
               "folds_low_test_ig": fold_health(out_dir, folds)["folds_low_test_ig"],
               "seconds": time.perf_counter() - t0}
     write_scores(out_dir, result, per_image)
-    write_json(out_dir / "ensemble.json", {k: result[k] for k in ("members", "choice", "validation_LL")})
+    write_json(out_dir / "ensemble.json",
+               {k: result[k] for k in ("members", "fingerprint", "choice", "validation_LL")})
     return result
 
 

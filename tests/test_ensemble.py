@@ -68,6 +68,8 @@ def test_select_and_evaluate(two_runs):
         assert "good" in members                   # noise alone never wins on validation data
     saved = json.loads((out / "ensemble.json").read_text())
     assert saved["choice"] == res["choice"]
+    assert saved["fingerprint"] == ensemble.fingerprint({n: r for n, (r, _) in trained.items()})
+    assert [row[0] for row in saved["fingerprint"]["good"]] == [0, 1, 2]
     # the test density of an image is the average over its fold's chosen members
     sel = ensemble.SelectedEnsemble(models, {int(f): tuple(m) for f, m in res["choice"].items()})
     i = int(models["good"].fold_images(0, "test")[0])
