@@ -67,7 +67,7 @@ VGG19_GRID = {
 
 
 def layer_grid(backbone, ablation_layers=None, tiny: bool = False) -> dict[str, list[str]]:
-    """{condition name: layer list} for the layer ablation (see the module docstring).
+    """{condition name: layer list} for the layer ablation (the default grids: ``docs/ablations.md``).
 
     ``backbone``: an object with ``.name``, ``.layer_names``, ``.default_layers`` and ``.strides``.
     ``ablation_layers``: None (the documented default), a list of layer names (one single-layer

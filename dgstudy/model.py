@@ -17,7 +17,6 @@ Reference: docs/model.md.
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
