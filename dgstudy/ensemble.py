@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.special import logsumexp
 
 from .evaluation import fold_health, score_cross_validated, write_scores
 from .io import DataError, write_json
@@ -32,18 +31,24 @@ LN2 = math.log(2.0)
 
 
 def average_log_densities(log_densities) -> np.ndarray:
-    """Log of the average of the densities: ``logsumexp_k(l_k) - log K`` (equal weights).
+    """Log of the average of the densities: ``log(sum_k exp(l_k) / K)`` (equal weights).
 
-    One input is returned unchanged (so a one-member ensemble is exactly that member). The result
-    has the dtype of the inputs; the sum is done in float64.
+    ``log_densities``: any iterable of arrays of one shape (e.g. a generator, one fold at a time);
+    they are accumulated one by one with ``logaddexp`` in float64, so memory does not grow with K.
+    One input is returned unchanged (a one-member ensemble is exactly that member); otherwise the
+    result has the dtype of the first input.
     """
-    if len(log_densities) == 0:
+    acc, dtype, k = None, None, 0
+    for k, ld in enumerate(log_densities, start=1):
+        if acc is None:
+            acc, dtype = ld, np.asarray(ld).dtype
+        else:
+            acc = np.logaddexp(acc, ld, dtype=np.float64)
+    if acc is None:
         raise ValueError("no log-densities to average")
-    if len(log_densities) == 1:
-        return log_densities[0]
-    stack = np.stack([np.asarray(l, dtype=np.float64) for l in log_densities])
-    out = logsumexp(stack, axis=0) - math.log(len(log_densities))
-    return out.astype(np.result_type(*[np.asarray(l).dtype for l in log_densities]), copy=False)
+    if k == 1:
+        return acc
+    return (acc - math.log(k)).astype(dtype, copy=False)
 
 
 def subsets(names) -> list[tuple[str, ...]]:
@@ -85,7 +90,7 @@ def validation_log_likelihoods(models: dict[str, CrossValModel], fold: int) -> d
     at_fix = {name: np.concatenate(v) for name, v in per_member.items()}
     out = {}
     for combo in subsets(models):
-        ll = logsumexp(np.stack([at_fix[n] for n in combo]), axis=0) - math.log(len(combo))
+        ll = average_log_densities(at_fix[n] for n in combo)
         out[combo] = float(np.mean(ll + log_area) / LN2)
     return out
 

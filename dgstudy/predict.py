@@ -143,15 +143,10 @@ class Predictor:
     def log_density(self, image) -> np.ndarray:
         """(H, W) float32 natural-log density for ``image`` (array or path).
 
-        The average of the fold densities, ``logsumexp_k(l_k) - log K``, accumulated fold by fold
-        in float64 (so memory does not grow with K); one fold is returned unchanged.
+        The average of the fold densities (:func:`dgstudy.ensemble.average_log_densities`, fold by
+        fold, so memory does not grow with K); one fold is returned unchanged.
         """
-        acc, k = None, 0
-        for k, ld in enumerate(self.iter_fold_log_densities(image), start=1):
-            acc = ld if acc is None else np.logaddexp(acc, ld, dtype=np.float64)
-        if k == 1:
-            return acc
-        return (acc - math.log(k)).astype(np.float32)
+        return average_log_densities(self.iter_fold_log_densities(image))
 
     __call__ = log_density
 
