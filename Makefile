@@ -19,13 +19,14 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 STAMP := $(VENV)/.dgstudy-installed
 
-.PHONY: help env test smoke reproduce clean distclean bench
+.PHONY: help env test smoke reproduce clean distclean bench lab
 help:
 	@echo "make env        build .venv (idempotent)"
 	@echo "make test       run the test suite (includes the smoke chain of notebooks)"
 	@echo "make smoke      the whole notebook chain at toy scale (CPU, offline, < 5 min)"
 	@echo "make reproduce  the whole study (PROFILE=paper|osie|osie_extended|smoke, BACKBONE=..., OVERRIDES=...)"
 	@echo "make bench      run the benchmarks in benchmarks/"
+	@echo "make lab        JupyterLab on notebooks/ with this environment as the kernel (LAB_ARGS=...)"
 	@echo "make clean      remove results and figures; distclean also removes .venv and data caches"
 
 env: $(STAMP)
@@ -80,6 +81,11 @@ $(foreach nb,$(NOTEBOOKS),$(eval $(call NOTEBOOK_RULE,$(nb),$(if $(prev),$(OUT_D
 
 .PHONY: notebooks
 notebooks: $(addprefix $(OUT_DIR)/,$(notdir $(NOTEBOOKS)))
+
+# The notebooks' kernel "python3" is the interpreter of the Jupyter that runs them: here the .venv's.
+LAB_ARGS ?=
+lab: env
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 bench: env
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
