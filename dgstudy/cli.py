@@ -255,9 +255,13 @@ def run_preflight_command(args: argparse.Namespace) -> int:
 def add_tag_command(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("tag", help="print the folder name of a profile's tables and figures")
     _profile_arguments(p)
-    p.set_defaults(func=lambda args: print(StudyConfig.load(args.profile, backbone=args.backbone or None)
-                                           .output_tag) or 0)
+    p.set_defaults(func=run_tag_command)
     return p
+
+
+def run_tag_command(args: argparse.Namespace) -> int:
+    print(StudyConfig.load(args.profile, backbone=args.backbone or None).output_tag)
+    return 0
 
 
 # -- entry point ------------------------------------------------------------------------------------

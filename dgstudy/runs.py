@@ -111,11 +111,6 @@ def check_trained_on(fold_dirs, store) -> None:
 
 
 # -- loading -------------------------------------------------------------------------------------
-def center_bias_from_dict(d: dict):
-    """Rebuild a saved centre bias (``dgstudy.baselines.CenterBias.from_dict``)."""
-    return CenterBias.from_dict(d)
-
-
 def load_fold(d) -> tuple[DeepGazeII, TrainConfig, object]:
     """(model in eval mode, its TrainConfig, its training CenterBias) from ``fold_XX/``."""
     d = Path(d)
@@ -126,7 +121,7 @@ def load_fold(d) -> tuple[DeepGazeII, TrainConfig, object]:
     model = DeepGazeII(**saved["hparams"])
     model.load_state_dict(saved["state_dict"])
     model.eval()
-    cb = center_bias_from_dict(json.loads((d / "center_bias.json").read_text()))
+    cb = CenterBias.from_dict(json.loads((d / "center_bias.json").read_text()))
     return model, TrainConfig.from_dict(info["train_config"]), cb
 
 
