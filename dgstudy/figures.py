@@ -36,13 +36,16 @@ def set_style() -> None:
 
 
 def save(fig, name: str, folder: str | Path) -> list[Path]:
-    """Write ``fig`` as ``<folder>/<name>.png`` and ``.pdf`` (each via a temporary file + rename)."""
+    """Write ``fig`` as ``<folder>/<name>.png`` and ``.pdf`` (each via a temporary file + rename).
+
+    The files carry no creation date, so the same figure gives the same bytes on every run.
+    """
     folder = Path(folder)
     out = []
     for ext in ("png", "pdf"):
         path = folder / f"{name}.{ext}"
         with atomic_path(path, suffix=f".{ext}") as tmp:
-            fig.savefig(tmp, format=ext)
+            fig.savefig(tmp, format=ext, metadata={"CreationDate": None} if ext == "pdf" else None)
         out.append(path)
     return out
 
