@@ -74,3 +74,19 @@ def test_each_notebook_opens_with_its_question_and_closes_with_what_we_found(nb)
     assert cells[0]["cell_type"] == "markdown" and "**Question.**" in "".join(cells[0]["source"])
     assert cells[-1]["cell_type"] == "markdown" and "".join(cells[-1]["source"]).startswith("## What we found")
     assert check_markdown(notebook_markdown(nb), EXECUTED_BASE) == []
+
+
+def test_the_committed_study_outputs_are_there_and_small():
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "results", "figures", "dgstudy/models"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    executed = [f for f in files if f.startswith("results/osie/") and f.endswith(".ipynb")]
+    assert [f.split("/")[-1] for f in executed] == sorted(p.name for p in NOTEBOOKS)
+    for table in ("results", "ablation_layers", "ablation_centerbias", "examples"):
+        assert {f"results/osie/{table}.{ext}" for ext in ("md", "csv", "json")} <= set(files)
+    assert {"figures/osie/examples.png", "figures/osie/ablation_layers.png",
+            "figures/osie_extended/ablation_backbones.png"} <= set(files)
+    assert not [f for f in files if f.endswith((".h5", ".pt")) and not f.startswith("dgstudy/models/")]
+    size = sum((REPO / f).stat().st_size for f in files if f.startswith(("results/", "figures/")))
+    assert size <= 20 * 2**20, f"{size / 2**20:.1f} MiB of committed study outputs"
