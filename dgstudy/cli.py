@@ -222,6 +222,9 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--center-bias", default="training", choices=["training", "uniform"],
                    help="centre bias of the training data rescaled to each image (default) or uniform")
+    p.add_argument("--max-megapixels", type=float, default=None, metavar="MP",
+                   help="largest image accepted, in megapixels (default: dgstudy.serve.Limits, 4; the "
+                        "server's memory peaks at about 0.4 GB per megapixel above its base)")
     p.set_defaults(func=run_serve_command)
     return p
 
@@ -240,7 +243,8 @@ def run_serve_command(args: argparse.Namespace) -> int:
         return 1
     print(f"dgstudy serve: {model!r}\n  page http://{args.host}:{args.port}/  API docs "
           f"http://{args.host}:{args.port}/docs", flush=True)
-    serve.serve(model, host=args.host, port=args.port)
+    limits = serve.Limits() if args.max_megapixels is None else serve.Limits(max_pixels=int(args.max_megapixels * 1e6))
+    serve.serve(model, host=args.host, port=args.port, limits=limits)
     return 0
 
 

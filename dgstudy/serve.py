@@ -24,7 +24,8 @@ Bad input is a 4xx JSON answer ``{"detail": message}``: 400 empty upload, 411 no
 the server keeps serving.
 
 Load and memory: one worker thread runs the model, so one image is decoded and predicted at a
-time; at most ``max_pending`` uploads (each at most ``max_bytes``) wait for it. Results are kept in
+time; at most ``max_pending`` uploads (each at most ``max_bytes``, so at most 640 MiB by default)
+wait for it. Results are kept in
 memory, newest first, at most ``result_bytes`` in all (the newest one always); an evicted result's
 URLs answer 404. Nothing is written to disk by the service (uploads over 1 MiB are spooled by the
 framework to an anonymous temporary file, which is gone when the request ends).
@@ -63,7 +64,7 @@ class Limits:
     """What one server accepts and keeps (the documented limits of ``dgstudy serve``)."""
 
     max_bytes: int = 20 * 2**20          # an upload's size (20 MiB)
-    max_pixels: int = 12_000_000         # width x height (a 4000 x 3000 photo)
+    max_pixels: int = 4_000_000          # width x height (e.g. 2300 x 1730); memory grows with it
     min_side: int = 16                   # the smaller side, in pixels
     max_pending: int = 32                # requests admitted to the model (waiting or running)
     result_bytes: int = 256 * 2**20      # the results kept for download, .npy + .png, in all
@@ -145,6 +146,10 @@ class ResultStore:
         return len(self._items)
 
 
+class QueueFull(Exception):
+    """:meth:`ModelQueue.run` found ``limit`` jobs already admitted."""
+
+
 class ModelQueue:
     """The model behind one worker thread; at most ``limit`` jobs admitted (waiting or running)."""
 
@@ -155,10 +160,10 @@ class ModelQueue:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dgstudy-model")
 
     async def run(self, fn, *args):
-        """``fn(*args)`` on the worker; ``None`` at once (nothing run) when the queue is full."""
+        """``fn(*args)`` on the worker; :class:`QueueFull` at once (nothing run) when the queue is full."""
         with self._lock:
             if self.pending >= self.limit:
-                return None
+                raise QueueFull(f"{self.limit} jobs are waiting or running")
             self.pending += 1
 
         def job():
@@ -173,7 +178,7 @@ class ModelQueue:
             with self._lock:
                 self.pending -= 1
             raise
-        return (await asyncio.wrap_future(future),)
+        return await asyncio.wrap_future(future)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -300,13 +305,12 @@ def create_app(model, limits: Limits = Limits()) -> FastAPI:
         data = await image.read(limits.max_bytes + 1)
         check_upload(data, name, limits)
         try:
-            done = await queue.run(_predict_upload, model, data, name)
+            shape, files, seconds = await queue.run(_predict_upload, model, data, name)
+        except QueueFull as e:
+            raise UploadError(503, f"busy: {limits.max_pending} images are waiting; try again shortly",
+                              headers={"Retry-After": str(limits.retry_after_s)}) from e
         except DataError as e:
             raise UploadError(422, str(e)) from e
-        if done is None:
-            raise UploadError(503, f"busy: {limits.max_pending} images are waiting; try again shortly",
-                              headers={"Retry-After": str(limits.retry_after_s)})
-        shape, files, seconds = done[0]
         key = store.put(files)
         return Prediction(id=key, filename=name, shape=shape, dtype="float32", scale=info["scale"],
                           npy_url=f"/results/{key}.npy", png_url=f"/results/{key}.png",

@@ -312,7 +312,7 @@ def _browser():
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-              "--window-size=1280,1100", "--force-color-profile=srgb"):
+              "--window-size=1280,1250", "--force-color-profile=srgb"):
         opts.add_argument(a)
     return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
 
@@ -348,5 +348,6 @@ def test_the_page_in_a_browser_draws_the_overlay(live_server, osie_dir, tmp_path
     canvas = np.array(rgb, dtype=np.uint8).reshape(h, w, 3)
     served = np.asarray(Image.open(io.BytesIO(httpx.get(png_url).content)).convert("RGB"))
     assert np.abs(canvas.astype(int) - served).mean() < 1.0          # the server's overlay, drawn
-    assert canvas.std() > 10 and (np.abs(canvas[..., 0].astype(int) - canvas[..., 2]) > 40).mean() > 0.01
+    coloured = np.abs(canvas[..., 0].astype(int) - canvas[..., 2]) > 40      # the density's peak, not grey
+    assert canvas.std() > 10 and coloured.sum() >= 100
     assert "efficientnet_lite0" in text and "log-density 600 × 800" in text and "log-density (.npy)" in text
