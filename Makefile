@@ -10,8 +10,10 @@ PROFILE ?= paper
 BACKBONE ?=
 # Other profile keys to change, as YAML mapping entries, e.g. OVERRIDES="device: cuda, seed: 1"
 OVERRIDES ?=
-# Extra papermill arguments, e.g. PAPERMILL_ARGS="--log-output"
-PAPERMILL_ARGS ?=
+# Extra papermill arguments. The default shows every cell's output in the terminal as it runs
+# (progress bars of extraction, training and evaluation refresh every TQDM_MININTERVAL seconds).
+PAPERMILL_ARGS ?= --log-output --no-progress-bar
+export TQDM_MININTERVAL ?= 10
 
 # torch/torchvision are installed first, pinned to the pair the study is tested with (override for
 # another build, e.g. TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url <your CUDA index>").
@@ -47,7 +49,9 @@ smoke: env
 # results/<tag>/NN_x.ipynb is rebuilt only when its notebook, the profile yaml or a dgstudy source
 # changed, or an earlier notebook was rebuilt (the library itself skips finished extraction and
 # folds). papermill writes to <target>.running.ipynb, renamed into place only on success, so a
-# failed or interrupted notebook never counts as up to date; the failed copy keeps the error.
+# failed or interrupted notebook never counts as up to date; the failed copy keeps the error. The
+# finished copy is cleaned of what changes between identical runs (`dgstudy clean-notebook`), so the
+# committed OSIE outputs change in git only where a result changed.
 # <tag> is the library's (`dgstudy tag`: PROFILE, or PROFILE-BACKBONE for another backbone); the
 # reproduce recipe asks for it and hands it to the sub-make that runs the notebooks.
 PROFILE_YAML = dgstudy/profiles/$(PROFILE).yaml
@@ -75,6 +79,7 @@ $(OUT_DIR)/$(notdir $(1)): $(1) $(PROFILE_YAML) $(DGSTUDY_SOURCES) $(2)
 	@echo "== $$< -> $$@"
 	@$(PY) -m papermill $$< $$@.running.ipynb $(PAPERMILL_FLAGS) || { \
 	  echo "FAILED: $$< (the executed copy with the error: $$@.running.ipynb)"; exit 1; }
+	@$(PY) -m dgstudy clean-notebook $$@.running.ipynb
 	@mv $$@.running.ipynb $$@
 endef
 $(foreach nb,$(NOTEBOOKS),$(eval $(call NOTEBOOK_RULE,$(nb),$(if $(prev),$(OUT_DIR)/$(notdir $(prev))))$(eval prev := $(nb))))

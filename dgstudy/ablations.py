@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import backbones, datasets, ensemble, features
+from . import backbones, baselines, datasets, ensemble, features
 from .backbones.vgg19 import PAPER_LAYERS
-from .baselines import CenterBias
 from .config import StudyConfig, TrainConfig
 from .evaluation import load_run_metrics
 from .metrics import evaluate
@@ -249,9 +248,12 @@ def backbone_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:
 def center_bias_alone(dataset, baseline=None, gold=None, per_image: bool = True):
     """The centre bias itself as a model (leave-image-out), scored like every other model.
 
-    ``baseline``: the fitted leave-image-out ``CenterBias`` (fitted here if None); it is both the
+    ``baseline``: the fitted leave-image-out ``CenterBias`` (the data set's own,
+    :func:`dgstudy.baselines.fitted`, if None); it is both the
     model and the IG baseline, so its IG is 0 by construction and its LL (bit/fix over uniform)
     is the number to read. Returns what ``metrics.evaluate`` returns.
     """
-    cb = CenterBias.fit(dataset) if baseline is None else baseline
-    return evaluate(cb, dataset, baseline=cb, gold=gold, per_image=per_image)
+    if baseline is None:
+        baseline, fitted_gold = baselines.fitted(dataset)
+        gold = fitted_gold if gold is None else gold
+    return evaluate(baseline, dataset, baseline=baseline, gold=gold, per_image=per_image)

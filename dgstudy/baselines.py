@@ -9,6 +9,8 @@
   other subjects' fixations on the image (sigma = ``bandwidth`` x max(H, W) px) mixed as ``w_kde *
   KDE + w_cb * CB + w_uniform / (H W)``; ``loso_log_density(i, s)`` and
   ``fixation_log_likelihoods(i)`` are held out, ``log_density(i)`` is in-sample.
+- :func:`fitted` ``(dataset)``: both, searched once per data set and then rebuilt from a cache
+  (every notebook and evaluation of one data set shares them).
 
 Densities: natural logs normalised over the pixels; kernels sit on the fixation's **pixel**
 ``(floor(y), floor(x))``, truncated (not reflected) at the border. Fits maximise the held-out
@@ -17,13 +19,16 @@ log-likelihood (docs/baselines.md).
 from __future__ import annotations
 
 import base64
+import json
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from .io import DataError
+from .io import DataError, write_json
+from .paths import cache_dir
 from .util import single_threaded_blas
 
 BANDWIDTH_RANGE = (0.003, 0.5)       # search range of the relative bandwidths
@@ -399,3 +404,38 @@ def _mixture_weights(kde: np.ndarray, cb: np.ndarray, iterations: int = 500, tol
     tot = mix.sum(1)
     ll = float(np.mean(np.log(np.where(has, tot, tot / (wts[1] + wts[2])))))
     return ll, wts
+
+
+# ---- one fit per data set ----
+FIT_CACHE_VERSION = 1      # bump when a fit's objective or search changes
+
+
+def fitted(dataset) -> tuple[CenterBias, GoldStandard]:
+    """The data set's leave-image-out centre bias and its gold standard, searched once per data set.
+
+    The first call fits both (``CenterBias.fit(dataset)``, ``GoldStandard.fit(dataset, cb)``) and
+    keeps the searched parameters in ``cache_dir()/baselines/<name>-<checksum>.json``; every later
+    call, in any process, rebuilds the same two models from them without searching. The key is
+    the data set's content checksum, so another subset or a changed fixation file fits anew.
+    """
+    path = cache_dir() / "baselines" / f"{dataset.name}-{dataset.checksum[:16]}-v{FIT_CACHE_VERSION}.json"
+    try:
+        p = json.loads(path.read_text())
+    except (OSError, ValueError):
+        p = None
+    if p is not None and p.get("checksum") == dataset.checksum:
+        cb = CenterBias.fit(dataset, bandwidth=p["center_bias"]["bandwidth"],
+                            uniform_weight=p["center_bias"]["uniform_weight"])
+        g = p["gold_standard"]
+        gold = GoldStandard(dataset=dataset, center_bias=cb, bandwidth=float(g["bandwidth"]),
+                            weights=np.array([g["weights"][k] for k in ("kde", "center_bias", "uniform")]),
+                            heldout_ll=float(g["heldout_ll_bits"]))
+        return cb, gold
+    print(f"{dataset.name}: fitting the centre bias and the gold standard (once per data set)",
+          file=sys.stderr, flush=True)
+    cb = CenterBias.fit(dataset)
+    gold = GoldStandard.fit(dataset, cb)
+    cb_params = {k: v for k, v in cb.to_dict().items() if k not in ("u", "v")}
+    write_json(path, {"dataset": dataset.name, "checksum": dataset.checksum, "center_bias": cb_params,
+                      "gold_standard": gold.to_dict()})
+    return cb, gold

@@ -1,10 +1,11 @@
 """The ``dgstudy`` command line (also ``python -m dgstudy``): one function per subcommand.
 
 ``dgstudy baselines --dataset osie``  uniform / centre bias / gold standard x all metrics
-``dgstudy predict IMAGE... --model RUN --out DIR``  a trained run on any images
-``dgstudy serve --model RUN``  the web service: a page and an HTTP API for one image at a time
+``dgstudy predict IMAGE... [--model RUN] --out DIR``  a trained run (default: the shipped model) on any images
+``dgstudy serve [--model RUN]``  the web service: a page and an HTTP API for one image at a time
 ``dgstudy preflight --profile osie``  are the profile's data and weights there? (make reproduce)
 ``dgstudy tag --profile osie``  the folder of the profile's tables and figures (the Makefile's)
+``dgstudy clean-notebook NB...``  strip volatile content from executed notebooks (the Makefile's)
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import backbones, datasets
+from . import backbones, datasets, notebook_clean
 from .baselines import CenterBias, GoldStandard, Uniform
 from .config import StudyConfig
 from .imageio import expand_image_args
@@ -114,7 +115,8 @@ def format_table(table, summary) -> str:
 
 # -- predict ------------------------------------------------------------------------------------
 PREDICT_HELP = """\
-Predict fixation densities with a trained run (the average of its fold models' densities).
+Predict fixation densities with a trained run (the average of its fold models' densities); without
+--model, with the model shipped in the package (OSIE, EfficientNet-Lite2: dgstudy.pretrained).
 
 For each IMAGE (a folder stands for the image files in it) writes into --out:
   <stem>.npy   natural-log density over the pixels, float32 (H, W); exp sums to 1
@@ -143,8 +145,9 @@ def add_predict_command(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("predict", help="predict fixation densities for images with a trained run",
                               description=PREDICT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    p.add_argument("--model", required=True, metavar="RUN",
-                   help="training run folder (results/<run>/ or a run name), a fold folder or a model.pt")
+    p.add_argument("--model", default=None, metavar="RUN",
+                   help="training run folder (results/<run>/ or a run name), a fold folder, a model.pt or "
+                        "a shipped model's name (default: the shipped OSIE model, dgstudy.pretrained)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--fold", type=int, default=None, metavar="K", help="use only fold K (default: all folds)")
     p.add_argument("--fixations", default=None, metavar="FILE.csv",
@@ -169,8 +172,12 @@ def run_predict_command(args: argparse.Namespace) -> int:
     try:
         model = load_model(args.model, fold=args.fold, center_bias=args.center_bias, device=args.device)
     except (DataError, KeyError, ValueError, OSError) as e:
-        print(f"dgstudy predict: cannot load the model {args.model}: {e}", file=sys.stderr)
+        print(f"dgstudy predict: cannot load the model {args.model or 'shipped with dgstudy'}: {e}",
+              file=sys.stderr)
         return 1
+    if getattr(model, "provenance", None):
+        print(f"model: {model.run_dir.name}, shipped with dgstudy (trained as {model.provenance['source_run']}; "
+              "dgstudy.pretrained)")
     report = predict_images(model, images, args.out, fixations=args.fixations, plot=not args.no_plot,
                             progress=len(images) > 1, kernel_size=args.kernel_size)
     print(f"wrote {len(report.outputs)} of {len(images)} predictions to {args.out}")
@@ -237,9 +244,9 @@ def run_serve_command(args: argparse.Namespace) -> int:
     if args.fold is not None:
         options["fold"] = args.fold
     try:
-        model = serve.load_served_model(args.model, **options)
+        model = load_model(args.model, **options)
     except (DataError, KeyError, ValueError, OSError) as e:
-        print(f"dgstudy serve: cannot load the model {args.model or '(default)'}: {e}", file=sys.stderr)
+        print(f"dgstudy serve: cannot load the model {args.model or 'shipped with dgstudy'}: {e}", file=sys.stderr)
         return 1
     print(f"dgstudy serve: {model!r}\n  page http://{args.host}:{args.port}/  API docs "
           f"http://{args.host}:{args.port}/docs", flush=True)
@@ -308,12 +315,29 @@ def run_tag_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_clean_notebook_command(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("clean-notebook", help="strip volatile content from executed notebooks",
+                              description="Remove what changes between runs with the same results "
+                                          "(timestamps, durations, stderr, absolute paths, memory "
+                                          "addresses) from executed notebooks, in place "
+                                          "(dgstudy.notebook_clean); make reproduce runs it.")
+    p.add_argument("notebooks", nargs="+", type=Path, metavar="NOTEBOOK")
+    p.set_defaults(func=run_clean_notebook_command)
+    return p
+
+
+def run_clean_notebook_command(args: argparse.Namespace) -> int:
+    for path in args.notebooks:
+        notebook_clean.clean_file(path)
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgstudy", description="DeepGaze II study tools")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_baselines_command, add_predict_command, add_serve_command, add_preflight_command,
-                add_tag_command):
+                add_tag_command, add_clean_notebook_command):
         add(sub)
     return parser
 

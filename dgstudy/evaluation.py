@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics
-from .baselines import CenterBias, GoldStandard
+from . import baselines, metrics
+from .baselines import GoldStandard
 from .io import atomic_path, write_json
 from .runs import CrossValModel, fold_done
 
@@ -71,9 +71,12 @@ def score_cross_validated(model, baseline=None, gold=None, progress: bool = True
     """(summary, per-image table with ``fold``, per-fold table) of a cross-validated ``model``: an
     object with ``.dataset``, ``.images``, ``.fold_of`` and ``log_density(i)`` (a
     :class:`~dgstudy.runs.CrossValModel`, or an ensemble of them). ``baseline``/``gold``: the
-    leave-image-out centre bias and the gold standard (fitted here if None)."""
+    leave-image-out centre bias and the gold standard (if None: the data set's own,
+    :func:`dgstudy.baselines.fitted`)."""
     ds = model.dataset
-    baseline = CenterBias.fit(ds) if baseline is None else baseline
+    if baseline is None:
+        baseline, fitted_gold = baselines.fitted(ds)
+        gold = fitted_gold if gold is None else gold
     gold = GoldStandard.fit(ds, baseline) if gold is None else gold
     summary, per_image = metrics.evaluate(model.log_density, ds, baseline=baseline, gold=gold,
                                           images=model.images, per_image=True, progress=progress)
@@ -95,8 +98,8 @@ def evaluate_run(run_dir, *, dataset=None, features=None, baseline=None, gold=No
                  progress: bool = True, allow_partial: bool = False) -> dict:
     """Evaluate a run's cross-validated predictions; writes ``metrics.json`` and ``per_image.csv``.
 
-    Baseline: the leave-image-out centre bias ``CenterBias.fit(dataset)``; gold standard:
-    ``GoldStandard.fit(dataset, baseline)``. ``metrics.json`` holds the overall metrics
+    Baseline and gold standard: the data set's leave-image-out centre bias and leave-one-subject-out
+    gold standard (:func:`dgstudy.baselines.fitted`) unless given. ``metrics.json`` holds the overall metrics
     (``dgstudy.metrics.evaluate``) and, per fold, the fixation-weighted test IG over the baseline.
     ``allow_partial=True`` evaluates only the test images of finished folds (``folds_missing``
     in metrics.json says which are not). Flagged folds (:func:`fold_health`) are warned about and

@@ -38,13 +38,16 @@ def set_style() -> None:
 
 
 def save(fig, name: str, folder: str | Path) -> list[Path]:
-    """Write ``fig`` as ``<folder>/<name>.png`` and ``.pdf`` (each via a temporary file + rename)."""
+    """Write ``fig`` as ``<folder>/<name>.png`` and ``.pdf`` (each via a temporary file + rename).
+
+    The files carry no creation date, so the same figure gives the same bytes on every run.
+    """
     folder = Path(folder)
     out = []
     for ext in ("png", "pdf"):
         path = folder / f"{name}.{ext}"
         with atomic_path(path, suffix=f".{ext}") as tmp:
-            fig.savefig(tmp, format=ext)
+            fig.savefig(tmp, format=ext, metadata={"CreationDate": None} if ext == "pdf" else None)
         out.append(path)
     return out
 
@@ -72,12 +75,13 @@ def example_images(per_image: pd.DataFrame, k: int = 3, min_fix: int = 1) -> lis
     return [int(i) for i in t["image"].to_numpy()[pos]]
 
 
-def plot_examples(dataset, models: dict, images, max_fixations: int | None = None):
+def plot_examples(dataset, models: dict, images, max_fixations: int | None = None, labels=None):
     """Rows = images; columns = stimulus with its fixations, then each model's predicted density.
 
     ``models``: {column title: model with ``log_density(i)`` or a callable ``f(i)``}, e.g.
     ``{"centre bias": cb, "DeepGaze II": crossval_model}``. Densities are shown relative to their
-    maximum on a linear scale (the way the paper shows them).
+    maximum on a linear scale (the way the paper shows them). ``labels``: one line per image, shown
+    under its number (e.g. its IG).
     """
     set_style()
     images = list(images)
@@ -95,7 +99,8 @@ def plot_examples(dataset, models: dict, images, max_fixations: int | None = Non
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
         ax.set_axis_off()
-        ax.set_title(f"image {i}: {len(fx)} fixations" if r == 0 else f"image {i}")
+        ax.set_title(f"image {i}: {len(fx)} fixations" + (f"\n{labels[r]}" if labels is not None else ""),
+                     fontsize=9)
         for c, (title, model) in enumerate(models.items(), start=1):
             f = model.log_density if hasattr(model, "log_density") else model
             _density_image(axes[r, c], _as_numpy(f(i)), title if r == 0 else "")
@@ -190,8 +195,11 @@ def plot_per_image_ig(per_image: pd.DataFrame, title: str = ""):
     better = float(np.mean(ig > 0))
     a.set_title(f"per image: model better on {100 * better:.0f}% of images")
     order = np.argsort(ig)
-    b.bar(np.arange(len(ig)), ig[order], width=1.0)
+    x = np.arange(len(ig))
+    b.fill_between(x, 0, ig[order], step="mid", linewidth=0, alpha=0.8)   # 700 bars would not show
     b.axhline(0, color="black", lw=0.8)
+    b.axhline(float(np.median(ig)), color="black", lw=0.8, ls=":", label=f"median {np.median(ig):.2f}")
+    b.legend(loc="upper left", fontsize="small")
     b.set_xlabel("image (sorted by IG)")
     b.set_ylabel("IG over centre bias (bit/fix)")
     b.set_title(title or "information gain per image")

@@ -15,7 +15,7 @@
 """
 from __future__ import annotations
 
-import math
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,28 +23,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from . import backbones, features
+from . import backbones, features, pretrained
+from .density import resize_log_density, uniform_log_density  # noqa: F401 (part of this API)
 from .ensemble import average_log_densities
 from .imageio import read_rgb
 from .io import DataError
 from .runs import FeatureSpec, feature_spec, find_fold_dirs, load_fold
-
-
-def uniform_log_density(h: int, w: int) -> np.ndarray:
-    return np.full((h, w), -math.log(h * w), dtype=np.float64)
-
-
-def resize_log_density(log_density: np.ndarray, h: int, w: int) -> np.ndarray:
-    """A log-density resampled to (h, w): bilinear on the density, renormalised."""
-    ld = np.asarray(log_density, dtype=np.float64)
-    if ld.shape == (h, w):
-        return ld
-    d = torch.from_numpy(np.exp(ld - ld.max()))[None, None]
-    r = F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
-    r = np.maximum(r, 0)
-    return np.log(r) - np.log(r.sum())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,19 +144,21 @@ def _backbone_options(spec: FeatureSpec) -> dict:
     return {}
 
 
-def load_model(run, fold: int | Sequence[int] | None = None, center_bias="training",
+def load_model(run=None, fold: int | Sequence[int] | None = None, center_bias="training",
                device: str = "cpu", weights=None) -> Predictor:
     """A trained run as a model for any image (see :class:`Predictor`).
 
-    ``run``: a run folder ``results/<run>/`` (all trained folds, averaged as densities), a name under
-    ``results/``, one fold folder ``results/<run>/fold_XX/`` or its ``model.pt``. ``fold``: restrict a
+    ``run``: None or a shipped model's name (``"osie"``, :mod:`dgstudy.pretrained`: the default
+    model, inside the package), a run folder ``results/<run>/`` (all trained folds, averaged as
+    densities), a name under ``results/``, one fold folder ``results/<run>/fold_XX/`` or its
+    ``model.pt``. ``fold``: restrict a
     run folder to one fold (or a list of folds). ``center_bias``: ``'training'`` | ``'uniform'`` | an
     (H, W) log-density array | a callable ``(h, w) -> log-density``. ``weights``: passed to
     ``dgstudy.backbones.get`` (a local weights file). The backbone is rebuilt from the recorded
     feature configuration (backbone, layers, downsample, dtype) and its weights hash must equal the
     recorded one (else :class:`DataError`).
     """
-    run_dir, fold_dirs = find_fold_dirs(run, fold)
+    run_dir, fold_dirs = find_fold_dirs(pretrained.DEFAULT if run is None else run, fold)
     members, specs = [], []
     for d in fold_dirs:
         model, cfg, cb = load_fold(d)
@@ -186,6 +173,8 @@ def load_model(run, fold: int | Sequence[int] | None = None, center_bias="traini
     backbone = backbones.get(spec.backbone, weights=weights, device=device, **_backbone_options(spec))
     check_backbone(backbone, spec, fold_dirs)
     predictor = Predictor(members, backbone, spec, center_bias=center_bias, device=device, run_dir=run_dir)
+    prov = Path(run_dir) / "provenance.json"      # shipped models (dgstudy.pretrained) record one
+    predictor.provenance = json.loads(prov.read_text()) if prov.exists() else None
     check_channels(predictor, fold_dirs)
     return predictor
 

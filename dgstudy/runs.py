@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import datasets
+from . import datasets, pretrained
 from .baselines import CenterBias
 from .config import TrainConfig
 from .features import NETWORK_KEYS, FeatureStore, default_store_path
@@ -112,7 +112,11 @@ def check_trained_on(fold_dirs, store) -> None:
 
 # -- loading -------------------------------------------------------------------------------------
 def load_fold(d) -> tuple[DeepGazeII, TrainConfig, object]:
-    """(model in eval mode, its TrainConfig, its training CenterBias) from ``fold_XX/``."""
+    """(model in eval mode, its TrainConfig, its training centre bias) from ``fold_XX/``.
+
+    The centre bias is the fold's ``CenterBias`` (``center_bias.json``), or in a shipped model its
+    :class:`~dgstudy.pretrained.CenterBiasGrid`; None if the fold recorded neither.
+    """
     d = Path(d)
     if not fold_done(d):
         raise DataError(f"{d}: fold is not finished (config.json or model.pt missing)")
@@ -121,7 +125,12 @@ def load_fold(d) -> tuple[DeepGazeII, TrainConfig, object]:
     model = DeepGazeII(**saved["hparams"])
     model.load_state_dict(saved["state_dict"])
     model.eval()
-    cb = CenterBias.from_dict(json.loads((d / "center_bias.json").read_text()))
+    if (d / "center_bias.json").exists():
+        cb = CenterBias.from_dict(json.loads((d / "center_bias.json").read_text()))
+    elif (d / pretrained.GRID_FILE).exists():          # a shipped model (dgstudy.pretrained)
+        cb = pretrained.CenterBiasGrid.load(d / pretrained.GRID_FILE)
+    else:
+        cb = None
     return model, TrainConfig.from_dict(info["train_config"]), cb
 
 
@@ -232,7 +241,10 @@ def fold_parameters(run_dir: str | Path) -> pd.DataFrame:
 
 # -- finding a run's folds and what its features were ---------------------------------------------
 def resolve_run_path(run) -> Path:
-    """``run`` as a path: as given, else under ``results/`` (DataError if neither exists)."""
+    """``run`` as a path: the name of a shipped model (:func:`dgstudy.pretrained.names`), else as
+    given, else under ``results/`` (DataError if none exists)."""
+    if str(run) in pretrained.names():
+        return pretrained.model_dir(str(run))
     p = Path(run)
     if not p.exists() and not p.is_absolute():
         q = results_dir() / p
@@ -240,7 +252,8 @@ def resolve_run_path(run) -> Path:
             p = q
     if not p.exists():
         raise DataError(f"{run}: no such run folder, fold folder or checkpoint "
-                        "(give results/<run>/, results/<run>/fold_XX/ or a model.pt)")
+                        "(give results/<run>/, results/<run>/fold_XX/, a model.pt or a shipped model: "
+                        f"{', '.join(pretrained.names()) or 'none'})")
     return p
 
 

@@ -33,7 +33,6 @@ framework to an anonymous temporary file, which is gone when the request ends).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import io
 import json
 import threading
@@ -55,7 +54,6 @@ from pydantic import BaseModel, Field
 from ._version import __version__
 from .figures import colour_bar_png, overlay_png
 from .io import DataError
-from .predict import load_model
 from .predict_files import predict_one
 
 
@@ -330,17 +328,6 @@ def create_app(model, limits: Limits = Limits()) -> FastAPI:
                         headers={"Content-Disposition": f'attachment; filename="{key}.{kind}"'})
 
     return app
-
-
-def load_served_model(run=None, **options):
-    """``load_model(run, **options)``; with no run, the default model ``load_model()`` gives, or a
-    :class:`DataError` saying to give one where this dgstudy has no default."""
-    if run is not None:
-        return load_model(run, **options)
-    if inspect.signature(load_model).parameters["run"].default is inspect.Parameter.empty:
-        raise DataError("no --model RUN given, and this dgstudy has no default model to serve: give a "
-                        "training run folder or name, e.g. --model results/osie-efficientnet_lite0")
-    return load_model(**options)
 
 
 def serve(model, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits()) -> None:

@@ -101,3 +101,16 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
         for ext in ("png", "pdf"):
             f = figures / "smoke" / f"{name}.{ext}"
             assert f.exists() and f.stat().st_size > 1000, f
+
+    # a rerun that changes no result changes no byte of the cleaned notebook (figures included):
+    # what make reproduce commits for OSIE churns only where a result changed
+    from dgstudy.notebook_clean import clean
+
+    figures_nb = next(nb for nb in notebooks if nb.name.startswith("06_"))
+    again = tmp_path / "again.ipynb"
+    papermill.execute_notebook(str(figures_nb), str(again), parameters=params, cwd=str(REPO),
+                               kernel_name="python3", progress_bar=False)
+    first, second = (clean(json.loads(p.read_text())) for p in (out / figures_nb.name, again))
+    assert first == second
+    text = json.dumps(first)
+    assert str(REPO) not in text and "start_time" not in text and "stderr" not in text

@@ -194,16 +194,19 @@ def test_results_are_kept_within_their_byte_budget():
     assert len(store) == 1 and store.get(big, "npy") is not None
 
 
-def test_serve_without_a_model_asks_for_one(monkeypatch, capsys):
-    def load_model_needing_a_run(run, **options):       # this branch's load_model: no default
-        raise AssertionError("not called")
-
-    monkeypatch.setattr(serve, "load_model", load_model_needing_a_run)
-    assert cli.main(["serve"]) == 1
-    assert "no --model RUN given" in capsys.readouterr().err
-    monkeypatch.setattr(serve, "load_model", lambda run="shipped", **options: (run, options))
-    assert serve.load_served_model(None, device="cpu") == ("shipped", {"device": "cpu"})
-    monkeypatch.undo()
+def test_serve_without_a_model_serves_the_shipped_one(capsys):
+    """The app on the model shipped in the package (what `dgstudy serve` without --model loads)."""
+    shipped = predict.load_model()
+    with TestClient(serve.create_app(shipped)) as c:
+        info = c.get("/model").json()
+        assert json.dumps(info).count(shipped.provenance["source_run"]) >= 1
+        rgb = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        r = c.post("/predict", files={"image": ("x.png", buf.getvalue(), "image/png")})
+        assert r.status_code == 200, r.text
+        ld = np.load(io.BytesIO(c.get(r.json()["npy_url"]).content))
+        np.testing.assert_array_equal(ld, shipped.log_density(rgb).astype(np.float32))
     assert cli.main(["serve", "--model", "/no/such/run", "--port", "1"]) == 1
     assert "cannot load the model /no/such/run" in capsys.readouterr().err
 

@@ -1,0 +1,151 @@
+"""Models shipped inside the package: a trained run, small enough to install, with its provenance.
+
+``load_model()`` (or ``load_model("osie")``) in :mod:`dgstudy.predict` and ``dgstudy predict``
+without ``--model`` use :data:`DEFAULT`. A shipped model is a run folder in the layout of
+:mod:`dgstudy.runs`, under ``dgstudy/models/<name>/``::
+
+    provenance.json        source run, its configuration, data checksum, backbone and weights
+                           hash, cross-validated metrics, why this run was chosen
+    per_image.csv          the source run's cross-validated per-image metrics (image, fold, ...)
+    fold_XX/model.pt       the fold's readout (copied)
+    fold_XX/config.json    the fold's record (copied: train/val/test images, store attributes)
+    fold_XX/center_bias_grid.npz   the fold's training centre bias as a small grid
+                           (:class:`CenterBiasGrid`) instead of every training fixation
+
+:func:`export` writes one from a trained run.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._version import __version__
+from .baselines import CenterBias
+from .density import resize_log_density
+from .io import DataError, atomic_path, write_json
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT = "osie"
+GRID_FILE = "center_bias_grid.npz"
+GRID_FACTOR = 4        # grid cells of the centre bias, in training-image pixels per side
+
+
+def names() -> list[str]:
+    """The shipped models."""
+    return sorted(p.parent.name for p in MODELS_DIR.glob("*/provenance.json"))
+
+
+def model_dir(name: str = DEFAULT) -> Path:
+    """The folder of shipped model ``name`` (DataError naming the shipped ones if there is none)."""
+    d = MODELS_DIR / name
+    if not (d / "provenance.json").exists():
+        raise DataError(f"no shipped model {name!r} in {MODELS_DIR} (shipped: {', '.join(names()) or 'none'})")
+    return d
+
+
+def provenance(name: str = DEFAULT) -> dict:
+    return json.loads((model_dir(name) / "provenance.json").read_text())
+
+
+@dataclass
+class CenterBiasGrid:
+    """A centre bias stored as a log-density over the cells of a small grid covering the image.
+
+    ``log_density_for_size(h, w)`` resamples it to any image size (bilinear on the density,
+    renormalised: :func:`dgstudy.density.resize_log_density`), the way the model uses a centre
+    bias. Made from a fitted :class:`~dgstudy.baselines.CenterBias` evaluated at the training
+    image size and area-averaged over cells of ``GRID_FACTOR`` x ``GRID_FACTOR`` pixels.
+    """
+
+    log_density: np.ndarray          # (gh, gw) natural log, exp sums to 1 over the cells
+    image_size: tuple[int, int]      # (H, W) it was evaluated at
+    bandwidth: float = float("nan")
+    uniform_weight: float = float("nan")
+
+    @classmethod
+    def from_center_bias(cls, cb: CenterBias, image_size, factor: int = GRID_FACTOR) -> "CenterBiasGrid":
+        h, w = (int(s) for s in image_size)
+        d = torch.from_numpy(np.exp(cb.log_density_for_size(h, w)))[None, None]
+        cells = F.interpolate(d, size=(max(1, round(h / factor)), max(1, round(w / factor))), mode="area")
+        cells = cells[0, 0].numpy()
+        return cls(np.log(cells) - np.log(cells.sum()), (h, w), cb.bandwidth, cb.uniform_weight)
+
+    def log_density_for_size(self, h: int, w: int) -> np.ndarray:
+        return resize_log_density(self.log_density, int(h), int(w))
+
+    def save(self, path) -> None:
+        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, log_density=self.log_density.astype(np.float32),
+                                image_size=np.asarray(self.image_size, dtype=np.int64),
+                                bandwidth=self.bandwidth, uniform_weight=self.uniform_weight)
+
+    @classmethod
+    def load(cls, path) -> "CenterBiasGrid":
+        try:
+            with np.load(path) as z:
+                ld = z["log_density"].astype(np.float64)
+                size = tuple(int(s) for s in z["image_size"])
+                bw, uw = float(z["bandwidth"]), float(z["uniform_weight"])
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+            raise DataError(f"{path}: not a readable centre-bias grid ({e})") from e
+        if ld.ndim != 2 or not np.isfinite(ld).all():
+            raise DataError(f"{path}: the centre-bias grid must be a finite 2-D array, got shape {ld.shape}")
+        return cls(ld, size, bw, uw)
+
+
+def export(run_dir, out_dir, dataset, why: str, summary_keys=None) -> Path:
+    """Write run ``run_dir`` (trained and evaluated: ``metrics.json``) as a shipped model folder.
+
+    ``dataset``: the run's data set (the training image size of each fold's centre bias, the
+    checksum in the provenance). ``why``: one paragraph on why this run is the shipped one.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        raise DataError(f"{run_dir}: evaluate the run first (no metrics.json)")
+    metrics = json.loads(metrics_path.read_text())
+    run_cfg = json.loads((run_dir / "config.json").read_text())
+    if run_cfg.get("dataset") != dataset.name:
+        raise DataError(f"{run_dir} was trained on {run_cfg.get('dataset')!r}, not on {dataset.name!r}")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    folds, store_attrs = [], None
+    for d in sorted(run_dir.glob("fold_*")):
+        info = json.loads((d / "config.json").read_text())
+        if info.get("store_attrs", {}).get("dataset_checksum") not in (None, dataset.checksum):
+            raise DataError(f"{d}: trained on another version of {dataset.name} than the one given")
+        store_attrs = info.get("store_attrs", store_attrs)
+        sizes, counts = np.unique(dataset.sizes[np.asarray(info["train_images"])], axis=0, return_counts=True)
+        image_size = tuple(int(s) for s in sizes[np.argmax(counts)])
+        cb = CenterBias.from_dict(json.loads((d / "center_bias.json").read_text()))
+        (out_dir / d.name).mkdir()
+        shutil.copy2(d / "model.pt", out_dir / d.name / "model.pt")
+        shutil.copy2(d / "config.json", out_dir / d.name / "config.json")
+        CenterBiasGrid.from_center_bias(cb, image_size).save(out_dir / d.name / GRID_FILE)
+        folds.append({"fold": int(info["fold"]), "image_size": list(image_size), "best_epoch": info.get("best_epoch"),
+                      "test_images": len(info.get("test_images", []))})
+    shutil.copy2(run_dir / "per_image.csv", out_dir / "per_image.csv")
+    summary = metrics["summary"]
+    keys = summary_keys or ["LL", "IG", "explained_IG", "IG_gold", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM",
+                            "n_images", "n_fixations"]
+    write_json(out_dir / "provenance.json", {
+        "name": out_dir.name, "dgstudy_version": __version__, "source_run": run_dir.name, "why": why,
+        "dataset": {"name": dataset.name, "checksum": dataset.checksum, "n_images": len(dataset),
+                    "source": dataset.source},
+        "backbone": {k: (store_attrs or {}).get(k) for k in
+                     ("backbone", "architecture", "weights_sha256", "layers", "downsample", "dtype")},
+        "train_config": run_cfg,
+        "cross_validated_metrics": {k: summary[k] for k in keys if k in summary},
+        "folds": metrics.get("folds"), "fold_files": folds,
+        "center_bias": f"per fold: the training images' centre bias on a grid of {GRID_FACTOR}x{GRID_FACTOR}-pixel "
+                       "cells of the training image size (CenterBiasGrid)",
+    })
+    return out_dir
