@@ -2,6 +2,7 @@
 
 ``dgstudy baselines --dataset osie``  uniform / centre bias / gold standard x all metrics
 ``dgstudy predict IMAGE... [--model RUN] --out DIR``  a trained run (default: the shipped model) on any images
+``dgstudy serve [--model RUN]``  the web service: a page and an HTTP API for one image at a time
 ``dgstudy preflight --profile osie``  are the profile's data and weights there? (make reproduce)
 ``dgstudy tag --profile osie``  the folder of the profile's tables and figures (the Makefile's)
 ``dgstudy clean-notebook NB...``  strip volatile content from executed notebooks (the Makefile's)
@@ -211,6 +212,49 @@ def format_summary(summary: dict) -> str:
 
 
 
+# -- serve ----------------------------------------------------------------------------------------
+def add_serve_command(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "serve", help="the web service: upload an image, see the predicted density",
+        description="Serve a model over HTTP (dgstudy.serve): a page at http://HOST:PORT/ to upload an "
+                    "image and see its predicted fixation density, POST /predict (multipart field "
+                    "'image') -> JSON with URLs of the log-density .npy and the overlay .png, GET "
+                    "/health, and the OpenAPI page at /docs. The model is loaded once, at start.")
+    p.add_argument("--model", default=None, metavar="RUN",
+                   help="training run folder (results/<run>/ or a run name), a fold folder or a model.pt "
+                        "(default: the model shipped with dgstudy, where there is one)")
+    p.add_argument("--fold", type=int, default=None, metavar="K", help="use only fold K (default: all folds)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--center-bias", default="training", choices=["training", "uniform"],
+                   help="centre bias of the training data rescaled to each image (default) or uniform")
+    p.add_argument("--max-megapixels", type=float, default=None, metavar="MP",
+                   help="largest image accepted, in megapixels (default: dgstudy.serve.Limits, 4; the "
+                        "server's memory peaks at about 0.4 GB per megapixel above its base)")
+    p.set_defaults(func=run_serve_command)
+    return p
+
+
+def run_serve_command(args: argparse.Namespace) -> int:
+    """The ``dgstudy serve`` handler: load the model, then serve until interrupted."""
+    from . import serve   # here, not at the top: the web framework loads only for this command
+
+    options = {"device": args.device, "center_bias": args.center_bias}
+    if args.fold is not None:
+        options["fold"] = args.fold
+    try:
+        model = load_model(args.model, **options)
+    except (DataError, KeyError, ValueError, OSError) as e:
+        print(f"dgstudy serve: cannot load the model {args.model or 'shipped with dgstudy'}: {e}", file=sys.stderr)
+        return 1
+    print(f"dgstudy serve: {model!r}\n  page http://{args.host}:{args.port}/  API docs "
+          f"http://{args.host}:{args.port}/docs", flush=True)
+    limits = serve.Limits() if args.max_megapixels is None else serve.Limits(max_pixels=int(args.max_megapixels * 1e6))
+    serve.serve(model, host=args.host, port=args.port, limits=limits)
+    return 0
+
+
 # -- preflight and tag (used by the Makefile) -------------------------------------------------------
 def preflight(cfg: StudyConfig, download: bool = False) -> list[str]:
     """Check that the profile's data set and backbone weights are reachable; return the problems.
@@ -292,8 +336,8 @@ def run_clean_notebook_command(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgstudy", description="DeepGaze II study tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_baselines_command, add_predict_command, add_preflight_command, add_tag_command,
-                add_clean_notebook_command):
+    for add in (add_baselines_command, add_predict_command, add_serve_command, add_preflight_command,
+                add_tag_command, add_clean_notebook_command):
         add(sub)
     return parser
 

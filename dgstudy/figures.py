@@ -9,6 +9,7 @@ Information gain and log-likelihood are in bit/fixation.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 
@@ -252,6 +254,24 @@ def density_overlay(rgb: np.ndarray, log_density: np.ndarray, alpha: float = 0.7
     dens = np.exp(log_density.astype(np.float64) - np.max(log_density))
     colour = colormaps[DENSITY_CMAP](dens)[..., :3]
     return (1 - alpha) * gray + alpha * colour
+
+
+def overlay_png(rgb: np.ndarray, log_density: np.ndarray) -> bytes:
+    """:func:`density_overlay` at the image's own resolution, encoded as PNG bytes (8-bit RGB)."""
+    arr = np.clip(np.round(density_overlay(rgb, log_density) * 255.0), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="png", compress_level=1)   # speed over size, as below
+    return buf.getvalue()
+
+
+def colour_bar_png(width: int = 256, height: int = 12) -> bytes:
+    """The :data:`DENSITY_CMAP` colour bar of :func:`density_overlay` as PNG bytes: left = 0,
+    right = the density's maximum (overlays are scaled to their maximum)."""
+    ramp = colormaps[DENSITY_CMAP](np.linspace(0, 1, width))[None, :, :3]
+    arr = np.repeat(np.round(ramp * 255).astype(np.uint8), height, axis=0)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="png")
+    return buf.getvalue()
 
 
 def save_density_plot(path, rgb: np.ndarray, log_density: np.ndarray, fixations: pd.DataFrame | None = None,

@@ -50,6 +50,22 @@ def output_stems(images: Sequence[Path]) -> list[str]:
     return stems
 
 
+def predict_one(model, image) -> tuple[np.ndarray, np.ndarray]:
+    """One image's prediction, as every ``dgstudy predict`` and ``dgstudy serve`` output is made.
+
+    ``image``: anything :func:`read_rgb` reads (a path, encoded bytes, a file object, an array).
+    Returns ``(rgb, log_density)``: the (H, W, 3) uint8 image as read and the model's (H, W)
+    float32 natural-log density for it. Raises :class:`DataError` if the image does not decode or
+    the model answers another shape.
+    """
+    rgb = read_rgb(image)
+    logd = np.asarray(model.log_density(rgb), dtype=np.float32)
+    if logd.shape != rgb.shape[:2]:
+        what = image if isinstance(image, (str, os.PathLike)) else "image"
+        raise DataError(f"{what}: model returned shape {logd.shape} for a {rgb.shape[1]}x{rgb.shape[0]} image")
+    return rgb, logd
+
+
 def predict_images(model, images: Sequence[str | os.PathLike], out, fixations=None,
                    plot: bool = True, progress: bool | None = None,
                    kernel_size: float | None = None) -> PredictReport:
@@ -80,10 +96,7 @@ def predict_images(model, images: Sequence[str | os.PathLike], out, fixations=No
     disable = (len(paths) < 2) if progress is None else not progress
     for i, (p, stem) in enumerate(tqdm(list(zip(paths, stems)), desc="predict", unit="img", disable=disable)):
         try:
-            rgb = read_rgb(p)
-            logd = np.asarray(model.log_density(rgb), dtype=np.float32)
-            if logd.shape != rgb.shape[:2]:
-                raise DataError(f"{p}: model returned shape {logd.shape} for a {rgb.shape[1]}x{rgb.shape[0]} image")
+            rgb, logd = predict_one(model, p)
             npy = out / f"{stem}.npy"
             with atomic_path(npy, suffix=".npy") as tmp:
                 with open(tmp, "wb") as f:
