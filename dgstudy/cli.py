@@ -23,7 +23,7 @@ from .imageio import expand_image_args
 from .io import DataError, atomic_path, write_json
 from .metrics import MAIN_AVERAGE, evaluate
 from .paths import results_dir
-from .predict import load_model
+from .predict import load_model, parse_scale
 from .predict_files import predict_images
 
 TABLE_METRICS = tuple(MAIN_AVERAGE)
@@ -117,7 +117,13 @@ Predict fixation densities with a trained run (the average of its fold models' d
 
 For each IMAGE (a folder stands for the image files in it) writes into --out:
   <stem>.npy   natural-log density over the pixels, float32 (H, W); exp sums to 1
+  <stem>.json  the scale used and the size the image was predicted at
   <stem>.png   the image and the predicted density
+
+--scale training (default) predicts each image at the run's training scale: resampled to the
+pixel area of the training images (same aspect ratio), predicted there, and the density mapped
+back to the image's own pixels. --scale native predicts at the image's own size; a number is a
+pixel area to predict at (e.g. 480000 for 800x600).
 
 Images of any size; grayscale is replicated to RGB, transparency is composited on white,
 the EXIF orientation is applied first (coordinates refer to the image as displayed).
@@ -155,8 +161,15 @@ def add_predict_command(subparsers) -> argparse.ArgumentParser:
                    help="sigma (px) of the empirical saliency map for CC, KLDiv, SIM "
                         "(default: 1/30 of the larger image side; about 1 degree of visual angle is usual)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
+    _scale_argument(p)
     p.set_defaults(func=run_predict_command)
     return p
+
+
+def _scale_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", default="training", type=parse_scale, metavar="training|native|AREA",
+                   help="predict each image at the run's training scale (default), at its own size "
+                        "(native), or at a pixel area AREA (e.g. 480000)")
 
 
 def run_predict_command(args: argparse.Namespace) -> int:
@@ -166,7 +179,8 @@ def run_predict_command(args: argparse.Namespace) -> int:
         print("dgstudy predict: no images found", file=sys.stderr)
         return 1
     try:
-        model = load_model(args.model, fold=args.fold, center_bias=args.center_bias, device=args.device)
+        model = load_model(args.model, fold=args.fold, center_bias=args.center_bias, device=args.device,
+                           scale=args.scale)
     except (DataError, KeyError, ValueError, OSError) as e:
         print(f"dgstudy predict: cannot load the model {args.model}: {e}", file=sys.stderr)
         return 1
@@ -199,6 +213,8 @@ def format_summary(summary: dict) -> str:
         text = f"{int(v):d}" if k.startswith("n_") else f"{float(v):.4f}"
         unit = " bits/fix" if k in ("LL", "IG") else ""
         lines.append(f"  {k:<12} {text:>10}  {conv.get(k, '')}{unit}")
+    for k, why in (summary.get("not_computable") or {}).items():
+        lines.append(f"  {k:<12} {'n/a':>10}  not computable: {why}")
     return "\n".join(lines)
 
 
