@@ -66,33 +66,48 @@ def _model_for(model):
     raise TypeError(f"model must be a Predictor or a function image -> Predictor, got {type(model).__name__}")
 
 
-def evaluate(model, dataset: FixationDataset, scale=None, images=None, kernel_size: float | None = None,
-             progress: bool = False) -> TransferEvaluation:
-    """Predict ``images`` (default all; those without fixations are skipped) of ``dataset`` and score
-    them (module docstring). ``model``: a Predictor or ``i -> Predictor``; ``scale``: passed to its
-    ``log_density`` (None: the Predictor's own); ``kernel_size``: sigma (px) of the empirical map."""
-    model_for = _model_for(model)
+def _with_fixations(dataset, images) -> np.ndarray:
     images = np.arange(len(dataset)) if images is None else np.asarray(images, dtype=np.int64)
     counts = np.bincount(dataset.fixations["image"].to_numpy(), minlength=len(dataset))
     images = images[counts[images] > 0]
     if not len(images):
         raise DataError(f"{dataset.name}: no fixations on the images to evaluate")
+    return images
+
+
+def fit_baselines(dataset: FixationDataset, images=None) -> tuple[CenterBias | None, GoldStandard | None, dict]:
+    """(the leave-image-out centre bias, the leave-one-subject-out gold standard, {metric: reason})
+    of ``images`` (default all) of ``dataset``; None where not computable (:data:`REASONS`)."""
+    images = _with_fixations(dataset, images)
     not_computable: dict[str, str] = {}
+    center_bias = gold = None
+    try:
+        center_bias = CenterBias.fit(dataset, images=images)
+    except DataError:
+        not_computable.update(IG=REASONS["center_bias"], explained_IG=REASONS["center_bias"])
+    n_subjects = dataset.fixations[np.isin(dataset.fixations["image"], images)]["subject"].nunique()
+    if center_bias is not None and n_subjects >= 2:
+        gold = GoldStandard.fit(dataset, center_bias, images=images)
+    elif "explained_IG" not in not_computable:
+        not_computable.update(explained_IG=REASONS["gold_standard"], IG_gold=REASONS["gold_standard"])
+    return center_bias, gold, not_computable
+
+
+def evaluate(model, dataset: FixationDataset, scale=None, images=None, kernel_size: float | None = None,
+             progress: bool = False, baselines=None) -> TransferEvaluation:
+    """Predict ``images`` (default all; those without fixations are skipped) of ``dataset`` and score
+    them (module docstring). ``model``: a Predictor or ``i -> Predictor``; ``scale``: passed to its
+    ``log_density`` (None: the Predictor's own); ``kernel_size``: sigma (px) of the empirical map;
+    ``baselines``: :func:`fit_baselines` of these images, if already fitted."""
+    model_for = _model_for(model)
+    images = _with_fixations(dataset, images)
+    center_bias, gold, not_computable = baselines if baselines is not None else fit_baselines(dataset, images)
+    not_computable = dict(not_computable)
     with tempfile.TemporaryDirectory(prefix="dgstudy-transfer-") as tmp:
         files = [Path(tmp) / f"{i}.npy" for i in range(len(dataset))]
         extra = []
         for i in tqdm(images, desc="predict", unit="img", disable=not progress, leave=False):
             extra.append(_predict_one(model_for(int(i)), dataset, int(i), scale, files[int(i)]))
-        center_bias = gold = None
-        try:
-            center_bias = CenterBias.fit(dataset, images=images)
-        except DataError:
-            not_computable.update(IG=REASONS["center_bias"], explained_IG=REASONS["center_bias"])
-        n_subjects = dataset.fixations[np.isin(dataset.fixations["image"], images)]["subject"].nunique()
-        if center_bias is not None and n_subjects >= 2:
-            gold = GoldStandard.fit(dataset, center_bias, images=images)
-        elif "explained_IG" not in not_computable:
-            not_computable.update(explained_IG=REASONS["gold_standard"], IG_gold=REASONS["gold_standard"])
         summary, per_image = metrics.evaluate(SavedPredictions(files), dataset, baseline=center_bias, gold=gold,
                                               images=images, per_image=True, kernel_size=kernel_size)
     not_computable.update(summary.pop("not_computable", {}))
@@ -109,6 +124,23 @@ def evaluate(model, dataset: FixationDataset, scale=None, images=None, kernel_si
     return TransferEvaluation(summary=summary, per_image=per_image, not_computable=not_computable,
                               center_bias=center_bias, gold=gold, dataset=dataset,
                               model=str(getattr(model, "run_dir", "") or ""))
+
+
+def evaluate_at_scales(model, dataset: FixationDataset, scales=("training", "native"), images=None,
+                       **kw) -> dict:
+    """{scale: :func:`evaluate` at that scale} with the baselines fitted once; a scale under which
+    every image is predicted at the same size as under an earlier one (e.g. ``native`` for images
+    already at the training scale) reuses that evaluation instead of predicting again."""
+    model_for = _model_for(model)
+    images = _with_fixations(dataset, images)
+    baselines = fit_baselines(dataset, images)
+    out, sizes = {}, {}
+    for scale in scales:
+        sizes[scale] = [model_for(int(i)).working_size(*dataset.sizes[i], scale) for i in images]
+        same = next((s for s in out if sizes[s] == sizes[scale]), None)
+        out[scale] = out[same] if same is not None else evaluate(model, dataset, scale, images,
+                                                                 baselines=baselines, **kw)
+    return out
 
 
 def _predict_one(model, dataset, i: int, scale, path: Path) -> dict:
@@ -170,23 +202,38 @@ class RescaledDataset(FixationDataset):
         return sub
 
 
-def rescaled(dataset: FixationDataset, width: int, images=None) -> RescaledDataset:
+def rescaled(dataset: FixationDataset, width: int | None, images=None) -> RescaledDataset:
     """``images`` (default all) of ``dataset`` shown ``width`` px wide (height keeps the aspect
-    ratio, rounded), the fixations scaled with them; image ``k`` is ``images[k]`` of ``dataset``."""
+    ratio, rounded; ``None``: each at its own size), the fixations scaled with them; image ``k`` is
+    ``images[k]`` of ``dataset``. ``notes['pixels_per_degree']`` (the metrics' kernel size) is the
+    parent's (:func:`dgstudy.metrics.default_kernel_size`) scaled with the median width."""
     images = np.arange(len(dataset)) if images is None else np.asarray(images, dtype=np.int64)
     sub = dataset.subset(images)
     H, W = sub.sizes[:, 0].astype(np.float64), sub.sizes[:, 1].astype(np.float64)
-    sizes = np.column_stack([np.maximum(1, np.floor(H * width / W + 0.5)), np.full(len(W), width)]).astype(np.int64)
+    if width is None:
+        sizes = sub.sizes.copy()
+    else:
+        sizes = np.column_stack([np.maximum(1, np.floor(H * width / W + 0.5)),
+                                 np.full(len(W), width)]).astype(np.int64)
     fx = sub.fixations.copy()
     img = fx["image"].to_numpy()
     sy, sx = sizes[img, 0] / H[img], sizes[img, 1] / W[img]
     fx["x"] = np.minimum(fx["x"].to_numpy() * sx, np.nextafter(sizes[img, 1], 0))
     fx["y"] = np.minimum(fx["y"].to_numpy() * sy, np.nextafter(sizes[img, 0], 0))
-    ds = RescaledDataset(name=f"{dataset.name}-w{width}", stimuli=sub.stimuli, sizes=sizes, fixations=fx,
-                         source=f"{dataset.name} images resampled to {width} px wide",
-                         notes={"rescaled_from": dataset.name, "width": int(width)})
+    ppd = metrics.default_kernel_size(dataset) * float(np.median(sizes[:, 1] / W))
+    ds = RescaledDataset(name=f"{dataset.name}-w{width or 'original'}", stimuli=sub.stimuli, sizes=sizes,
+                         fixations=fx, source=f"{dataset.name} images shown {width or 'at their own'} px wide",
+                         notes={"rescaled_from": dataset.name, "width": width, "pixels_per_degree": ppd})
     ds.parent, ds.parent_images = dataset, images
     return ds
+
+
+def spread_images(images, n: int | None) -> np.ndarray:
+    """At most ``n`` of ``images``, evenly spread over the sorted list (all if ``n`` is None)."""
+    images = np.sort(np.asarray(images, dtype=np.int64))
+    if n is None or n >= len(images):
+        return images
+    return images[np.unique(np.linspace(0, len(images) - 1, n).round().astype(np.int64))]
 
 
 def scale_table(results: dict, reference, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:

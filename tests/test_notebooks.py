@@ -1,4 +1,4 @@
-"""The whole notebook chain 01-07 at toy scale (the ``smoke`` profile), through papermill.
+"""The whole notebook chain 01-08 at toy scale (the ``smoke`` profile), through papermill.
 
 Results and figures go to a temporary folder (``DGSTUDY_RESULTS``, ``DGSTUDY_FIGURES``); the data
 root stays the repository's ``data/`` so the OSIE cache and the smoke feature store are reused.
@@ -29,8 +29,9 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     import papermill
 
     notebooks = smoke_chain()
-    assert [p.name[:2] for p in notebooks] == ["01", "02", "03", "04", "05", "06", "07"], notebooks
+    assert [p.name[:2] for p in notebooks] == ["01", "02", "03", "04", "05", "06", "07", "08"], notebooks
     params = {"profile": "smoke", "overrides": {}}
+    extra = {"08_transfer.ipynb": {"max_images": 8}}       # keeps the transfer notebook to ~1 min
     results, figures = tmp_path / "results", tmp_path / "figures"
     monkeypatch.setenv("DGSTUDY_RESULTS", str(results))
     monkeypatch.setenv("DGSTUDY_FIGURES", str(figures))
@@ -40,7 +41,8 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     timings = {}
     for nb in notebooks:
         t0 = time.perf_counter()
-        papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(REPO),
+        papermill.execute_notebook(str(nb), str(out / nb.name), parameters={**params, **extra.get(nb.name, {})},
+                                   cwd=str(REPO),
                                    kernel_name="python3", progress_bar=False)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
     print("notebook seconds:", timings)
@@ -94,10 +96,21 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
         scores = choice["validation_LL"][fold]
         assert scores["+".join(members)] == max(scores.values())
 
+    # transfer: three widths x two scales; the original size predicts the same either way, and the
+    # default keeps more of it at 256 px wide than native prediction does
+    tr = pd.read_csv(out / "transfer.csv").set_index(["width", "scale"])
+    assert sorted(tr.index) == [(256, "native"), (256, "training"), (800, "native"), (800, "training"),
+                                (1600, "native"), (1600, "training")]
+    assert tr.loc[(800, "training"), "IG_ratio"] == pytest.approx(1.0)
+    assert tr.loc[(800, "native"), "IG_run_cb"] == pytest.approx(tr.loc[(800, "training"), "IG_run_cb"])
+    assert tr.loc[(256, "training"), "predicted_width"] == 800 and tr.loc[(256, "native"), "predicted_width"] == 256
+    assert tr.loc[(256, "training"), "IG_run_cb"] > tr.loc[(256, "native"), "IG_run_cb"]
+    assert (out / "transfer.md").read_text().startswith("# Transfer across image scales")
+
     # figures: PNG and PDF of each
     for name in ("examples", "center_bias", "ablation_layers", "ablation_centerbias",
                  "ablation_backbones", "ablation_backbones_folds",
-                 "per_image_ig", "blur", "training_curves"):
+                 "per_image_ig", "blur", "training_curves", "transfer"):
         for ext in ("png", "pdf"):
             f = figures / "smoke" / f"{name}.{ext}"
             assert f.exists() and f.stat().st_size > 1000, f
