@@ -114,3 +114,34 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
         for ext in ("png", "pdf"):
             f = figures / "smoke" / f"{name}.{ext}"
             assert f.exists() and f.stat().st_size > 1000, f
+
+
+@pytest.mark.slow
+def test_chain_on_a_folder_data_set_of_mixed_sizes(tmp_path, monkeypatch):
+    """Your own data: a folder of generated images of three sizes and a fixation CSV, given as the
+    profile's ``dataset: folder`` (here as overrides of smoke): features, training with evaluation
+    and the transfer notebook run on it (the ablations 03-05 train more runs of the same code and
+    the report reads their tables: left to the smoke chain, to keep this test short)."""
+    import papermill
+
+    from test_transfer import make_folder
+
+    folder, csv = make_folder(tmp_path / "mydata", n_subjects=4, per_subject=8)
+    overrides = {"dataset": "folder", "dataset_options": {"images": str(folder), "fixations": str(csv)},
+                 "max_epochs": 2, "bootstrap": 50}
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    monkeypatch.setenv("DGSTUDY_RESULTS", str(results))
+    monkeypatch.setenv("DGSTUDY_FIGURES", str(figures))
+    monkeypatch.setenv("DGSTUDY_DATA", str(tmp_path / "data"))
+    out = results / "smoke"
+    out.mkdir(parents=True)
+    for name in ("01_extract_features", "02_train_readout", "08_transfer"):
+        params = {"profile": "smoke", "overrides": overrides, **({"max_images": 3} if name == "08_transfer" else {})}
+        papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
+                                   parameters=params, cwd=str(REPO), kernel_name="python3", progress_bar=False)
+    metrics = json.loads((results / "smoke-efficientnet_lite0" / "metrics.json").read_text())
+    assert metrics["config"]["dataset"] == "folder" and metrics["summary"]["n_images"] == 9
+    info = json.loads((results / "smoke-efficientnet_lite0" / "fold_00" / "config.json").read_text())
+    assert info["training_pixel_area"] in (6144.0, 6400.0)   # the median area of its training images
+    tr = pd.read_csv(out / "transfer.csv")
+    assert len(tr) == 6 and np.isfinite(tr["IG_run_cb"]).all()
