@@ -38,7 +38,8 @@ def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     size = (int(size[0]), int(size[1]))
     if tuple(rgb.shape[:2]) == size:
         return rgb
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(torch.float32)
+    rgb = np.ascontiguousarray(rgb)
+    x = torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy()).permute(2, 0, 1)[None].to(torch.float32)
     y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     return y[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 

@@ -47,6 +47,8 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def _fail(path, problems: list[str], what: str):
+    """DataError: ``path: <n> <what>:`` and the first problems, one a line (without the path)."""
+    problems = [p[len(f"{path}: "):] if p.startswith(f"{path}: ") else p for p in problems]
     more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
     raise DataError(f"{path}: {len(problems)} {what}:\n  " + "\n  ".join(problems[:MAX_LISTED]) + more)
 
