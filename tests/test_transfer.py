@@ -201,6 +201,7 @@ def test_folder_dataset_reads_mixed_sizes_and_is_cached(tmp_path, data_root):
     ("no x column", r"fix\.csv: missing column\(s\) \['x'\]"),
     ("no folder", r"nowhere: image folder does not exist"),
     ("broken image", r"im9\.png: image does not decode"),
+    ("rotated image", r"im8\.jpg: has an EXIF orientation tag \(6\)"),
 ])
 def test_folder_bad_inputs_are_errors_naming_file_and_line(tmp_path, data_root, case, match):
     folder, csv = make_folder(tmp_path, sizes=((96, 64), (64, 96)), n_subjects=2, per_subject=2)
@@ -219,6 +220,10 @@ def test_folder_bad_inputs_are_errors_naming_file_and_line(tmp_path, data_root, 
         df = df.drop(columns="x")
     elif case == "broken image":
         (folder / "im9.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    elif case == "rotated image":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.open(folder / "im0.png").convert("RGB").save(folder / "im8.jpg", exif=exif.tobytes())
     df.to_csv(csv, index=False)
     if case == "empty":
         csv.write_text("")

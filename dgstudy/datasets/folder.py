@@ -9,7 +9,8 @@ name) and the CSV of ``dgstudy predict --fixations`` (:mod:`dgstudy.fixation_csv
 order of a subject's rows on an image in the file.
 
 Bad input is an error naming the file (and the CSV line): a missing folder, a folder without
-images, an image that does not decode, a missing, unreadable or empty CSV, a missing column, a
+images, an image that does not decode or carries an EXIF rotation (stored and displayed pixels
+would differ), a missing, unreadable or empty CSV, a missing column, a
 row naming no image of the folder (``unknown_images='skip'``: skipped and counted in ``notes``
 instead), a non-numeric ``x``/``y``/``subject``, a position outside its image. Documented, not an
 error: no ``subject`` column (all fixations are one observer, ``notes['subjects']`` says so: the
@@ -84,6 +85,7 @@ def load_folder(images: str | os.PathLike, fixations: str | os.PathLike, unknown
         _fail(csv, [f"line {r.line}: image {r.name!r} fits several files (write the file name)"
                     for r in rows[ambiguous].itertuples()], "rows name an image ambiguously")
     sizes = image_sizes([str(p) for p in files])
+    _check_upright(files)
     table = check_fixations(rows, {i: tuple(s) for i, s in enumerate(sizes)}, csv)
     if table.errors:
         _fail(csv, table.errors, "bad rows")
@@ -110,6 +112,20 @@ def load_folder(images: str | os.PathLike, fixations: str | os.PathLike, unknown
     if cache:
         save_cache(key, ds, [folder, csv, *files])
     return ds
+
+
+def _check_upright(files) -> None:
+    """DataError for an image whose EXIF orientation tag says it is shown rotated: the CSV's pixel
+    coordinates would be ambiguous (stored vs displayed pixels)."""
+    from PIL import Image
+
+    for p in files:
+        with Image.open(p) as im:
+            orientation = im.getexif().get(0x0112, 1)
+        if orientation not in (0, 1):
+            raise DataError(f"{p}: has an EXIF orientation tag ({orientation}): viewers show it rotated, "
+                            "so its fixation coordinates are ambiguous; save the image upright (as it was "
+                            "shown to the observers) without the tag")
 
 
 def _header(csv: Path) -> list[str]:
