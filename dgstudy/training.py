@@ -31,6 +31,7 @@ from .config import TrainConfig
 from .io import atomic_path, write_json
 from .model import DeepGazeII
 from .paths import results_dir
+from .rescale import TRAINING_SCALE_KEY, training_pixel_area
 from .runs import check_run_config, check_trained_on, fold_dir, fold_done, load_dataset, open_store
 
 LN2 = math.log(2.0)
@@ -336,6 +337,7 @@ def _train_folds(cfg, run_dir, todo, dataset, features, store, progress) -> Path
             "fold": fold, "train_config": cfg.to_dict(),
             "train_images": train, "val_images": val, "test_images": test,
             "dataset_checksum": dataset.checksum, "n_images": len(dataset),
+            TRAINING_SCALE_KEY: training_pixel_area(dataset.sizes[train]),
             "best_epoch": int(best["epoch"]), "best_val_LL": float(best["val_LL"]),
             "best_val_ig": float(best["val_ig"]), "seed": attempts["seed"],
             "dead_seeds": attempts["dead_seeds"],
