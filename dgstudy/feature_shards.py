@@ -12,7 +12,6 @@ read back as plain values, and handed to the caller's check.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from .io import DataError, atomic_path
+from .io import DataError, atomic_path, file_lock
 
 
 def parts_dir(out: str | os.PathLike) -> Path:
@@ -133,13 +132,6 @@ def scan(out: Path, pdir: Path, attrs: dict, check: Callable[[Path, dict, dict],
 def writer_lock(out: Path):
     """Hold an exclusive ``flock`` on ``<out>.lock``: a second writer waits (the OS drops the lock
     of a killed process)."""
-    with open(out.with_name(out.name + ".lock"), "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another process that is extracting into {out} ...", flush=True)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(out.with_name(out.name + ".lock"),
+                   f"waiting for another process that is extracting into {out} ..."):
+        yield

@@ -7,6 +7,7 @@ only when complete.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -64,6 +65,25 @@ def atomic_path(final: str | os.PathLike, suffix: str = ""):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, waiting: str | None = None):
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block: a second holder
+    waits, printing ``waiting`` first; the OS drops the lock of a killed process."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_json(path: str | os.PathLike, obj, **kw) -> None:

@@ -75,7 +75,7 @@ def fold_done(d: Path) -> bool:
     return (d / "config.json").exists() and (d / "model.pt").exists()
 
 
-RUNTIME_KEYS = ("device", "num_threads")   # settings that do not change what a run computes
+RUNTIME_KEYS = ("device", "num_threads", "scheduler")   # settings that do not change what a run computes
 
 
 def check_run_config(run_dir: Path, cfg: TrainConfig) -> None:
