@@ -19,7 +19,7 @@ import pandas as pd
 from . import backbones, baselines, datasets, ensemble, features
 from .backbones.vgg19 import PAPER_LAYERS
 from .config import StudyConfig, TrainConfig
-from .evaluation import load_run_metrics
+from .evaluation import evaluate_runs, load_run_metrics
 from .metrics import evaluate
 from .paths import results_dir
 from .statistics import bootstrap_paired_difference, summarize
@@ -35,11 +35,13 @@ def ablation_table(results: dict, n_boot: int = 1000, level: float = 0.95, seed:
     ``describe``: optional {condition: text} (e.g. the layers), put in column ``detail``.
     ``reference``: a condition; adds ``IG_diff`` (condition minus reference, bit/fix) with a
     *paired* interval (the same images resampled for both; images matched by ``image``).
-    ``evaluate_kw``: passed to ``evaluation.evaluate_run`` for runs not yet evaluated.
+    ``evaluate_kw``: passed to ``evaluation.evaluate_runs`` for the runs not yet evaluated (one
+    task each, all at once).
     The same ``seed`` is used for every condition, so the resampled image sets are identical
     across conditions.
     """
-    loaded = {cond: (load_run_metrics(res, **(evaluate_kw or {})) if isinstance(res, (str, Path)) else res)
+    evaluate_runs([res for res in results.values() if isinstance(res, (str, Path))], **(evaluate_kw or {}))
+    loaded = {cond: (load_run_metrics(res) if isinstance(res, (str, Path)) else res)
               for cond, res in results.items()}
     rows = []
     for cond, (summary, per_image) in loaded.items():

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import REPO, isolated_study
-from dgstudy import datasets, features, runs, tasks, training
+from dgstudy import datasets, evaluation, features, runs, tasks, training
 from dgstudy.config import TrainConfig
 
 pytest.importorskip("distributed")
@@ -158,6 +158,13 @@ def test_local_cluster_equals_sync(study, monkeypatch, capsys):
         workers = {json.loads((d / "config.json").read_text())["executed_by"]["worker"]
                    for run in got for d in run.glob("fold_*")}
         assert None not in workers and workers <= set(tasks.client("local").scheduler_info()["workers"])
+        # the runs' evaluations as tasks: the same metrics as in process
+        evaluation.evaluate_runs(got, dataset=study["ds"], scheduler="local", progress=False)
+        evaluation.evaluate_runs(study["reference"], dataset=study["ds"], scheduler="sync", progress=False)
+        for a, b in zip(study["reference"], got):
+            assert json.loads((a / "metrics.json").read_text())["summary"] == \
+                json.loads((b / "metrics.json").read_text())["summary"]
+            assert (a / "per_image.csv").read_text() == (b / "per_image.csv").read_text()
 
         with features.FeatureStore(study["store"]) as store:
             feats = training.read_features(store, range(N_IMAGES), progress=False)
