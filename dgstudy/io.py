@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -113,11 +114,13 @@ def verify_file(path: str | os.PathLike, sha256: str) -> None:
                         "the file is corrupt or not the published one; delete it and download again")
 
 
-def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout: float = 60) -> Path:
+def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout: float = 60,
+          verify: Callable[[Path], None] | None = None) -> Path:
     """Download ``url`` (http(s) or file://) to ``dest`` atomically, verifying ``sha256``.
 
-    An existing ``dest`` with the right checksum is kept as is. A partial download
-    never appears under ``dest``.
+    ``verify(path)``: a further check of the downloaded file (e.g. a published hash prefix or MD5)
+    that raises DataError if it fails. An existing ``dest`` with the right checksum is kept as is.
+    A partial or refused download never appears under ``dest``.
     """
     dest = Path(dest)
     if dest.exists() and (sha256 is None or sha256_file(dest) == sha256.lower()):
@@ -138,6 +141,8 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout:
             if got != sha256.lower():
                 raise DataError(f"{dest.name}: downloaded from {url} but SHA-256 is {got}, "
                                 f"expected {sha256.lower()}")
+        if verify is not None:
+            verify(tmp)
     return dest
 
 
