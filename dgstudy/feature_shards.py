@@ -1,4 +1,5 @@
 """Crash-safe writing of an HDF5 image store: shards, the merge, the scan that resumes, the lock.
+Every dataset carries HDF5's fletcher32 checksum, so a corrupt chunk fails on reading.
 
 No file is ever modified in place. Finished images go to shard files ``<out>.parts/part-XXXXX.h5``,
 each written under a temporary name, fsynced and renamed into place (:func:`dgstudy.io.atomic_path`),
@@ -79,7 +80,7 @@ def write_part(pdir: Path, attrs: dict, results: dict[int, tuple], compression) 
                 g.attrs["image_size"] = np.asarray(image_size, dtype=np.int64)
                 g.attrs["input_size"] = np.asarray(in_size, dtype=np.int64)
                 for layer, arr in feats.items():
-                    g.create_dataset(layer, data=arr, compression=compression)
+                    g.create_dataset(layer, data=arr, compression=compression, fletcher32=True)
         fsync(tmp)
     return final
 
@@ -112,9 +113,15 @@ def scan(out: Path, pdir: Path, attrs: dict, check: Callable[[Path, dict, dict],
     for stray in out.parent.glob(f".{out.name}.*.tmp"):   # a merge whose writer was killed
         stray.unlink()
     if out.exists():
-        with h5py.File(out, "r") as f:
-            check(out, read_attrs(f), attrs)
-            done |= stored_images(f)
+        try:
+            with h5py.File(out, "r") as f:
+                have = read_attrs(f)
+                images = stored_images(f)
+        except OSError as e:
+            raise DataError(f"{out}: not a readable HDF5 store, truncated or corrupt ({e}); delete it "
+                            "(its .parts folder keeps any unmerged images) and extract again") from e
+        check(out, have, attrs)
+        done |= images
     if pdir.exists():
         for stray in pdir.glob(".part-*.tmp"):   # a shard whose writer was killed
             stray.unlink()
