@@ -33,6 +33,7 @@ from .feature_shards import (consolidate, image_key, parts_dir, read_attrs, scan
                              write_part, writer_lock)
 from .io import DataError
 from .paths import data_dir
+from .util import to_device
 
 FORMAT_VERSION = 2
 ATTR_KEYS = ("backbone", "architecture", "weights_sha256", "network_id", "layers", "downsample",
@@ -96,7 +97,7 @@ def _run_batch(backbone, x, layers, dtype: str, autocast_bf16: bool) -> list[dic
     """Features of a batch (B, 3, h, w) as one {layer: (C, h, w) array of ``dtype``} per image."""
     device = backbone.mean.device
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-        feats = backbone.features(x.to(device), layers)
+        feats = backbone.features(to_device(x, device), layers)
     out = [dict() for _ in range(x.shape[0])]
     for layer, t in feats.items():
         arr = t.to(torch.float32).cpu().numpy()

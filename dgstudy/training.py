@@ -41,6 +41,7 @@ from .features import FeatureStore
 from .io import atomic_path, file_lock, write_json
 from .model import DeepGazeII
 from .paths import results_dir
+from .util import to_device
 from .runs import check_run_config, check_trained_on, fold_dir, fold_done, load_dataset, open_store
 
 LN2 = math.log(2.0)
@@ -115,12 +116,12 @@ class _Batcher:
 
     def __call__(self, batch):
         size = tuple(int(v) for v in self.dataset.sizes[batch[0]])
-        x = torch.from_numpy(np.stack([self.features[int(i)] for i in batch])).to(self.device, torch.float32)
+        x = to_device(torch.from_numpy(np.stack([self.features[int(i)] for i in batch])), self.device, torch.float32)
         cb = self.center_bias(size).expand(len(batch), *size)
         grid = None if self.grid_of is None else self.grid_of(*size)
         fix = [self.fixations(int(i), grid) for i in batch]
-        b_idx = torch.from_numpy(np.repeat(np.arange(len(batch)), [len(f) for f in fix])).to(self.device)
-        p_idx = torch.from_numpy(np.concatenate(fix)).to(self.device)
+        b_idx = to_device(torch.from_numpy(np.repeat(np.arange(len(batch)), [len(f) for f in fix])), self.device)
+        p_idx = to_device(torch.from_numpy(np.concatenate(fix)), self.device)
         return x, cb, b_idx, p_idx, (size if grid is None else grid)
 
 
