@@ -10,12 +10,16 @@ and whether every fold's checkpoint and log are equal between the two (they shou
   notebooks 01/03 do the same). Tens of minutes sequentially on 2 cores.
 * ``--small``: a quick run on generated data (a toy backbone's feature store of the synthetic data
   set; 2 conditions x 4 folds of a few seconds each).
-* ``--reproduce``: ``make reproduce PROFILE=osie`` from scratch, sequential
+* ``--reproduce`` (instead of the grid): ``make reproduce PROFILE=osie`` from scratch, sequential
   (``DGSTUDY_SCHEDULER=sync``) and with the default local cluster, each with empty results, figures
   and feature folders (``--data`` keeps the dataset caches; OSIE is read from its mirror): about an
   hour sequentially on 2 cores. Run it on an idle machine.
 
-Usage: python benchmarks/bench_dask.py [--small] [--workers N] [--reproduce] [--keep DIR]
+Usage: python benchmarks/bench_dask.py [--small] [--workers N] [--seq-threads N] [--reproduce [--data DIR]] [--keep DIR]
+
+The sequential run uses torch's default threads (one per core), as ``make reproduce`` with
+``DGSTUDY_SCHEDULER=sync`` does; ``--seq-threads 1`` separates the gain of parallel folds from the
+cost of intra-op threads contending on a busy machine.
 
 Both variants run in this one invocation, one after the other, on the same machine, so their ratio
 is meaningful even where the absolute times are not.
@@ -163,7 +167,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--small", action="store_true", help="a quick grid on generated data")
     ap.add_argument("--workers", type=int, default=None, help="local cluster workers (default: one per core)")
-    ap.add_argument("--reproduce", action="store_true", help="also make reproduce PROFILE=osie from scratch, both ways")
+    ap.add_argument("--seq-threads", type=int, default=None,
+                    help="torch threads of the sequential run (default: torch's, as make reproduce with sync)")
+    ap.add_argument("--reproduce", action="store_true",
+                    help="instead of the grid: make reproduce PROFILE=osie from scratch, both ways")
     ap.add_argument("--data", type=Path, default=None,
                     help="with --reproduce: a data root whose dataset caches (cache/, osie/) are reused")
     ap.add_argument("--keep", type=Path, default=None, help="write results here (default: a temporary folder)")
@@ -176,11 +183,15 @@ def main():
         os.environ["DGSTUDY_DATA"] = str(root / "data")
     import torch
 
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, CUDA: {torch.cuda.is_available()}")
+    if args.seq_threads:
+        torch.set_num_threads(args.seq_threads)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, CUDA: {torch.cuda.is_available()}, "
+          f"sequential run with {torch.get_num_threads()} torch threads")
     try:
-        bench_grid(args.small, root)
         if args.reproduce:
             bench_reproduce(root, args.data)
+        else:
+            bench_grid(args.small, root)
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
