@@ -24,7 +24,8 @@ def store(data_root, tmp_path):
                                 progress=False)
 
 
-def test_truncated_store_is_named_with_how_to_rebuild(store, tmp_path):
+def test_truncated_store_is_named_with_how_to_rebuild(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("DGSTUDY_RESULTS", str(tmp_path / "results"))
     ds, path = store
     cut = tmp_path / "cut.h5"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
