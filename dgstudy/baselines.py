@@ -33,12 +33,23 @@ from .util import single_threaded_blas
 
 BANDWIDTH_RANGE = (0.003, 0.5)       # search range of the relative bandwidths
 EDGE_EPS = 1e-9
+SIZE_CACHE = 4                       # image sizes whose maps a CenterBias keeps (bounded memory)
 
 
 def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
     """(n, n) unnormalised Gaussian ``exp(-(i-k)^2 / (2 sigma^2))``."""
     d = np.arange(n, dtype=np.float64)
     return np.exp(-0.5 * ((d[:, None] - d[None, :]) / sigma) ** 2)
+
+
+def _bounded_put(cache: dict, key, value, keep: int = SIZE_CACHE):
+    """``cache[key] = value``, first dropping the oldest entries of its kind (``key[0]``) so that at
+    most ``keep`` remain: memory stays bounded however many image sizes are seen."""
+    same = [k for k in cache if k[0] == key[0]]
+    for old in same[:max(0, len(same) - keep + 1)]:
+        del cache[old]
+    cache[key] = value
+    return value
 
 
 def _pixels(u, v, h, w):
@@ -129,10 +140,12 @@ class CenterBias:
                    image_of=img, heldout_ll=float(ll / math.log(2)), dataset=dataset)
 
     # ---- densities ----
+    # Maps are kept for the last SIZE_CACHE image sizes only (a new size costs two h x h x w matrix products).
     def _kernels(self, h: int, w: int):
         key = ("K", h, w)
         if key not in self._cache:
-            self._cache[key] = (gaussian_matrix(h, self.bandwidth * h), gaussian_matrix(w, self.bandwidth * w))
+            _bounded_put(self._cache, key,
+                         (gaussian_matrix(h, self.bandwidth * h), gaussian_matrix(w, self.bandwidth * w)))
         return self._cache[key]
 
     def _total_kde(self, h: int, w: int) -> np.ndarray:
@@ -142,7 +155,7 @@ class CenterBias:
             ky, kx = self._kernels(h, w)
             rows, cols = _pixels(self.u, self.v, h, w)
             counts = np.bincount(rows * w + cols, minlength=h * w).reshape(h, w).astype(np.float64)
-            self._cache[key] = ky @ counts @ kx.T
+            _bounded_put(self._cache, key, ky @ counts @ kx.T)
         return self._cache[key]
 
     def log_density_for_size(self, h: int, w: int) -> np.ndarray:
@@ -302,7 +315,7 @@ class GoldStandard:
             for old in [k for k in self._cache if k[0] == "K" and k[1:3] == (h, w)]:
                 del self._cache[old]                  # keep one bandwidth per size
             sig = self._sigma(h, w, bw)
-            self._cache[key] = (gaussian_matrix(h, sig), gaussian_matrix(w, sig))
+            _bounded_put(self._cache, key, (gaussian_matrix(h, sig), gaussian_matrix(w, sig)))
         return self._cache[key]
 
     def _loso_kde(self, d: dict, bw: float) -> np.ndarray:

@@ -1,7 +1,11 @@
 """The ``dgstudy`` command line (also ``python -m dgstudy``): one function per subcommand.
 
 ``dgstudy baselines --dataset osie``  uniform / centre bias / gold standard x all metrics
+  (``--images DIR --fixations CSV``: on a folder data set, :mod:`dgstudy.datasets.folder`)
 ``dgstudy predict IMAGE... [--model RUN] --out DIR``  a trained run (default: the shipped model) on any images
+``dgstudy evaluate [--model RUN] --images DIR --fixations CSV``  a run on another data set
+  (:mod:`dgstudy.transfer`)
+``dgstudy serve [--model RUN]``  the web service: a page and an HTTP API for one image at a time
 ``dgstudy preflight --profile osie``  are the profile's data and weights there? (make reproduce)
 ``dgstudy tag --profile osie``  the folder of the profile's tables and figures (the Makefile's)
 ``dgstudy clean-notebook NB...``  strip volatile content from executed notebooks (the Makefile's)
@@ -24,7 +28,7 @@ from .imageio import expand_image_args
 from .io import DataError, atomic_path, write_json
 from .metrics import MAIN_AVERAGE, evaluate
 from .paths import results_dir
-from .predict import load_model
+from .predict import load_model, parse_scale
 from .predict_files import predict_images
 
 TABLE_METRICS = tuple(MAIN_AVERAGE)
@@ -40,6 +44,7 @@ def add_baselines_command(subparsers) -> argparse.ArgumentParser:
                     "sAUC, NSS, CC, KLDiv, SIM as in dgstudy.metrics). Writes table.csv, table.json "
                     "and per-image CSVs to results/baselines/<dataset>[-n<N>]/.")
     p.add_argument("--dataset", default="osie", help="dataset name (default osie)")
+    _folder_arguments(p, required=False)
     p.add_argument("--n-images", type=int, default=None, metavar="N", help="first N images only")
     p.add_argument("--kernel-size", type=float, default=None, metavar="PX",
                    help="sigma (px) of the empirical saliency map (default: about 1 degree)")
@@ -48,12 +53,38 @@ def add_baselines_command(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _folder_arguments(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--images", default=None, required=required, metavar="DIR",
+                   help="a folder of images (a folder data set, with --fixations)")
+    p.add_argument("--fixations", default=None, required=required, metavar="CSV",
+                   help="its fixations: image,x,y[,subject] (as dgstudy predict --fixations)")
+    p.add_argument("--unknown-images", default="error", choices=["error", "skip"],
+                   help="CSV rows naming no image of the folder: an error (default) or skipped and counted")
+
+
+def _load_folder(args: argparse.Namespace, n_images=None):
+    """The folder data set of --images/--fixations; DataError if only one is given."""
+    if bool(args.images) != bool(args.fixations):
+        raise DataError("give both --images DIR and --fixations CSV (a folder data set)")
+    return datasets.load("folder", n_images=n_images, images=args.images, fixations=args.fixations,
+                         unknown_images=args.unknown_images)
+
+
 def run_baselines_command(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    ds = datasets.load(args.dataset, n_images=args.n_images)
+    if args.images or args.fixations:
+        try:
+            ds = _load_folder(args, args.n_images)
+        except DataError as e:
+            print(f"dgstudy baselines: {e}", file=sys.stderr)
+            return 1
+        tag = f"folder-{Path(args.images).resolve().name}"
+    else:
+        ds = datasets.load(args.dataset, n_images=args.n_images)
+        tag = args.dataset
     print(ds)
     out = Path(args.out) if args.out else results_dir() / "baselines" / (
-        args.dataset + (f"-n{args.n_images}" if args.n_images else ""))
+        tag + (f"-n{args.n_images}" if args.n_images else ""))
     timings = {}
 
     t = time.perf_counter()
@@ -119,7 +150,13 @@ Predict fixation densities with a trained run (the average of its fold models' d
 
 For each IMAGE (a folder stands for the image files in it) writes into --out:
   <stem>.npy   natural-log density over the pixels, float32 (H, W); exp sums to 1
+  <stem>.json  the scale used and the size the image was predicted at
   <stem>.png   the image and the predicted density
+
+--scale training (default) predicts each image at the run's training scale: resampled to the
+pixel area of the training images (same aspect ratio), predicted there, and the density mapped
+back to the image's own pixels. --scale native predicts at the image's own size; a number is a
+pixel area to predict at (e.g. 480000 for 800x600).
 
 Images of any size; grayscale is replicated to RGB, transparency is composited on white,
 the EXIF orientation is applied first (coordinates refer to the image as displayed).
@@ -158,8 +195,15 @@ def add_predict_command(subparsers) -> argparse.ArgumentParser:
                    help="sigma (px) of the empirical saliency map for CC, KLDiv, SIM "
                         "(default: 1/30 of the larger image side; about 1 degree of visual angle is usual)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
+    _scale_argument(p)
     p.set_defaults(func=run_predict_command)
     return p
+
+
+def _scale_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", default="training", type=parse_scale, metavar="training|native|AREA",
+                   help="predict each image at the run's training scale (default), at its own size "
+                        "(native), or at a pixel area AREA (e.g. 480000)")
 
 
 def run_predict_command(args: argparse.Namespace) -> int:
@@ -169,7 +213,8 @@ def run_predict_command(args: argparse.Namespace) -> int:
         print("dgstudy predict: no images found", file=sys.stderr)
         return 1
     try:
-        model = load_model(args.model, fold=args.fold, center_bias=args.center_bias, device=args.device)
+        model = load_model(args.model, fold=args.fold, center_bias=args.center_bias, device=args.device,
+                           scale=args.scale)
     except (DataError, KeyError, ValueError, OSError) as e:
         print(f"dgstudy predict: cannot load the model {args.model or 'shipped with dgstudy'}: {e}",
               file=sys.stderr)
@@ -195,20 +240,122 @@ def run_predict_command(args: argparse.Namespace) -> int:
 SUMMARY_KEYS = ("n_images", "n_fixations", *(m for m in MAIN_AVERAGE if m != "explained_IG"))
 
 
-def format_summary(summary: dict) -> str:
+def format_summary(summary: dict, keys: Sequence[str] = SUMMARY_KEYS) -> str:
     """The headline metrics as a text table (LL, IG in bits/fixation; averages as in metrics.py)."""
     conv = summary.get("conventions", {}) if isinstance(summary.get("conventions"), dict) else {}
     lines = [f"  {'metric':<12} {'value':>10}  average"]
-    for k in SUMMARY_KEYS:
+    for k in keys:
         v = summary.get(k)
         if v is None or (isinstance(v, float) and not np.isfinite(v)):
             continue
         text = f"{int(v):d}" if k.startswith("n_") else f"{float(v):.4f}"
         unit = " bits/fix" if k in ("LL", "IG") else ""
         lines.append(f"  {k:<12} {text:>10}  {conv.get(k, '')}{unit}")
+    for k, why in (summary.get("not_computable") or {}).items():
+        lines.append(f"  {k:<12} {'n/a':>10}  not computable: {why}")
     return "\n".join(lines)
 
 
+
+
+# -- evaluate ---------------------------------------------------------------------------------------
+EVALUATE_HELP = """\
+Evaluate a trained run on another fixation data set: a folder of images (--images) and a CSV of
+fixations (--fixations; columns image,x,y[,subject] as for dgstudy predict --fixations).
+
+Scored the way the paper scores: LL, IG and explained IG over the data set's OWN leave-image-out
+centre bias and leave-one-subject-out gold standard (fitted here), AUC, sAUC, NSS, CC, KLDiv, SIM
+(dgstudy.metrics), and the IG over the run's training centre bias. What cannot be computed (one
+image: no own centre bias and no sAUC; one observer: no gold standard) is marked with the reason.
+Writes into --out: evaluation.json, evaluation_per_image.csv, evaluation.png/.pdf.
+"""
+
+
+def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("evaluate", help="evaluate a trained run on another data set (folder + CSV)",
+                              description=EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, metavar="RUN",
+                   help="training run folder (results/<run>/ or a run name), a fold folder, a model.pt or "
+                        "a shipped model's name (default: the shipped OSIE model)")
+    _folder_arguments(p, required=True)
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default results/evaluate/<run>-on-<images folder>)")
+    p.add_argument("--fold", type=int, default=None, metavar="K", help="use only fold K (default: all folds)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--kernel-size", type=float, default=None, metavar="PX",
+                   help="sigma (px) of the empirical saliency map (default: 1/30 of the larger image side)")
+    _scale_argument(p)
+    p.set_defaults(func=run_evaluate_command)
+    return p
+
+
+def run_evaluate_command(args: argparse.Namespace) -> int:
+    """The ``dgstudy evaluate`` handler; returns the exit status."""
+    from . import transfer
+
+    try:
+        ds = _load_folder(args)
+        model = load_model(args.model, fold=args.fold, device=args.device, scale=args.scale)
+        result = transfer.evaluate(model, ds, kernel_size=args.kernel_size, progress=True)
+    except (DataError, KeyError, ValueError, OSError) as e:
+        print(f"dgstudy evaluate: {e}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else results_dir() / "evaluate" / (
+        f"{model.run_dir.name}-on-{Path(args.images).resolve().name}")
+    paths = transfer.write(result, out)
+    print(ds)
+    print(format_summary({**result.summary, "not_computable": result.not_computable},
+                         ("n_images", "n_fixations", *MAIN_AVERAGE)))
+    print(f"  {'IG (run cb)':<12} {result.summary['IG_training_center_bias']:>10.4f}  "
+          "mean over fixations bits/fix, over the run's training centre bias")
+    print(f"IG and explained_IG over the data set's own leave-image-out centre bias; scale: "
+          f"{', '.join(sorted(set(result.per_image['scale'])))}")
+    print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+# -- serve ----------------------------------------------------------------------------------------
+def add_serve_command(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "serve", help="the web service: upload an image, see the predicted density",
+        description="Serve a model over HTTP (dgstudy.serve): a page at http://HOST:PORT/ to upload an "
+                    "image and see its predicted fixation density, POST /predict (multipart field "
+                    "'image') -> JSON with URLs of the log-density .npy and the overlay .png, GET "
+                    "/health, and the OpenAPI page at /docs. The model is loaded once, at start.")
+    p.add_argument("--model", default=None, metavar="RUN",
+                   help="training run folder (results/<run>/ or a run name), a fold folder or a model.pt "
+                        "(default: the model shipped with dgstudy, where there is one)")
+    p.add_argument("--fold", type=int, default=None, metavar="K", help="use only fold K (default: all folds)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--center-bias", default="training", choices=["training", "uniform"],
+                   help="centre bias of the training data rescaled to each image (default) or uniform")
+    p.add_argument("--max-megapixels", type=float, default=None, metavar="MP",
+                   help="largest image accepted, in megapixels (default: dgstudy.serve.Limits, 4; the "
+                        "server's memory peaks at about 0.4 GB per megapixel above its base)")
+    _scale_argument(p)
+    p.set_defaults(func=run_serve_command)
+    return p
+
+
+def run_serve_command(args: argparse.Namespace) -> int:
+    """The ``dgstudy serve`` handler: load the model, then serve until interrupted."""
+    from . import serve   # here, not at the top: the web framework loads only for this command
+
+    options = {"device": args.device, "center_bias": args.center_bias, "scale": args.scale}
+    if args.fold is not None:
+        options["fold"] = args.fold
+    try:
+        model = load_model(args.model, **options)
+    except (DataError, KeyError, ValueError, OSError) as e:
+        print(f"dgstudy serve: cannot load the model {args.model or 'shipped with dgstudy'}: {e}", file=sys.stderr)
+        return 1
+    print(f"dgstudy serve: {model!r}\n  page http://{args.host}:{args.port}/  API docs "
+          f"http://{args.host}:{args.port}/docs", flush=True)
+    limits = serve.Limits() if args.max_megapixels is None else serve.Limits(max_pixels=int(args.max_megapixels * 1e6))
+    serve.serve(model, host=args.host, port=args.port, limits=limits)
+    return 0
 
 
 # -- preflight and tag (used by the Makefile) -------------------------------------------------------
@@ -303,8 +450,8 @@ def run_clean_notebook_command(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgstudy", description="DeepGaze II study tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_baselines_command, add_predict_command, add_preflight_command, add_tag_command,
-                add_clean_notebook_command):
+    for add in (add_baselines_command, add_predict_command, add_evaluate_command, add_serve_command,
+                add_preflight_command, add_tag_command, add_clean_notebook_command):
         add(sub)
     return parser
 

@@ -9,6 +9,7 @@ Information gain and log-likelihood are in bit/fixation.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 
@@ -254,6 +256,24 @@ def density_overlay(rgb: np.ndarray, log_density: np.ndarray, alpha: float = 0.7
     return (1 - alpha) * gray + alpha * colour
 
 
+def overlay_png(rgb: np.ndarray, log_density: np.ndarray) -> bytes:
+    """:func:`density_overlay` at the image's own resolution, encoded as PNG bytes (8-bit RGB)."""
+    arr = np.clip(np.round(density_overlay(rgb, log_density) * 255.0), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="png", compress_level=1)   # speed over size, as below
+    return buf.getvalue()
+
+
+def colour_bar_png(width: int = 256, height: int = 12) -> bytes:
+    """The :data:`DENSITY_CMAP` colour bar of :func:`density_overlay` as PNG bytes: left = 0,
+    right = the density's maximum (overlays are scaled to their maximum)."""
+    ramp = colormaps[DENSITY_CMAP](np.linspace(0, 1, width))[None, :, :3]
+    arr = np.repeat(np.round(ramp * 255).astype(np.uint8), height, axis=0)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="png")
+    return buf.getvalue()
+
+
 def save_density_plot(path, rgb: np.ndarray, log_density: np.ndarray, fixations: pd.DataFrame | None = None,
                       title: str = "") -> None:
     """PNG (matplotlib, Agg): the image, and the predicted density over the greyed image with the
@@ -276,3 +296,51 @@ def save_density_plot(path, rgb: np.ndarray, log_density: np.ndarray, fixations:
         ax.set_axis_off()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", pil_kwargs={"compress_level": 1})   # speed over file size
+
+
+def plot_transfer_evaluation(per_image: pd.DataFrame, summary: dict):
+    """A run on another data set (``dgstudy evaluate``): per image, the IG over the data set's own
+    centre bias against the IG over the run's training centre bias, and the sorted IG over the
+    run's centre bias (bit/fix)."""
+    set_style()
+    own = per_image["IG"].to_numpy(dtype=float)
+    run = per_image["IG_training_center_bias"].to_numpy(dtype=float)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.8))
+    if np.isfinite(own).any():
+        a.scatter(run, own, s=10, alpha=0.7)
+        lim = [np.nanmin([run, own]), np.nanmax([run, own])]
+        a.plot(lim, lim, color="black", lw=0.8, ls="--")
+    else:
+        a.text(0.5, 0.5, "own centre bias not computable", ha="center", va="center", transform=a.transAxes)
+    a.set(xlabel="IG over the run's centre bias (bit/fix)", ylabel="IG over the data set's centre bias",
+          title=f"IG {summary.get('IG', float('nan')):.3f}, over run's cb "
+                f"{summary.get('IG_training_center_bias', float('nan')):.3f} bit/fix")
+    order = np.argsort(run)
+    b.bar(np.arange(len(run)), run[order], width=1.0)
+    b.axhline(0, color="black", lw=0.8)
+    b.set(xlabel="image (sorted)", ylabel="IG over the run's centre bias (bit/fix)",
+          title=f"{len(run)} images, {int(per_image['n_fix'].sum())} fixations")
+    fig.tight_layout()
+    return fig
+
+
+def plot_scale_transfer(table: pd.DataFrame, metric: str = "IG_run_cb", reference_width=None):
+    """A run's ``metric`` (bit/fix, with its interval) on the same images shown at several widths,
+    one line per prediction scale (``table``: :func:`dgstudy.transfer.scale_table`)."""
+    set_style()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for k, (scale, g) in enumerate(table.groupby("scale", sort=False)):
+        g = g.sort_values("width")
+        y = g[metric].to_numpy(float)
+        err = np.vstack([y - g[f"{metric}_lo"].to_numpy(float), g[f"{metric}_hi"].to_numpy(float) - y])
+        ax.errorbar(g["width"] * (1 + 0.02 * k), y, yerr=err, fmt="o-", ms=5, capsize=3, label=scale)
+    if reference_width is not None:
+        ax.axvline(reference_width, color="grey", lw=0.8, ls=":", label="original width")
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(table["width"].unique()), [str(w) for w in sorted(table["width"].unique())])
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xlabel="image width shown (px)", ylabel=f"{metric} (bit/fix)",
+           title="the same images at other scales (95% image-bootstrap intervals)")
+    ax.legend(title="prediction", fontsize="small")
+    fig.tight_layout()
+    return fig

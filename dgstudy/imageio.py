@@ -7,6 +7,7 @@ Anything that does not decode raises :class:`dgstudy.io.DataError` naming the fi
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -24,31 +25,37 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 # Reading images
 # ----------------------------------------------------------------------------------------------
 def read_rgb(image, exif_transpose: bool = True) -> np.ndarray:
-    """Any image (file path or array) as an (H, W, 3) uint8 RGB array.
+    """Any image (file path, encoded bytes, binary file object or array) as an (H, W, 3) uint8 RGB array.
 
-    Paths: EXIF orientation applied (unless ``exif_transpose=False``: dataset stimuli are read as
+    Paths, bytes and file objects (e.g. an upload; messages name a file object by its ``name``):
+    EXIF orientation applied (unless ``exif_transpose=False``: dataset stimuli are read as
     stored, the way the eye-tracking software showed them), grayscale → RGB, alpha composited on white, 16-bit → 8-bit,
     first frame only. Arrays: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of uint8 (0–255), other
     integers (0–255), or floats in [0, 1]; (H, W, 4) is composited on white like a file.
     Raises :class:`DataError` naming the file (or describing the array) if it cannot be used.
     """
     if isinstance(image, (str, os.PathLike)):
-        return _read_rgb_file(Path(image), exif_transpose)
+        return _read_rgb_file(Path(image), str(Path(image)), exif_transpose)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _read_rgb_file(io.BytesIO(image), "image data", exif_transpose)
+    if hasattr(image, "read"):
+        return _read_rgb_file(image, str(getattr(image, "name", "image data")), exif_transpose)
     return _rgb_from_array(np.asarray(image), what="image array")
 
 
-def _read_rgb_file(path: Path, exif_transpose: bool = True) -> np.ndarray:
+def _read_rgb_file(source, what: str, exif_transpose: bool = True) -> np.ndarray:
+    """``source``: a path or a binary file object; ``what`` names it in messages."""
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.seek(0)
             if exif_transpose:
                 im = ImageOps.exif_transpose(im)
             arr = _pil_to_array(im)
     except FileNotFoundError as e:
-        raise DataError(f"{path}: image file is missing") from e
+        raise DataError(f"{what}: image file is missing") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: image does not decode ({e})") from e
-    return _rgb_from_array(arr, what=str(path))
+        raise DataError(f"{what}: image does not decode ({e})") from e
+    return _rgb_from_array(arr, what=what)
 
 
 def _pil_to_array(im) -> np.ndarray:

@@ -39,6 +39,8 @@ KL_EPS = 2.2204e-16                    # regularisation of the MIT benchmark's K
 PIXELS_PER_DEGREE = {"osie": 24.0, "mit1003": 35.0}   # ~1 degree of visual angle, in pixels
 PER_FIXATION = ("LL", "IG", "AUC", "sAUC", "NSS")
 PER_IMAGE_ONLY = ("CC", "KLDiv", "SIM")
+NOT_COMPUTABLE = {"sAUC": "the fixations fall on a single image; sAUC draws its negatives from the "
+                          "fixations on the other images (NaN)"}
 MAIN_AVERAGE = {"LL": "fixation", "IG": "fixation", "explained_IG": "fixation", "AUC": "image",
                 "sAUC": "image", "NSS": "image", "CC": "image", "KLDiv": "image", "SIM": "image"}
 
@@ -251,7 +253,8 @@ def evaluate(model, dataset, baseline=None, gold=None, images=None, per_image: b
 
     Returns a dict of floats (LL, IG, explained_IG, AUC, sAUC, NSS, CC, KLDiv, SIM, their
     ``_per_fixation``/``_per_image`` variants, IG_gold, n_images, n_fixations, n_images_skipped,
-    kernel_size, baseline, conventions); with ``per_image=True`` also a DataFrame with one row per
+    kernel_size, baseline, conventions) and ``not_computable`` ({metric: reason}; its values are
+    NaN: sAUC when the fixations fall on a single image); with ``per_image=True`` also a DataFrame with one row per
     evaluated image (image, n_fix, LL, IG, IG_gold, AUC, sAUC, NSS, CC, KLDiv, SIM).
     """
     images = np.arange(len(dataset)) if images is None else np.asarray(images, dtype=np.int64)
@@ -279,7 +282,8 @@ def evaluate(model, dataset, baseline=None, gold=None, images=None, per_image: b
     summary.update(n_images=int(len(images)), n_fixations=int(len(allfix["LL"])),
                    n_images_skipped=skipped, kernel_size=kernel_size,
                    baseline="uniform" if baseline is None else type(baseline).__name__,
-                   conventions=_conventions(loso is not None))
+                   conventions=_conventions(loso is not None),
+                   not_computable={"sAUC": NOT_COMPUTABLE["sAUC"]} if len(images) < 2 else {})
     if per_image:
         cols = ["image", "n_fix", "LL", "IG"] + (["IG_gold"] if gold is not None else []) + \
                ["AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM"]
@@ -326,7 +330,8 @@ def _per_fixation_metrics(i, g, rows, cols, logp, p, log_base, loso, shuffled, n
         out["LL"][sel] = log_likelihood_bits(ll, h * w)
         out["IG"][sel] = information_gain_bits(ll, log_base[r, c])
         out["AUC"][sel] = metrics_fast.auc_per_positive(pp[r, c], pp)
-        out["sAUC"][sel] = metrics_fast.auc_per_positive(ll - log_base[r, c], lp.ravel()[neg] - base_neg)
+        out["sAUC"][sel] = (metrics_fast.auc_per_positive(ll - log_base[r, c], lp.ravel()[neg] - base_neg)
+                            if len(neg) else np.nan)       # no other image: see NOT_COMPUTABLE
         out["NSS"][sel] = nss_values(pp, r, c)
 
     if loso is None:

@@ -9,7 +9,8 @@ leaves git clean unless a number or a picture really changed:
 - ``stderr`` streams (progress bars with their timings, warnings: they are shown in the terminal
   while the notebook runs, see the Makefile);
 - absolute paths: the repository root becomes ``.`` and the home folder ``~``;
-- memory addresses (``at 0x7f3a...``).
+- memory addresses (``at 0x7f3a...``);
+- the random id papermill gives the cell of injected parameters.
 
 Kept: the source, every result output (text, tables, figures), execution counts, tags, the
 parameters papermill injected and the kernel and language metadata.
@@ -52,6 +53,8 @@ def clean(nb: dict, repo_root: str | Path = REPO_ROOT) -> dict:
         meta = cell.get("metadata", {})
         meta.pop("execution", None)
         meta.pop("papermill", None)
+        if "injected-parameters" in meta.get("tags", []):
+            cell["id"] = "injected-parameters"          # papermill gives it a random id on every run
         if cell.get("cell_type") != "code":
             continue
         outputs = []

@@ -12,11 +12,21 @@
   EXIF rotation).
 * The backbone is rebuilt from what the run records (:func:`dgstudy.runs.feature_spec`), and must
   be the network it was trained on (architecture and weights), else :class:`DataError`.
+* **Scale** (``scale=`` of :func:`load_model` and of ``log_density``): ``'training'`` (default)
+  predicts each image at the run's training scale (:func:`dgstudy.runs.training_scale`: the
+  pixel area of its training images): the image is resampled to that area, same aspect ratio
+  (:mod:`dgstudy.rescale`), predicted there (fold densities averaged there) and the density is
+  mapped back to the image's own pixels, normalised over them. ``'native'`` predicts at the size
+  given; a number is a pixel area to predict at. An image already at the scale (e.g. an 800x600
+  image for an OSIE run) is predicted exactly as ``'native'``. Cost and memory of a large image
+  are those of a training-size one plus the final resampling.
 """
 from __future__ import annotations
 
 import json
+import math
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,11 +35,36 @@ import numpy as np
 import torch
 
 from . import backbones, features, pretrained
-from .density import resize_log_density, uniform_log_density  # noqa: F401 (part of this API)
 from .ensemble import average_log_densities
 from .imageio import read_rgb
 from .io import DataError
-from .runs import FeatureSpec, feature_spec, find_fold_dirs, load_fold
+from .rescale import resample_log_density, resize_image, working_size
+from .runs import FeatureSpec, feature_spec, find_fold_dirs, load_fold, training_scale
+
+SCALES = ("training", "native")
+CB_CACHE_SIZES = 2        # image sizes whose fold centre biases a Predictor keeps
+
+
+def uniform_log_density(h: int, w: int) -> np.ndarray:
+    return np.full((h, w), -math.log(h * w), dtype=np.float64)
+
+
+resize_log_density = resample_log_density     # a log-density at another size (dgstudy.rescale)
+
+
+def parse_scale(scale):
+    """``'training'``, ``'native'`` or a positive pixel area (float; numeric strings accepted, as
+    from the command line); anything else: ValueError."""
+    if isinstance(scale, str) and scale in SCALES:
+        return scale
+    try:
+        area = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be 'training', 'native' or a pixel area (a number, e.g. 480000 "
+                         f"for 800x600), got {scale!r}") from None
+    if not (math.isfinite(area) and area > 0):
+        raise ValueError(f"a scale given as a pixel area must be a positive number, got {scale!r}")
+    return area
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,7 +90,8 @@ class Predictor:
     """
 
     def __init__(self, members: list[FoldMember], backbone, spec: FeatureSpec,
-                 center_bias="training", device: str = "cpu", run_dir: Path | None = None):
+                 center_bias="training", device: str = "cpu", run_dir: Path | None = None,
+                 scale="native", fold_dirs: Sequence[Path] | None = None):
         if not members:
             raise ValueError("a Predictor needs at least one fold model")
         self.members = members
@@ -64,6 +100,9 @@ class Predictor:
         self.center_bias = center_bias
         self.device = device
         self.run_dir = run_dir
+        self.fold_dirs = list(fold_dirs) if fold_dirs is not None else None
+        self._cb_cache: OrderedDict = OrderedDict()
+        self.scale, self.pixel_area = self._resolve_scale(scale)
         if isinstance(center_bias, str):
             if center_bias not in ("training", "uniform"):
                 raise ValueError(f"center_bias must be 'training', 'uniform', an array or a callable, "
@@ -76,9 +115,37 @@ class Predictor:
 
     def __repr__(self) -> str:
         cb = self.center_bias if isinstance(self.center_bias, str) else type(self.center_bias).__name__
+        scale = self.scale if self.pixel_area is None else f"{self.scale} ({self.pixel_area:.0f} px)"
         return (f"Predictor({self.run_dir}, folds={[m.name for m in self.members]}, "
                 f"backbone={self.spec.backbone}, layers={self.spec.layers}, downsample={self.spec.downsample}, "
-                f"dtype={self.spec.dtype}, center_bias={cb}, device={self.device})")
+                f"dtype={self.spec.dtype}, center_bias={cb}, scale={scale}, device={self.device})")
+
+    # -- scale ----------------------------------------------------------------------------------
+    def _resolve_scale(self, scale) -> tuple[str, float | None]:
+        """(label, pixel area to predict at, None = native) for a ``scale`` argument."""
+        scale = parse_scale(scale)
+        if scale == "native":
+            return "native", None
+        if scale == "training":
+            if getattr(self, "scale", None) == "training":
+                return "training", self.pixel_area
+            if not self.fold_dirs:
+                raise ValueError("this Predictor was built without its run's folders, so it knows no "
+                                 "training scale; give scale='native' or a pixel area")
+            return "training", training_scale(self.fold_dirs)
+        return "pixel_area", scale
+
+    def working_size(self, h: int, w: int, scale=None) -> tuple[int, int]:
+        """The size an (h, w) image is predicted at (:func:`dgstudy.rescale.working_size`)."""
+        area = self.pixel_area if scale is None else self._resolve_scale(scale)[1]
+        return working_size(h, w, area)
+
+    def scale_record(self, h: int, w: int, scale=None) -> dict:
+        """What the prediction of an (h, w) image used, for output metadata: ``scale`` (training,
+        native or pixel_area), ``pixel_area`` (None for native), ``size`` and ``predicted_at`` (h, w)."""
+        label, area = (self.scale, self.pixel_area) if scale is None else self._resolve_scale(scale)
+        return {"scale": label, "pixel_area": area, "size": [int(h), int(w)],
+                "predicted_at": list(working_size(h, w, area))}
 
     # -- centre bias ----------------------------------------------------------------------------
     def _member_center_bias(self, member: FoldMember, h: int, w: int) -> np.ndarray:
@@ -95,13 +162,30 @@ class Predictor:
             return out
         return resize_log_density(cb, h, w)
 
-    def center_bias_log_density(self, h: int, w: int) -> np.ndarray:
-        """The centre bias the model uses for an (h, w) image (fold centre biases averaged).
+    def _member_center_biases(self, h: int, w: int) -> list[torch.Tensor]:
+        """Each fold's log centre bias at (h, w) as a float32 tensor on the device (the last
+        ``CB_CACHE_SIZES`` sizes are kept: consecutive images of one size reuse them)."""
+        key = (int(h), int(w))
+        if key in self._cb_cache:
+            self._cb_cache.move_to_end(key)
+            return self._cb_cache[key]
+        cbs = [torch.from_numpy(np.ascontiguousarray(self._member_center_bias(m, h, w), dtype=np.float32)
+                                ).to(self.device) for m in self.members]
+        self._cb_cache[key] = cbs
+        while len(self._cb_cache) > CB_CACHE_SIZES:
+            self._cb_cache.popitem(last=False)
+        return cbs
+
+    def center_bias_log_density(self, h: int, w: int, scale=None) -> np.ndarray:
+        """The centre bias the model uses for an (h, w) image (fold centre biases averaged), at the
+        working size and mapped to (h, w) like the prediction.
 
         This is also the baseline of the information gain in :func:`predict_images`.
         """
-        return average_log_densities([self._member_center_bias(m, h, w).astype(np.float64)
-                                      for m in self.members])
+        size = self.working_size(h, w, scale)
+        cb = average_log_densities([self._member_center_bias(m, *size).astype(np.float64)
+                                    for m in self.members])
+        return resample_log_density(cb, h, w)
 
     # -- features and prediction ----------------------------------------------------------------
     def features(self, rgb: np.ndarray) -> np.ndarray:
@@ -110,30 +194,58 @@ class Predictor:
                           autocast_bf16=self.spec.autocast_bf16)
         return features.stack_layers(feats, self.spec.layers)
 
-    def iter_fold_log_densities(self, image):
-        """Yield each fold's (H, W) float32 log-density for ``image`` (features computed once)."""
+    def _working_image(self, image, scale) -> tuple[np.ndarray, tuple[int, int]]:
+        """(the image resampled to its working size, its original (H, W))."""
         rgb = read_rgb(image)
+        size = tuple(rgb.shape[:2])
+        return resize_image(rgb, self.working_size(*size, scale)), size
+
+    def _iter_working(self, rgb: np.ndarray):
+        """Each fold's float32 log-density over the pixels of ``rgb`` (features computed once)."""
         h, w = rgb.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(self.features(rgb), dtype=np.float32))[None].to(self.device)
         with torch.no_grad():
-            for m in self.members:
-                cb = self._member_center_bias(m, h, w)
-                cb_t = torch.from_numpy(np.ascontiguousarray(cb, dtype=np.float32))[None].to(self.device)
-                yield m.model(x, cb_t)[0].detach().cpu().numpy()
+            for m, cb in zip(self.members, self._member_center_biases(h, w)):
+                yield m.model(x, cb[None])[0].detach().cpu().numpy()
 
-    def log_densities_per_fold(self, image) -> list[np.ndarray]:
+    def iter_fold_log_densities(self, image, scale=None):
+        """Yield each fold's (H, W) float32 log-density for ``image`` (features computed once;
+        each mapped from the working size to (H, W))."""
+        rgb, (h, w) = self._working_image(image, scale)
+        for ld in self._iter_working(rgb):
+            yield resample_log_density(ld, h, w, np.float32)
+
+    def log_densities_per_fold(self, image, scale=None) -> list[np.ndarray]:
         """Each fold's (H, W) log-density for ``image``."""
-        return list(self.iter_fold_log_densities(image))
+        return list(self.iter_fold_log_densities(image, scale))
 
-    def log_density(self, image) -> np.ndarray:
-        """(H, W) float32 natural-log density for ``image`` (array or path).
+    def log_density(self, image, scale=None) -> np.ndarray:
+        """(H, W) float32 natural-log density for ``image`` (array or path) at ``scale`` (default:
+        the Predictor's; see the module docstring).
 
-        The average of the fold densities (:func:`dgstudy.ensemble.average_log_densities`, fold by
-        fold, so memory does not grow with K); one fold is returned unchanged.
+        The average of the fold densities at the working size
+        (:func:`dgstudy.ensemble.average_log_densities`, fold by fold, so memory does not grow with
+        K; one fold is returned unchanged), then mapped to (H, W)
+        (:func:`dgstudy.rescale.resample_log_density`, normalised over the image's pixels).
         """
-        return average_log_densities(self.iter_fold_log_densities(image))
+        rgb, (h, w) = self._working_image(image, scale)
+        ld = average_log_densities(self._iter_working(rgb))
+        return resample_log_density(ld, h, w, ld.dtype)
 
     __call__ = log_density
+
+    def single_folds(self) -> dict[int, "Predictor"]:
+        """{fold number: a Predictor of that fold alone}, sharing this one's backbone, centre-bias
+        choice and scale (a ``'training'`` scale is each fold's own): e.g. to predict each image of
+        the training data set with the fold that held it out."""
+        out = {}
+        for k, m in enumerate(self.members):
+            dirs = [self.fold_dirs[k]] if self.fold_dirs else None
+            scale = self.scale if self.scale in SCALES else self.pixel_area
+            out[int(m.name.split("_")[-1])] = Predictor(
+                [m], self.backbone, self.spec, center_bias=self.center_bias, device=self.device,
+                run_dir=self.run_dir, scale=scale, fold_dirs=dirs)
+        return out
 
 
 def _backbone_options(spec: FeatureSpec) -> dict:
@@ -145,13 +257,20 @@ def _backbone_options(spec: FeatureSpec) -> dict:
 
 
 def load_model(run=None, fold: int | Sequence[int] | None = None, center_bias="training",
-               device: str = "cpu", weights=None) -> Predictor:
+               device: str = "cpu", weights=None, scale="training") -> Predictor:
     """A trained run as a model for any image (see :class:`Predictor`).
 
     ``run``: None or a shipped model's name (``"osie"``, :mod:`dgstudy.pretrained`: the default
     model, inside the package), a run folder ``results/<run>/`` (all trained folds, averaged as
     densities), a name under ``results/``, one fold folder ``results/<run>/fold_XX/`` or its
-    ``model.pt``. ``fold``: restrict a
+    ``model.pt``.
+
+    ``scale``: ``'training'`` (default: each image predicted at the run's training scale,
+    :func:`dgstudy.runs.training_scale`), ``'native'`` (at its own size) or a pixel area; see the
+    module docstring. A run that records no training scale and whose data set does not load here
+    raises :class:`DataError` saying how to give one.
+
+    ``fold``: restrict a
     run folder to one fold (or a list of folds). ``center_bias``: ``'training'`` | ``'uniform'`` | an
     (H, W) log-density array | a callable ``(h, w) -> log-density``. ``weights``: passed to
     ``dgstudy.backbones.get`` (a local weights file). The backbone is rebuilt from the recorded
@@ -172,7 +291,8 @@ def load_model(run=None, fold: int | Sequence[int] | None = None, center_bias="t
                             "and dtype")
     backbone = backbones.get(spec.backbone, weights=weights, device=device, **_backbone_options(spec))
     check_backbone(backbone, spec, fold_dirs)
-    predictor = Predictor(members, backbone, spec, center_bias=center_bias, device=device, run_dir=run_dir)
+    predictor = Predictor(members, backbone, spec, center_bias=center_bias, device=device, run_dir=run_dir,
+                          scale=scale, fold_dirs=fold_dirs)
     prov = Path(run_dir) / "provenance.json"      # shipped models (dgstudy.pretrained) record one
     predictor.provenance = json.loads(prov.read_text()) if prov.exists() else None
     check_channels(predictor, fold_dirs)

@@ -1,7 +1,8 @@
 """Predicting a list of image files (the work of ``dgstudy predict``) and scoring them.
 
-:func:`predict_images` writes ``<stem>.npy`` (float32 natural-log density) and ``<stem>.png`` per
-image; with a fixation CSV (:mod:`dgstudy.fixation_csv`) it evaluates the written predictions
+:func:`predict_images` writes ``<stem>.npy`` (float32 natural-log density), ``<stem>.json`` (what
+the prediction used: the image, its size, the scale and the size it was predicted at, from
+``model.scale_record``) and ``<stem>.png`` per image; with a fixation CSV (:mod:`dgstudy.fixation_csv`) it evaluates the written predictions
 with :func:`dgstudy.metrics.evaluate` (IG over the centre bias the model uses) and writes
 ``evaluation.json`` and ``evaluation_per_image.csv``. An image that fails is reported and the
 others still run.
@@ -50,6 +51,22 @@ def output_stems(images: Sequence[Path]) -> list[str]:
     return stems
 
 
+def predict_one(model, image) -> tuple[np.ndarray, np.ndarray]:
+    """One image's prediction, as every ``dgstudy predict`` and ``dgstudy serve`` output is made.
+
+    ``image``: anything :func:`read_rgb` reads (a path, encoded bytes, a file object, an array).
+    Returns ``(rgb, log_density)``: the (H, W, 3) uint8 image as read and the model's (H, W)
+    float32 natural-log density for it. Raises :class:`DataError` if the image does not decode or
+    the model answers another shape.
+    """
+    rgb = read_rgb(image)
+    logd = np.asarray(model.log_density(rgb), dtype=np.float32)
+    if logd.shape != rgb.shape[:2]:
+        what = image if isinstance(image, (str, os.PathLike)) else "image"
+        raise DataError(f"{what}: model returned shape {logd.shape} for a {rgb.shape[1]}x{rgb.shape[0]} image")
+    return rgb, logd
+
+
 def predict_images(model, images: Sequence[str | os.PathLike], out, fixations=None,
                    plot: bool = True, progress: bool | None = None,
                    kernel_size: float | None = None) -> PredictReport:
@@ -71,6 +88,7 @@ def predict_images(model, images: Sequence[str | os.PathLike], out, fixations=No
     errors: list[str] = []
     outputs: dict[str, Path] = {}
     sizes: dict[int, tuple[int, int]] = {}
+    records: dict[int, dict] = {}
     rows = None
     if fixations is not None:
         try:                                           # check the CSV before the long loop
@@ -80,16 +98,16 @@ def predict_images(model, images: Sequence[str | os.PathLike], out, fixations=No
     disable = (len(paths) < 2) if progress is None else not progress
     for i, (p, stem) in enumerate(tqdm(list(zip(paths, stems)), desc="predict", unit="img", disable=disable)):
         try:
-            rgb = read_rgb(p)
-            logd = np.asarray(model.log_density(rgb), dtype=np.float32)
-            if logd.shape != rgb.shape[:2]:
-                raise DataError(f"{p}: model returned shape {logd.shape} for a {rgb.shape[1]}x{rgb.shape[0]} image")
+            rgb, logd = predict_one(model, p)
             npy = out / f"{stem}.npy"
             with atomic_path(npy, suffix=".npy") as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, logd)
+            record = scale_record(model, *rgb.shape[:2])
+            write_json(out / f"{stem}.json", {"image": str(p), "npy": npy.name, **record})
             outputs[str(p)] = npy
             sizes[i] = rgb.shape[:2]
+            records[i] = record
         except DataError as e:
             errors.append(str(e))
             continue
@@ -114,14 +132,15 @@ def predict_images(model, images: Sequence[str | os.PathLike], out, fixations=No
             return report
         try:
             report.evaluation, report.per_image = evaluate_predictions(
-                model, paths, stems, sizes, table.fixations, out, kernel_size=kernel_size)
+                model, paths, stems, sizes, table.fixations, out, kernel_size=kernel_size, records=records)
         except (DataError, ValueError) as e:
             errors.append(f"{fixations}: evaluation failed: {e}")
     return report
 
 
-class _SavedPredictions:
-    """The written .npy files as a dgstudy model over the evaluation dataset (memory-mapped)."""
+class SavedPredictions:
+    """Written .npy log-densities as a dgstudy model: ``log_density(i)`` reads ``files[i]``
+    (memory-mapped, float64), so an evaluation holds one image's map at a time."""
 
     def __init__(self, files: list[Path]):
         self.files = files
@@ -147,10 +166,18 @@ class _SizeModel:
     __call__ = log_density
 
 
+def scale_record(model, h: int, w: int) -> dict:
+    """``model.scale_record(h, w)`` (a :class:`~dgstudy.predict.Predictor`), else: native."""
+    if hasattr(model, "scale_record"):
+        return dict(model.scale_record(h, w))
+    return {"scale": "native", "pixel_area": None, "size": [int(h), int(w)], "predicted_at": [int(h), int(w)]}
+
+
 def evaluate_predictions(model, paths: Sequence[Path], stems: Sequence[str], sizes: dict[int, tuple[int, int]],
-                         fixations: pd.DataFrame, out: Path, kernel_size: float | None = None
-                         ) -> tuple[dict, pd.DataFrame]:
-    """Evaluate the written predictions on ``fixations`` with :func:`dgstudy.metrics.evaluate`."""
+                         fixations: pd.DataFrame, out: Path, kernel_size: float | None = None,
+                         records: dict[int, dict] | None = None) -> tuple[dict, pd.DataFrame]:
+    """Evaluate the written predictions on ``fixations`` with :func:`dgstudy.metrics.evaluate`;
+    ``records`` ({image: :func:`scale_record`}) add the scale columns to the per-image table."""
     used = sorted(int(i) for i in fixations["image"].unique())
     remap = {old: new for new, old in enumerate(used)}
     fx = fixations.copy()
@@ -160,14 +187,22 @@ def evaluate_predictions(model, paths: Sequence[Path], stems: Sequence[str], siz
     fx = fx.sort_values(["image", "subject", "fix_index"], kind="stable").reset_index(drop=True)
     ds = FixationDataset(name="predict", stimuli=[str(paths[i]) for i in used],
                          sizes=np.array([sizes[i] for i in used]), fixations=fx, source="dgstudy predict")
-    preds = _SavedPredictions([out / f"{stems[i]}.npy" for i in used])
+    preds = SavedPredictions([out / f"{stems[i]}.npy" for i in used])
     cb_fn = getattr(model, "center_bias_log_density", None)
     baseline = _SizeModel(cb_fn or uniform_log_density, ds.sizes)
     summary, per_image = metrics.evaluate(preds, ds, baseline=baseline, per_image=True, kernel_size=kernel_size)
     per_image = per_image.copy()
     per_image.insert(0, "file", [str(paths[used[int(j)]]) for j in per_image["image"]])
+    recs = [(records or {}).get(used[int(j)]) or scale_record(model, *sizes[used[int(j)]])
+            for j in per_image["image"]]
+    per_image["scale"] = [r["scale"] for r in recs]
+    per_image["predicted_height"] = [r["predicted_at"][0] for r in recs]
+    per_image["predicted_width"] = [r["predicted_at"][1] for r in recs]
+    scales = sorted({r["scale"] for r in recs})
     summary = {"n_images": len(used), "n_fixations": int(len(fx)), **dict(summary),
-               "baseline": ("the centre bias the model uses" if cb_fn else "uniform") + " (for IG and sAUC)"}
+               "baseline": ("the centre bias the model uses" if cb_fn else "uniform") + " (for IG and sAUC)",
+               "scale": scales[0] if len(scales) == 1 else scales,
+               "pixel_area": recs[0]["pixel_area"] if recs else None}
     write_json(out / "evaluation.json", {"summary": summary, "per_image": per_image.to_dict(orient="records")})
     with atomic_path(out / "evaluation_per_image.csv", suffix=".csv") as tmp:
         per_image.to_csv(tmp, index=False)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ._version import __version__
 from .baselines import CenterBias
-from .density import resize_log_density
+from .rescale import TRAINING_SCALE_KEY, resample_log_density, training_pixel_area
 from .io import DataError, atomic_path, write_json
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -58,10 +58,9 @@ def provenance(name: str = DEFAULT) -> dict:
 class CenterBiasGrid:
     """A centre bias stored as a log-density over the cells of a small grid covering the image.
 
-    ``log_density_for_size(h, w)`` resamples it to any image size (bilinear on the density,
-    renormalised: :func:`dgstudy.density.resize_log_density`), the way the model uses a centre
-    bias. Made from a fitted :class:`~dgstudy.baselines.CenterBias` evaluated at the training
-    image size and area-averaged over cells of ``GRID_FACTOR`` x ``GRID_FACTOR`` pixels.
+    ``log_density_for_size(h, w)`` resamples it to any image size and renormalises it
+    (:func:`dgstudy.rescale.resample_log_density`). Made from a fitted
+    :class:`~dgstudy.baselines.CenterBias` evaluated at the training image size and area-averaged over cells of ``GRID_FACTOR`` x ``GRID_FACTOR`` pixels.
     """
 
     log_density: np.ndarray          # (gh, gw) natural log, exp sums to 1 over the cells
@@ -78,7 +77,7 @@ class CenterBiasGrid:
         return cls(np.log(cells) - np.log(cells.sum()), (h, w), cb.bandwidth, cb.uniform_weight)
 
     def log_density_for_size(self, h: int, w: int) -> np.ndarray:
-        return resize_log_density(self.log_density, int(h), int(w))
+        return resample_log_density(self.log_density, int(h), int(w))
 
     def save(self, path) -> None:
         with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
@@ -128,7 +127,9 @@ def export(run_dir, out_dir, dataset, why: str, summary_keys=None) -> Path:
         cb = CenterBias.from_dict(json.loads((d / "center_bias.json").read_text()))
         (out_dir / d.name).mkdir()
         shutil.copy2(d / "model.pt", out_dir / d.name / "model.pt")
-        shutil.copy2(d / "config.json", out_dir / d.name / "config.json")
+        # the fold's record, with its training scale (scale-aware prediction must not need the data set)
+        info.setdefault(TRAINING_SCALE_KEY, training_pixel_area(dataset.sizes[np.asarray(info["train_images"])]))
+        write_json(out_dir / d.name / "config.json", info)
         CenterBiasGrid.from_center_bias(cb, image_size).save(out_dir / d.name / GRID_FILE)
         folds.append({"fold": int(info["fold"]), "image_size": list(image_size), "best_epoch": info.get("best_epoch"),
                       "test_images": len(info.get("test_images", []))})

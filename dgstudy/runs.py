@@ -8,7 +8,8 @@ Layout (written by :func:`dgstudy.training.train_crossval`)::
                           center_bias.json  the fold's training-image centre bias
                           log.csv      one row per epoch
                           config.json  written last: marks the fold finished; train/val/test
-                                       images, the feature store's attributes, seeds, timings
+                                       images, the feature store's attributes, the training
+                                       scale (:func:`training_scale`), seeds, timings
     results/<run>/metrics.json, per_image.csv   from :func:`dgstudy.evaluation.evaluate_run`
 
 A fold is finished when ``config.json`` and ``model.pt`` exist. Runs are named by
@@ -16,6 +17,7 @@ A fold is finished when ``config.json`` and ``model.pt`` exist. Runs are named b
 """
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from .features import NETWORK_KEYS, FeatureStore, default_store_path
 from .io import DataError, sha256_file, write_json
 from .model import DeepGazeII
 from .paths import results_dir
+from .rescale import TRAINING_SCALE_KEY, training_pixel_area
 
 
 # -- the run's data and features ----------------------------------------------------------------
@@ -307,6 +310,80 @@ def find_fold_dirs(run, fold: int | Sequence[int] | None = None) -> tuple[Path, 
     if untrained:
         warnings.warn(f"{p}: folds {untrained} are not trained; the ensemble uses {len(trained)} folds")
     return p, trained
+
+
+# -- the pixel scale a run was trained at ----------------------------------------------------------
+def training_scale(fold_dirs) -> float:
+    """The pixel area (px) that fold(s) ``fold_dirs`` (one fold folder or several) were trained at.
+
+    This is the one definition of a run's *training scale* (used by scale-aware prediction,
+    :mod:`dgstudy.predict`): :func:`dgstudy.rescale.training_pixel_area` of each fold's training images, as
+    ``fold_XX/config.json`` records it (``training_pixel_area``, written by training from now
+    on), so a run folder's small files are enough. A fold that does not record it (older
+    runs) has it derived from its recorded data set (``train_config``: dataset, n_images,
+    dataset_options, loaded without downloading and checked against the recorded checksum) and
+    ``train_images``; if that data set does not load here, :class:`DataError` says how to give a
+    scale. Several folds: the median of their values (the features are computed once, at one scale,
+    for all folds; for one data set the folds' values differ only through their sampling).
+    """
+    dirs = [Path(fold_dirs)] if isinstance(fold_dirs, (str, Path)) else [Path(d) for d in fold_dirs]
+    if not dirs:
+        raise ValueError("no fold folders given")
+    return float(np.median([_fold_training_scale(d) for d in dirs]))
+
+
+def _fold_training_scale(d: Path) -> float:
+    info = _read_json(d / "config.json")
+    if info.get(TRAINING_SCALE_KEY):
+        return float(info[TRAINING_SCALE_KEY])
+    cfg = TrainConfig.from_dict(info.get("train_config", {}))
+    how = ("give the scale: scale='native' (keyword of load_model, --scale native), or the training "
+           "images' pixel area as a number (e.g. scale=480000 for 800x600 images), or record it once "
+           "in the run with dgstudy.runs.record_training_scale(run, pixel_area)")
+    if "train_images" not in info:
+        raise DataError(f"{d / 'config.json'}: records neither {TRAINING_SCALE_KEY} nor train_images; {how}")
+    try:
+        ds = _recorded_dataset(cfg)
+    except Exception as e:  # noqa: BLE001 -- any loader failure means: not derivable here
+        raise DataError(f"{d / 'config.json'}: the run does not record its training scale "
+                        f"({TRAINING_SCALE_KEY}) and its data set {cfg.dataset!r} does not load here "
+                        f"({type(e).__name__}: {e}); {how}") from e
+    recorded = info.get("dataset_checksum")
+    if recorded and ds.checksum != recorded:
+        raise DataError(f"{d / 'config.json'}: the run does not record its training scale and the data "
+                        f"set {cfg.dataset!r} that loads here is not the one it was trained on "
+                        f"(checksum {ds.checksum[:12]}, recorded {recorded[:12]}); {how}")
+    return training_pixel_area(ds.sizes[np.asarray(info["train_images"], dtype=np.int64)])
+
+
+_DATASETS: dict[str, datasets.FixationDataset] = {}
+
+
+def _recorded_dataset(cfg: TrainConfig) -> datasets.FixationDataset:
+    """The run's data set for deriving its scale (loaded once per process; never downloaded)."""
+    key = json.dumps([cfg.dataset, cfg.n_images, cfg.dataset_options], sort_keys=True, default=str)
+    if key not in _DATASETS:
+        options = dict(cfg.dataset_options or {})
+        if "download" in inspect.signature(datasets.loader(cfg.dataset)).parameters:
+            options.setdefault("download", False)
+        _DATASETS[key] = datasets.load(cfg.dataset, n_images=cfg.n_images, **options)
+    return _DATASETS[key]
+
+
+def record_training_scale(run, pixel_area: float | None = None) -> float:
+    """Write ``training_pixel_area`` into every trained fold's ``config.json`` of ``run`` (atomic).
+
+    ``pixel_area=None`` derives it per fold (:func:`training_scale`; the data set must load). For
+    runs trained before dgstudy recorded it, e.g. before the run's small files are copied elsewhere
+    (a shipped model) where the data set is not. Returns the run's training scale.
+    """
+    _, dirs = find_fold_dirs(run)
+    values = {d: float(pixel_area) if pixel_area is not None else _fold_training_scale(d) for d in dirs}
+    for d, value in values.items():
+        info = _read_json(d / "config.json")
+        info[TRAINING_SCALE_KEY] = value
+        write_json(d / "config.json", info)
+    return training_scale(dirs)
 
 
 @dataclass

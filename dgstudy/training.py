@@ -41,8 +41,9 @@ from .features import FeatureStore
 from .io import atomic_path, file_lock, write_json
 from .model import DeepGazeII
 from .paths import results_dir
-from .util import to_device
+from .rescale import TRAINING_SCALE_KEY, training_pixel_area
 from .runs import check_run_config, check_trained_on, fold_dir, fold_done, load_dataset, open_store
+from .util import to_device
 
 LN2 = math.log(2.0)
 
@@ -397,6 +398,7 @@ def run_fold(cfg: TrainConfig, run_dir, fold: int, dataset, features=None, store
             "fold": fold, "train_config": cfg.to_dict(),
             "train_images": train, "val_images": val, "test_images": test,
             "dataset_checksum": dataset.checksum, "n_images": len(dataset),
+            TRAINING_SCALE_KEY: training_pixel_area(dataset.sizes[train]),
             "best_epoch": int(best["epoch"]), "best_val_LL": float(best["val_LL"]),
             "best_val_ig": float(best["val_ig"]), "seed": attempts["seed"],
             "dead_seeds": attempts["dead_seeds"],

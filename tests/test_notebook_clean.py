@@ -18,6 +18,8 @@ def executed(root: str) -> dict:
                                    "version": "2.7.0"}},
         "cells": [
             {"cell_type": "markdown", "id": "a", "metadata": {}, "source": ["# x"]},
+            {"cell_type": "code", "id": "9f3c2a1b", "execution_count": 1, "outputs": [],
+             "metadata": {"tags": ["injected-parameters"]}, "source": ["profile = \"osie\""]},
             {"cell_type": "code", "id": "b", "execution_count": 3,
              "metadata": {"tags": ["parameters"], "execution": {"iopub.status.busy": "2026-12-01T19:25:50Z"},
                           "papermill": {"duration": 2.7, "status": "completed"}},
@@ -39,7 +41,8 @@ def test_clean_keeps_results_and_drops_what_changes_between_runs(tmp_path):
     nb = clean(executed(root), repo_root=root)
     assert nb["metadata"]["papermill"] == {"parameters": {"profile": "osie"}, "input_path": "notebooks/x.ipynb",
                                            "version": "2.7.0"}
-    cell = nb["cells"][1]
+    assert nb["cells"][1]["id"] == "injected-parameters"
+    cell = nb["cells"][2]
     assert cell["metadata"] == {"tags": ["parameters"]} and cell["execution_count"] == 3
     assert [o["output_type"] for o in cell["outputs"]] == ["stream", "execute_result", "error"]
     assert cell["outputs"][0]["text"] == ["file ./data/features/a.h5 (3.1 MiB)\n"]
@@ -54,6 +57,7 @@ def test_two_runs_in_different_checkouts_clean_to_the_same_bytes(tmp_path):
     a, b = tmp_path / "a.ipynb", tmp_path / "b.ipynb"
     one, two = executed("/home/u/dgstudy"), executed("/srv/ci/dgstudy")
     two["metadata"]["papermill"]["duration"] = 1.0
+    two["cells"][1]["id"] = "0c5d7e2f"
     a.write_text(json.dumps(one))
     b.write_text(json.dumps(two))
     clean_file(a, repo_root="/home/u/dgstudy")

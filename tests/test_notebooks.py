@@ -1,4 +1,4 @@
-"""The whole notebook chain 01-07 at toy scale (the ``smoke`` profile), through papermill.
+"""The whole notebook chain 01-08 at toy scale (the ``smoke`` profile), through papermill.
 
 Results and figures go to a temporary folder (``DGSTUDY_RESULTS``, ``DGSTUDY_FIGURES``); the data
 root stays the repository's ``data/`` so the OSIE cache and the smoke feature store are reused.
@@ -29,8 +29,9 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     import papermill
 
     notebooks = smoke_chain()
-    assert [p.name[:2] for p in notebooks] == ["01", "02", "03", "04", "05", "06", "07"], notebooks
+    assert [p.name[:2] for p in notebooks] == ["01", "02", "03", "04", "05", "06", "07", "08"], notebooks
     params = {"profile": "smoke", "overrides": {}}
+    extra = {"08_transfer.ipynb": {"max_images": 8}}       # keeps the transfer notebook to ~1 min
     results, figures = tmp_path / "results", tmp_path / "figures"
     monkeypatch.setenv("DGSTUDY_RESULTS", str(results))
     monkeypatch.setenv("DGSTUDY_FIGURES", str(figures))
@@ -40,7 +41,8 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     timings = {}
     for nb in notebooks:
         t0 = time.perf_counter()
-        papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(REPO),
+        papermill.execute_notebook(str(nb), str(out / nb.name), parameters={**params, **extra.get(nb.name, {})},
+                                   cwd=str(REPO),
                                    kernel_name="python3", progress_bar=False)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
     print("notebook seconds:", timings)
@@ -94,10 +96,21 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
         scores = choice["validation_LL"][fold]
         assert scores["+".join(members)] == max(scores.values())
 
+    # transfer: three widths x two scales; the original size predicts the same either way, and the
+    # default keeps more of it at 256 px wide than native prediction does
+    tr = pd.read_csv(out / "transfer.csv").set_index(["width", "scale"])
+    assert sorted(tr.index) == [(256, "native"), (256, "training"), (800, "native"), (800, "training"),
+                                (1600, "native"), (1600, "training")]
+    assert tr.loc[(800, "training"), "IG_ratio"] == pytest.approx(1.0)
+    assert tr.loc[(800, "native"), "IG_run_cb"] == pytest.approx(tr.loc[(800, "training"), "IG_run_cb"])
+    assert tr.loc[(256, "training"), "predicted_width"] == 800 and tr.loc[(256, "native"), "predicted_width"] == 256
+    assert tr.loc[(256, "training"), "IG_run_cb"] > tr.loc[(256, "native"), "IG_run_cb"]
+    assert (out / "transfer.md").read_text().startswith("# Transfer across image scales")
+
     # figures: PNG and PDF of each
     for name in ("examples", "center_bias", "ablation_layers", "ablation_centerbias",
                  "ablation_backbones", "ablation_backbones_folds",
-                 "per_image_ig", "blur", "training_curves"):
+                 "per_image_ig", "blur", "training_curves", "transfer"):
         for ext in ("png", "pdf"):
             f = figures / "smoke" / f"{name}.{ext}"
             assert f.exists() and f.stat().st_size > 1000, f
@@ -114,3 +127,33 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     assert first == second
     text = json.dumps(first)
     assert str(REPO) not in text and "start_time" not in text and "stderr" not in text
+
+@pytest.mark.slow
+def test_chain_on_a_folder_data_set_of_mixed_sizes(tmp_path, monkeypatch):
+    """Your own data: a folder of generated images of three sizes and a fixation CSV, given as the
+    profile's ``dataset: folder`` (here as overrides of smoke): features, training with evaluation
+    and the transfer notebook run on it (the ablations 03-05 train more runs of the same code and
+    the report reads their tables: left to the smoke chain, to keep this test short)."""
+    import papermill
+
+    from test_transfer import make_folder
+
+    folder, csv = make_folder(tmp_path / "mydata", n_subjects=4, per_subject=8)
+    overrides = {"dataset": "folder", "dataset_options": {"images": str(folder), "fixations": str(csv)},
+                 "max_epochs": 2, "bootstrap": 50}
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    monkeypatch.setenv("DGSTUDY_RESULTS", str(results))
+    monkeypatch.setenv("DGSTUDY_FIGURES", str(figures))
+    monkeypatch.setenv("DGSTUDY_DATA", str(tmp_path / "data"))
+    out = results / "smoke"
+    out.mkdir(parents=True)
+    for name in ("01_extract_features", "02_train_readout", "08_transfer"):
+        params = {"profile": "smoke", "overrides": overrides, **({"max_images": 3} if name == "08_transfer" else {})}
+        papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
+                                   parameters=params, cwd=str(REPO), kernel_name="python3", progress_bar=False)
+    metrics = json.loads((results / "smoke-efficientnet_lite0" / "metrics.json").read_text())
+    assert metrics["config"]["dataset"] == "folder" and metrics["summary"]["n_images"] == 9
+    info = json.loads((results / "smoke-efficientnet_lite0" / "fold_00" / "config.json").read_text())
+    assert info["training_pixel_area"] in (6144.0, 6400.0)   # the median area of its training images
+    tr = pd.read_csv(out / "transfer.csv")
+    assert len(tr) == 6 and np.isfinite(tr["IG_run_cb"]).all()

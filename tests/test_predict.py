@@ -141,11 +141,15 @@ def test_average_of_densities_is_normalised_and_matches_hand_computation():
 
 def test_resized_log_density_stays_normalised():
     ld = _random_log_density(8, 10)
-    r = predict.resize_log_density(ld, 16, 20)
-    assert r.shape == (16, 20) and abs(np.exp(r).sum() - 1) < 1e-9
+    r = predict.resize_log_density(ld, 16, 20)          # upsampling: in float32
+    assert r.shape == (16, 20) and abs(np.exp(r).sum() - 1) < 1e-6
+    r = predict.resize_log_density(ld, 4, 5)            # shrinking: in float64
+    assert r.shape == (4, 5) and abs(np.exp(r).sum() - 1) < 1e-12
     # a uniform density stays uniform at any size; the same size is returned unchanged
     np.testing.assert_allclose(predict.resize_log_density(predict.uniform_log_density(8, 10), 5, 7),
                                predict.uniform_log_density(5, 7), atol=1e-12)
+    np.testing.assert_allclose(predict.resize_log_density(predict.uniform_log_density(8, 10), 15, 17),
+                               predict.uniform_log_density(15, 17), atol=1e-6)
     np.testing.assert_array_equal(predict.resize_log_density(ld, 8, 10), ld)
 
 
@@ -294,7 +298,8 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ensemble(tiny_run):
-    return predict.load_model(tiny_run[0])
+    """The run at its images' own size (the default scale is tested in test_transfer.py)."""
+    return predict.load_model(tiny_run[0], scale="native")
 
 
 def test_one_fold_reproduces_the_training_evaluation_exactly(tiny_run, ensemble):

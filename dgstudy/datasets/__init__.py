@@ -1,4 +1,5 @@
-"""Fixation data sets by name: ``datasets.load('osie' | 'mit1003' | 'synthetic', n_images=None, **options)``.
+"""Fixation data sets by name: ``datasets.load(name, n_images=None, **options)``, ``name`` one of
+``'osie'``, ``'mit1003'``, ``'synthetic'``, ``'folder'``.
 
 A data set is a :class:`FixationDataset`: stimuli (absolute paths, ``sizes`` as (height, width))
 and one fixation table with the columns :data:`COLUMNS` (``image``, ``subject``, ``x``, ``y``,
@@ -10,8 +11,9 @@ fixations inside the image are kept (the loaders count the dropped ones in ``dat
 Modules: :mod:`.core` (the dataset class, table, checksum, image reading), :mod:`.cache` (the
 parsed-dataset cache), :mod:`.splits` (:func:`kfold`, :func:`fold_split`), one module per data
 set (:mod:`.osie`, :mod:`.mit1003` with its detector :mod:`.mit1003_detector`,
-:mod:`.synthetic`). Everything public is re-exported here. Importing this package does not
-import torch. Reference and the loaders' decisions: docs/datasets.md.
+:mod:`.synthetic`, :mod:`.folder`: any folder of images with a fixation CSV). Everything public is
+re-exported here. Importing this package does not import torch. Reference and the loaders'
+decisions: docs/datasets.md.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import mit1003, osie, synthetic
+from . import folder, mit1003, osie, synthetic
 from .cache import cache_file, load_cache, save_cache
 from .core import (COLUMNS, FixationDataset, content_checksum, image_sizes, make_fixation_table,
                    read_image)
@@ -28,7 +30,7 @@ from .synthetic import SyntheticDataset, load_synthetic, synthetic_log_density
 
 __all__ = ["COLUMNS", "FixationDataset", "SyntheticDataset", "available", "cache_file",
            "content_checksum", "fold_split", "image_sizes", "kfold", "load", "load_cache",
-           "load_synthetic", "make_fixation_table", "read_image", "register", "save_cache",
+           "load_synthetic", "loader", "make_fixation_table", "read_image", "register", "save_cache",
            "synthetic_log_density"]
 
 _LOADERS: dict[str, Callable[..., FixationDataset]] = {}
@@ -42,19 +44,27 @@ def register(name: str):
     return deco
 
 
+def loader(name: str) -> Callable[..., FixationDataset]:
+    """The function registered as ``name`` (its signature lists the data set's options)."""
+    if name not in _LOADERS:
+        raise KeyError(f"unknown dataset {name!r}; available: {', '.join(available())}")
+    return _LOADERS[name]
+
+
 def available() -> list[str]:
     return sorted(_LOADERS)
 
 
 def load(name: str, n_images: int | None = None, **options) -> FixationDataset:
-    """Load a dataset by name: ``'osie'``, ``'mit1003'`` or ``'synthetic'``.
+    """Load a dataset by name: ``'osie'``, ``'mit1003'``, ``'synthetic'`` or ``'folder'``.
 
     ``n_images`` keeps only the first N images (in the dataset's order), for quick runs; the
     subset keeps the name but has its own ``checksum``. Other options are passed to the loader:
     :func:`dgstudy.datasets.osie.load_osie` (``local_dir``, ``download``, ``initial_fixation``,
     ...), :func:`dgstudy.datasets.mit1003.load_mit1003` (same, plus ``params`` of the fixation
-    detector) and :func:`dgstudy.datasets.synthetic.load_synthetic`. Real datasets are parsed once
-    and then read from ``cache_dir()``.
+    detector), :func:`dgstudy.datasets.synthetic.load_synthetic` and
+    :func:`dgstudy.datasets.folder.load_folder` (``images``, ``fixations``, ...). Real datasets are
+    parsed once and then read from ``cache_dir()``.
     """
     if name not in _LOADERS:
         raise KeyError(f"unknown dataset {name!r}; available: {', '.join(available())}")
@@ -67,3 +77,4 @@ def load(name: str, n_images: int | None = None, **options) -> FixationDataset:
 register("osie")(osie.load_osie)
 register("mit1003")(mit1003.load_mit1003)
 register("synthetic")(synthetic.load_synthetic)
+register("folder")(folder.load_folder)
