@@ -66,7 +66,7 @@ PROFILE_ARGS = --profile $(PROFILE) $(if $(BACKBONE),--backbone $(BACKBONE))
 
 reproduce: env
 	@test -f $(PROFILE_YAML) || { echo "unknown PROFILE=$(PROFILE): no $(PROFILE_YAML)"; exit 2; }
-	$(PY) -m dgstudy preflight $(PROFILE_ARGS)
+	$(PY) -m dgstudy preflight --download $(PROFILE_ARGS)
 	@tag=$$($(PY) -m dgstudy tag $(PROFILE_ARGS)); \
 	  $(MAKE) --no-print-directory notebooks PROFILE=$(PROFILE) BACKBONE=$(BACKBONE) OUT_TAG=$$tag && \
 	  echo "done: executed notebooks in $(or $(DGSTUDY_RESULTS),results)/$$tag/, figures in $(or $(DGSTUDY_FIGURES),figures)/$$tag/"

@@ -3,7 +3,8 @@
 Each condition is one cross-validated run (``training.train_crossval``), named
 ``<run>-layers-<condition>``, ``<run>-cb-<condition>`` or, for backbones,
 :func:`backbone_run_name`; the condition equal to the main configuration *is* the main run, and
-finished folds are never retrained. :func:`ablation_table` scores conditions with bootstrap
+finished folds are never retrained. The folds of all of a grid's conditions are submitted at once
+(``training.train_runs``: one task per (condition, fold), :mod:`dgstudy.tasks`). :func:`ablation_table` scores conditions with bootstrap
 intervals over images and paired differences to a reference. The default layer grids and their
 storage costs are described in ``docs/ablations.md``.
 """
@@ -18,11 +19,11 @@ import pandas as pd
 from . import backbones, baselines, datasets, ensemble, features
 from .backbones.vgg19 import PAPER_LAYERS
 from .config import StudyConfig, TrainConfig
-from .evaluation import load_run_metrics
+from .evaluation import evaluate_runs, load_run_metrics
 from .metrics import evaluate
 from .paths import results_dir
 from .statistics import bootstrap_paired_difference, summarize
-from .training import train_crossval
+from .training import train_runs
 
 
 def ablation_table(results: dict, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
@@ -34,11 +35,13 @@ def ablation_table(results: dict, n_boot: int = 1000, level: float = 0.95, seed:
     ``describe``: optional {condition: text} (e.g. the layers), put in column ``detail``.
     ``reference``: a condition; adds ``IG_diff`` (condition minus reference, bit/fix) with a
     *paired* interval (the same images resampled for both; images matched by ``image``).
-    ``evaluate_kw``: passed to ``evaluation.evaluate_run`` for runs not yet evaluated.
+    ``evaluate_kw``: passed to ``evaluation.evaluate_runs`` for the runs not yet evaluated (one
+    task each, all at once).
     The same ``seed`` is used for every condition, so the resampled image sets are identical
     across conditions.
     """
-    loaded = {cond: (load_run_metrics(res, **(evaluate_kw or {})) if isinstance(res, (str, Path)) else res)
+    evaluate_runs([res for res in results.values() if isinstance(res, (str, Path))], **(evaluate_kw or {}))
+    loaded = {cond: (load_run_metrics(res) if isinstance(res, (str, Path)) else res)
               for cond, res in results.items()}
     rows = []
     for cond, (summary, per_image) in loaded.items():
@@ -120,9 +123,12 @@ CENTER_BIAS_CONDITIONS = {
 }
 
 
-def train_condition(train_cfg: TrainConfig) -> Path:
-    """Train (or resume / reuse) the cross-validated run of ``train_cfg``; its folder."""
-    return Path(train_crossval(train_cfg))
+def train_conditions(cfgs: dict[str, TrainConfig], dataset=None) -> dict[str, Path]:
+    """Train (or resume / reuse) every condition's run, all folds submitted at once
+    (``training.train_runs``); {condition: run folder}. Conditions sharing a run train it once."""
+    unique = list({c.run: c for c in cfgs.values()}.values())
+    folders = dict(zip((c.run for c in unique), train_runs(unique, dataset=dataset)))
+    return {cond: Path(folders[c.run]) for cond, c in cfgs.items()}
 
 
 def load_dataset(cfg: StudyConfig):
@@ -158,15 +164,15 @@ def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=Non
                                                   dtype=t.feature_dtype)
         features.extract(dataset, backbone, layers=extra, downsample=t.downsample,
                          dtype=t.feature_dtype, device=t.device, out=extra_store)
-    runs = {}
+    cfgs = {}
     for cond, layers in grid.items():
         if list(layers) == main_layers:
-            runs[cond] = train_condition(t)
+            cfgs[cond] = t
             continue
         store = main_store if set(layers) <= have else extra_store
-        runs[cond] = train_condition(cfg.with_train(run=f"{t.run}-layers-{cond}", layers=list(layers),
-                                                    feature_path=str(store)))
-    return runs
+        cfgs[cond] = cfg.with_train(run=f"{t.run}-layers-{cond}", layers=list(layers),
+                                    feature_path=str(store))
+    return train_conditions(cfgs, dataset=dataset)
 
 
 def run_center_bias_ablation(cfg: StudyConfig, conditions: dict | None = None) -> dict:
@@ -174,11 +180,11 @@ def run_center_bias_ablation(cfg: StudyConfig, conditions: dict | None = None) -
 
     ``learned`` (no overrides) is the main run itself.
     """
-    runs = {}
+    cfgs = {}
     for cond, overrides in (conditions or CENTER_BIAS_CONDITIONS).items():
         run = cfg.train.run if not overrides else f"{cfg.train.run}-cb-{cond}"
-        runs[cond] = train_condition(cfg.with_train(run=run, **overrides))
-    return runs
+        cfgs[cond] = cfg.with_train(run=run, **overrides)
+    return train_conditions(cfgs, dataset=load_dataset(cfg))
 
 
 # -- backbones -------------------------------------------------------------------------------------
@@ -220,7 +226,7 @@ def run_backbone_ablation(cfg: StudyConfig, names, dataset=None) -> dict:
     each with its default layers and otherwise the main run's settings; returns {backbone: run
     directory}. The main backbone's condition is the main run itself (with its layers)."""
     dataset = dataset or load_dataset(cfg)
-    runs = {}
+    cfgs = {}
     for name in names:
         is_main = name == cfg.train.backbone
         t = cfg.with_train(backbone=name, run=backbone_run_name(cfg, name),
@@ -229,8 +235,8 @@ def run_backbone_ablation(cfg: StudyConfig, names, dataset=None) -> dict:
         if not t.feature_path:
             features.extract(dataset, name, layers=t.layers, downsample=t.downsample,
                              dtype=t.feature_dtype, device=t.device)
-        runs[name] = train_condition(t)
-    return runs
+        cfgs[name] = t
+    return train_conditions(cfgs, dataset=dataset)
 
 
 def backbone_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:

@@ -363,7 +363,11 @@ def preflight(cfg: StudyConfig, download: bool = False) -> list[str]:
     """Check that the profile's data set and backbone weights are reachable; return the problems.
 
     Uses the loaders' own errors (which name the missing file and how to provide it); an empty
-    list means ready. With ``download=False`` (default) the VGG-19 weights must already be on disk.
+    list means ready. The data loaders download missing data (their default); with
+    ``download=True`` (``make reproduce``: ``preflight --download``) missing backbone weights are
+    downloaded too, each file verified (VGG-19's published hash prefix, MIT1003's MD5s) before it
+    is renamed into place; where: ``$DGSTUDY_VGG19_URL``, ``$DGSTUDY_MIT1003_URL`` or the published
+    addresses. With ``download=False`` (default) the VGG-19 weights must already be on disk.
     """
     t = cfg.train
     problems = []
@@ -382,6 +386,10 @@ def preflight(cfg: StudyConfig, download: bool = False) -> list[str]:
     return problems
 
 
+OFFLINE_PROFILES = ("osie", "osie_extended", "smoke")    # their data and weights are shipped offline
+OFFLINE_STUDY = "make reproduce PROFILE=osie"
+
+
 def _profile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="paper", help="profile name (dgstudy/profiles/<name>.yaml)")
     p.add_argument("--backbone", default=None, help="another backbone than the profile's")
@@ -390,7 +398,8 @@ def _profile_arguments(p: argparse.ArgumentParser) -> None:
 def add_preflight_command(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("preflight", help="check data and weights for a profile, in seconds")
     _profile_arguments(p)
-    p.add_argument("--download", action="store_true", help="allow downloading missing weights")
+    p.add_argument("--download", action="store_true",
+                   help="download missing weights too (verified; $DGSTUDY_VGG19_URL overrides the address)")
     p.set_defaults(func=run_preflight_command)
     return p
 
@@ -401,6 +410,8 @@ def run_preflight_command(args: argparse.Namespace) -> int:
         print(f"preflight for profile {args.profile!r} FAILED:", file=sys.stderr)
         for prob in problems:
             print(f"  - {prob}", file=sys.stderr)
+        if args.profile not in OFFLINE_PROFILES:
+            print(f"Without a network, the study that runs here is: {OFFLINE_STUDY}", file=sys.stderr)
         return 1
     print(f"preflight for profile {args.profile!r}: data and weights found")
     return 0

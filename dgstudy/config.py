@@ -66,6 +66,7 @@ class TrainConfig:
     saliency_map_factor: int = 4
     train_resolution: str = "reduced"        # likelihood used for fitting: 'reduced' grid or 'full'
     num_threads: int | None = None           # torch intra-op threads while training (None: as is)
+    scheduler: str | None = None             # where folds run: sync, local, tcp://... (dgstudy.tasks)
 
     def __post_init__(self):
         if not self.run:

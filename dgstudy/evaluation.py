@@ -1,8 +1,9 @@
 """Scoring a trained run: its cross-validated predictions through :func:`dgstudy.metrics.evaluate`.
 
 :func:`evaluate_run` writes ``metrics.json`` (overall metrics, per-fold summaries, flagged folds)
-and ``per_image.csv`` into the run folder; :func:`load_run_metrics` reads them back (evaluating
-first if needed). LL and IG in bits per fixation; IG over the leave-image-out centre bias unless
+and ``per_image.csv`` into the run folder; :func:`evaluate_runs` does so for several runs at once,
+one task each (:mod:`dgstudy.tasks`); :func:`load_run_metrics` reads them back (evaluating first
+if needed). LL and IG in bits per fixation; IG over the leave-image-out centre bias unless
 another baseline is given; explained IG against the leave-one-subject-out gold standard.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import baselines, metrics
+from . import baselines, metrics, tasks
 from .baselines import GoldStandard
 from .io import atomic_path, write_json
 from .runs import CrossValModel, fold_done
@@ -118,13 +119,34 @@ def evaluate_run(run_dir, *, dataset=None, features=None, baseline=None, gold=No
     return result
 
 
+def evaluated(run_dir) -> bool:
+    """True if the run has its ``metrics.json`` and ``per_image.csv``."""
+    return (Path(run_dir) / "metrics.json").exists() and (Path(run_dir) / "per_image.csv").exists()
+
+
+def evaluate_runs(run_dirs, *, scheduler: str | None = None, progress: bool = True, **evaluate_kw) -> None:
+    """:func:`evaluate_run` for every run of ``run_dirs`` not yet :func:`evaluated`, all submitted at
+    once, one task per run, executed where ``scheduler`` says (:func:`dgstudy.tasks.resolve_scheduler`;
+    the runs' recorded ``scheduler`` is the configured default). ``evaluate_kw`` (e.g. a shared
+    ``dataset``, ``baseline`` and ``gold``) go to every run, sent to a cluster once."""
+    todo = list(dict.fromkeys(Path(r).resolve() for r in run_dirs if not evaluated(r)))
+    if not todo:
+        return
+    configured = json.loads((todo[0] / "config.json").read_text()).get("scheduler") \
+        if (todo[0] / "config.json").exists() else None
+    where = tasks.resolve_scheduler(scheduler, configured)
+    tasks.run(evaluate_run, [dict(run_dir=r, progress=progress and where == "sync", **evaluate_kw) for r in todo],
+              scheduler=where, scatter=("dataset", "features", "baseline", "gold"), desc="evaluations",
+              labels=[f"evaluate {r.name}" for r in todo], progress=progress and where != "sync")
+
+
 def load_run_metrics(run_dir: str | Path, **evaluate_kw) -> tuple[dict, pd.DataFrame]:
     """(metrics dict, per-image DataFrame) of a training run, from ``metrics.json`` (its ``summary``)
     and ``per_image.csv``; evaluates the run first (``evaluation.evaluate_run(run_dir,
     **evaluate_kw)``, e.g. with a shared ``dataset``, ``baseline`` and ``gold``) if they are missing.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").exists() or not (run_dir / "per_image.csv").exists():
+    if not evaluated(run_dir):
         evaluate_run(run_dir, **evaluate_kw)
     summary = json.loads((run_dir / "metrics.json").read_text())
     summary = summary.get("summary", summary)   # evaluate_run nests the metrics under "summary"

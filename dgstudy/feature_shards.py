@@ -1,4 +1,5 @@
 """Crash-safe writing of an HDF5 image store: shards, the merge, the scan that resumes, the lock.
+Every dataset carries HDF5's fletcher32 checksum, so a corrupt chunk fails on reading.
 
 No file is ever modified in place. Finished images go to shard files ``<out>.parts/part-XXXXX.h5``,
 each written under a temporary name, fsynced and renamed into place (:func:`dgstudy.io.atomic_path`),
@@ -12,7 +13,6 @@ read back as plain values, and handed to the caller's check.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -22,7 +22,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from .io import DataError, atomic_path
+from .io import DataError, atomic_path, file_lock
 
 
 def parts_dir(out: str | os.PathLike) -> Path:
@@ -80,7 +80,7 @@ def write_part(pdir: Path, attrs: dict, results: dict[int, tuple], compression) 
                 g.attrs["image_size"] = np.asarray(image_size, dtype=np.int64)
                 g.attrs["input_size"] = np.asarray(in_size, dtype=np.int64)
                 for layer, arr in feats.items():
-                    g.create_dataset(layer, data=arr, compression=compression)
+                    g.create_dataset(layer, data=arr, compression=compression, fletcher32=True)
         fsync(tmp)
     return final
 
@@ -113,9 +113,15 @@ def scan(out: Path, pdir: Path, attrs: dict, check: Callable[[Path, dict, dict],
     for stray in out.parent.glob(f".{out.name}.*.tmp"):   # a merge whose writer was killed
         stray.unlink()
     if out.exists():
-        with h5py.File(out, "r") as f:
-            check(out, read_attrs(f), attrs)
-            done |= stored_images(f)
+        try:
+            with h5py.File(out, "r") as f:
+                have = read_attrs(f)
+                images = stored_images(f)
+        except OSError as e:
+            raise DataError(f"{out}: not a readable HDF5 store, truncated or corrupt ({e}); delete it "
+                            "(its .parts folder keeps any unmerged images) and extract again") from e
+        check(out, have, attrs)
+        done |= images
     if pdir.exists():
         for stray in pdir.glob(".part-*.tmp"):   # a shard whose writer was killed
             stray.unlink()
@@ -133,13 +139,6 @@ def scan(out: Path, pdir: Path, attrs: dict, check: Callable[[Path, dict, dict],
 def writer_lock(out: Path):
     """Hold an exclusive ``flock`` on ``<out>.lock``: a second writer waits (the OS drops the lock
     of a killed process)."""
-    with open(out.with_name(out.name + ".lock"), "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another process that is extracting into {out} ...", flush=True)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(out.with_name(out.name + ".lock"),
+                   f"waiting for another process that is extracting into {out} ..."):
+        yield

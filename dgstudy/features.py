@@ -13,6 +13,7 @@ and a rerun resumes. Layout, pipeline details and measurements: ``docs/features.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
@@ -32,6 +33,7 @@ from .feature_shards import (consolidate, image_key, parts_dir, read_attrs, scan
                              write_part, writer_lock)
 from .io import DataError
 from .paths import data_dir
+from .util import to_device
 
 FORMAT_VERSION = 2
 ATTR_KEYS = ("backbone", "architecture", "weights_sha256", "network_id", "layers", "downsample",
@@ -44,6 +46,8 @@ MATCH_KEYS = ("backbone", "architecture", "weights_sha256", "network_id", "layer
 NETWORK_KEYS = ("backbone", "architecture", "weights_sha256")
 RESIZE_METHOD = "torch bilinear antialias=True align_corners=False on float [0,1]; size round(H/d), round(W/d)"
 DTYPES = ("float16", "float32")
+REBUILD = ("delete the file (and its .parts folder) and extract again: dgstudy.features.extract(...), "
+           "or make reproduce, which extracts what is missing")
 
 
 # -- paths ---------------------------------------------------------------------------
@@ -93,7 +97,7 @@ def _run_batch(backbone, x, layers, dtype: str, autocast_bf16: bool) -> list[dic
     """Features of a batch (B, 3, h, w) as one {layer: (C, h, w) array of ``dtype``} per image."""
     device = backbone.mean.device
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-        feats = backbone.features(x.to(device), layers)
+        feats = backbone.features(to_device(x, device), layers)
     out = [dict() for _ in range(x.shape[0])]
     for layer, t in feats.items():
         arr = t.to(torch.float32).cpu().numpy()
@@ -201,17 +205,30 @@ def _extract_locked(dataset, bb, layers, downsample, dtype, out, pdir, attrs, wa
                     buffer[i] = (feats, size, tuple(x.shape[-2:]))
                 bar.update(len(batch))
                 if len(buffer) >= part_size:
-                    write_part(pdir, attrs, buffer, compression)
+                    _written(write_part, pdir, attrs, buffer, compression)
                     buffer = {}
     if buffer:
-        write_part(pdir, attrs, buffer, compression)
+        _written(write_part, pdir, attrs, buffer, compression)
     if pdir.exists():
-        consolidate(out, pdir, attrs)
+        _written(consolidate, out, pdir, attrs)
     if todo and progress:
         dt = time.perf_counter() - t0
         print(f"{bb.name}: {len(todo)} images in {dt:.1f} s ({len(todo) / dt:.2f} img/s) -> {out} "
               f"({out.stat().st_size / 2**20:.1f} MiB)")
     return out
+
+
+def _written(write, out, *args):
+    """``write(out, *args)``; a full disk becomes an OSError that says what is kept (the shards
+    and the store written so far: every finished image) and how to resume."""
+    try:
+        return write(out, *args)
+    except OSError as e:
+        if e.errno != errno.ENOSPC and "No space left" not in str(e):
+            raise
+        raise OSError(errno.ENOSPC, f"no space left on the device while writing features into {out} "
+                                    "(nothing was half-written: the images finished before are kept in "
+                                    "their shards); free some space and extract again to resume") from e
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -254,8 +271,9 @@ class FeatureStore:
             with h5py.File(self.path, "r") as f:
                 self.attrs = read_attrs(f)
                 self.images = sorted(stored_images(f))
-        except OSError as e:
-            raise DataError(f"{self.path}: not a readable HDF5 feature store ({e})") from e
+        except (OSError, KeyError, ValueError) as e:
+            raise DataError(f"{self.path}: not a readable HDF5 feature store, truncated or corrupt "
+                            f"({type(e).__name__}: {e}); {REBUILD}") from e
         missing = [k for k in ATTR_KEYS if k not in self.attrs]
         if missing:
             raise DataError(f"{self.path}: feature store lacks attributes {missing} (written before "
@@ -296,8 +314,17 @@ class FeatureStore:
         if not self.has(i):
             raise DataError(f"{self.path}: image {i} is not in the store "
                             f"({len(self.images)} of {self.attrs['n_images']} images stored)")
-        g = self._h5()["images"][image_key(i)]
-        return {l: g[l][()] for l in layers}
+        try:
+            g = self._h5()["images"][image_key(i)]
+            out = {l: g[l][()] for l in layers}
+        except (OSError, KeyError, ValueError) as e:   # a corrupt chunk fails its fletcher32 checksum
+            raise DataError(f"{self.path}: the features of image {i} are unreadable, the store is "
+                            f"corrupt ({type(e).__name__}: {e}); {REBUILD}") from e
+        bad = {l: a.shape for l, a in out.items() if a.ndim != 3 or a.dtype != np.dtype(self.attrs["dtype"])}
+        if bad:
+            raise DataError(f"{self.path}: image {i} has features of the wrong shape or dtype {bad} "
+                            f"(expected (C, h, w) {self.attrs['dtype']}); {REBUILD}")
+        return out
 
     def stacked(self, i: int, layers: Sequence[str] | None = None) -> np.ndarray:
         layers = self.layers if layers is None else list(layers)

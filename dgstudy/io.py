@@ -7,6 +7,7 @@ only when complete.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -66,6 +68,25 @@ def atomic_path(final: str | os.PathLike, suffix: str = ""):
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, waiting: str | None = None):
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block: a second holder
+    waits, printing ``waiting`` first; the OS drops the lock of a killed process."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def write_json(path: str | os.PathLike, obj, **kw) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=json_default, **kw) + "\n")
@@ -93,11 +114,13 @@ def verify_file(path: str | os.PathLike, sha256: str) -> None:
                         "the file is corrupt or not the published one; delete it and download again")
 
 
-def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout: float = 60) -> Path:
+def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout: float = 60,
+          verify: Callable[[Path], None] | None = None) -> Path:
     """Download ``url`` (http(s) or file://) to ``dest`` atomically, verifying ``sha256``.
 
-    An existing ``dest`` with the right checksum is kept as is. A partial download
-    never appears under ``dest``.
+    ``verify(path)``: a further check of the downloaded file (e.g. a published hash prefix or MD5)
+    that raises DataError if it fails. An existing ``dest`` with the right checksum is kept as is.
+    A partial or refused download never appears under ``dest``.
     """
     dest = Path(dest)
     if dest.exists() and (sha256 is None or sha256_file(dest) == sha256.lower()):
@@ -118,6 +141,8 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout:
             if got != sha256.lower():
                 raise DataError(f"{dest.name}: downloaded from {url} but SHA-256 is {got}, "
                                 f"expected {sha256.lower()}")
+        if verify is not None:
+            verify(tmp)
     return dest
 
 

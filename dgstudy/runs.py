@@ -32,7 +32,7 @@ from . import datasets, pretrained
 from .baselines import CenterBias
 from .config import TrainConfig
 from .features import NETWORK_KEYS, FeatureStore, default_store_path
-from .io import DataError, write_json
+from .io import DataError, sha256_file, write_json
 from .model import DeepGazeII
 from .paths import results_dir
 from .rescale import TRAINING_SCALE_KEY, training_pixel_area
@@ -78,7 +78,7 @@ def fold_done(d: Path) -> bool:
     return (d / "config.json").exists() and (d / "model.pt").exists()
 
 
-RUNTIME_KEYS = ("device", "num_threads")   # settings that do not change what a run computes
+RUNTIME_KEYS = ("device", "num_threads", "scheduler")   # settings that do not change what a run computes
 
 
 def check_run_config(run_dir: Path, cfg: TrainConfig) -> None:
@@ -123,8 +123,8 @@ def load_fold(d) -> tuple[DeepGazeII, TrainConfig, object]:
     d = Path(d)
     if not fold_done(d):
         raise DataError(f"{d}: fold is not finished (config.json or model.pt missing)")
-    info = json.loads((d / "config.json").read_text())
-    saved = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
+    info = _read_json(d / "config.json")
+    saved = load_checkpoint(d / "model.pt", info.get("model_sha256"))
     model = DeepGazeII(**saved["hparams"])
     model.load_state_dict(saved["state_dict"])
     model.eval()
@@ -135,6 +135,25 @@ def load_fold(d) -> tuple[DeepGazeII, TrainConfig, object]:
     else:
         cb = None
     return model, TrainConfig.from_dict(info["train_config"]), cb
+
+
+def load_checkpoint(path: Path, sha256: str | None = None) -> dict:
+    """A fold's ``model.pt`` ({"hparams", "state_dict"}), verified against the ``sha256`` its
+    ``config.json`` records (folds trained since dgstudy records it); DataError, naming the file
+    and how to retrain it, if it is cut short or corrupt."""
+    path = Path(path)
+    retrain = (f"delete the fold folder {path.parent} and train again (train_crossval or make reproduce "
+               "retrains exactly the missing folds)")
+    if sha256 is not None and (got := sha256_file(path)) != sha256:
+        raise DataError(f"{path}: checkpoint is corrupt or cut short (SHA-256 {got[:12]}..., its "
+                        f"config.json records {sha256[:12]}...); {retrain}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # noqa: BLE001 -- torch raises RuntimeError, EOFError, UnpicklingError...
+        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); {retrain}") from e
+    if not isinstance(saved, dict) or not {"hparams", "state_dict"} <= set(saved):
+        raise DataError(f"{path}: not a dgstudy checkpoint (no hparams and state_dict); {retrain}")
+    return saved
 
 
 class CrossValModel:

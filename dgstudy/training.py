@@ -1,8 +1,10 @@
 """Cross-validated maximum-likelihood training of the DeepGaze readout on stored features.
 
 :func:`train_crossval` trains every fold of a :class:`~dgstudy.config.TrainConfig` into
-``results/<run>/`` (layout: :mod:`dgstudy.runs`), resuming at the first unfinished fold;
-:func:`train_fold` fits one fold. Per fold k (``datasets.fold_split``: test fold k, validation
+``results/<run>/`` (layout: :mod:`dgstudy.runs`), resuming at the unfinished folds, each one task
+(:func:`run_fold`; executed where :mod:`dgstudy.tasks` says: this process, a local Dask cluster or
+any Dask cluster); :func:`train_runs` submits the folds of several runs at once (an ablation's
+grid); :func:`train_fold` fits one fold. Per fold k (``datasets.fold_split``: test fold k, validation
 fold k+1, training the rest) the centre bias, the feature standardisation and the readout see
 the training images only, early stopping the validation images only. Loss: mean NLL in bits per
 fixation plus ``l1 * sum|w|`` over the readout's convolution weights. Reported log-likelihoods
@@ -13,8 +15,15 @@ is warned about. What happens step by step, and the choices not fixed by the pap
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
+import functools
+import hashlib
+import io
+import json
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -25,14 +34,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import datasets
+from . import datasets, tasks
 from .baselines import CenterBias
 from .config import TrainConfig
-from .io import atomic_path, write_json
+from .features import FeatureStore
+from .io import atomic_path, file_lock, write_json
 from .model import DeepGazeII
 from .paths import results_dir
 from .rescale import TRAINING_SCALE_KEY, training_pixel_area
 from .runs import check_run_config, check_trained_on, fold_dir, fold_done, load_dataset, open_store
+from .util import to_device
 
 LN2 = math.log(2.0)
 
@@ -106,12 +117,12 @@ class _Batcher:
 
     def __call__(self, batch):
         size = tuple(int(v) for v in self.dataset.sizes[batch[0]])
-        x = torch.from_numpy(np.stack([self.features[int(i)] for i in batch])).to(self.device, torch.float32)
+        x = to_device(torch.from_numpy(np.stack([self.features[int(i)] for i in batch])), self.device, torch.float32)
         cb = self.center_bias(size).expand(len(batch), *size)
         grid = None if self.grid_of is None else self.grid_of(*size)
         fix = [self.fixations(int(i), grid) for i in batch]
-        b_idx = torch.from_numpy(np.repeat(np.arange(len(batch)), [len(f) for f in fix])).to(self.device)
-        p_idx = torch.from_numpy(np.concatenate(fix)).to(self.device)
+        b_idx = to_device(torch.from_numpy(np.repeat(np.arange(len(batch)), [len(f) for f in fix])), self.device)
+        p_idx = to_device(torch.from_numpy(np.concatenate(fix)), self.device)
         return x, cb, b_idx, p_idx, (size if grid is None else grid)
 
 
@@ -274,57 +285,107 @@ def _fit_fold(cfg, features, dataset, train, val, log_cb_for_size, seed, progres
 
 # -- cross-validation --------------------------------------------------------------------------
 def train_crossval(cfg: TrainConfig, folds=None, *, dataset=None, features=None,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, scheduler: str | None = None) -> Path:
     """Train the cross-validation folds of ``cfg`` (default all) and return ``results/<run>/``.
 
-    Folds already finished (``fold_XX/config.json`` present) are skipped, so an interrupted run
-    resumes at the next unfinished fold. ``dataset`` and ``features`` ({image: (C, h, w) array})
-    may be given directly (tests, notebooks); by default they come from ``cfg``.
-    ``cfg.num_threads`` sets torch's intra-op threads for the duration (restored after): the
-    tensors are small, and on a busy 2-core machine one thread was ~5x faster than two.
+    Folds already finished (``fold_XX/config.json`` and ``model.pt`` present) are skipped, so an
+    interrupted run resumes at the unfinished folds. ``dataset`` and ``features`` ({image: (C, h, w)
+    array}) may be given directly (tests, notebooks); by default they come from ``cfg``. Each
+    unfinished fold is one task (:func:`run_fold`), executed where ``scheduler`` says
+    (:func:`dgstudy.tasks.resolve_scheduler`: default ``$DGSTUDY_SCHEDULER``, the profile's
+    ``scheduler``, a local Dask cluster); the results do not depend on where.
     The feature store is checked against every finished fold (:func:`check_trained_on`): a run
     whose folds were trained on another network's features raises DataError, never resumes.
     """
+    return train_runs([cfg], folds, dataset=dataset, features=features, progress=progress,
+                      scheduler=scheduler)[0]
+
+
+def train_runs(cfgs, folds=None, *, dataset=None, features=None, progress: bool = True,
+               scheduler: str | None = None) -> list[Path]:
+    """Train the unfinished folds of every run in ``cfgs`` (as :func:`train_crossval` does for one),
+    all submitted at once: one task per (run, fold). Returns the runs' folders, in order.
+    ``scheduler`` defaults to the first config's ``scheduler`` (then ``$DGSTUDY_SCHEDULER`` wins)."""
+    cfgs = list(cfgs)
+    plans = [plan_folds(c, folds, dataset=dataset, features=features) for c in cfgs]
+    jobs = [job for _, run_jobs in plans for job in run_jobs]
+    where = tasks.resolve_scheduler(scheduler, cfgs[0].scheduler if cfgs else None)
+    for job in jobs:
+        job["progress"] = progress and where == "sync"
+    try:
+        tasks.run(run_fold, jobs, scheduler=where, scatter=("dataset", "features"), desc="trainings",
+                  labels=[f"train {j['cfg'].run} fold {j['fold']:02d}" for j in jobs],
+                  progress=progress and where != "sync")
+    finally:
+        _store_features.cache_clear()      # the sync path's features: not kept after the runs
+    return [run_dir for run_dir, _ in plans]
+
+
+def plan_folds(cfg: TrainConfig, folds=None, *, dataset=None, features=None) -> tuple[Path, list[dict]]:
+    """(``results/<run>/``, the :func:`run_fold` arguments of each unfinished fold): the run's
+    settings recorded or checked (``check_run_config``), its feature store opened and checked once."""
     run_dir = results_dir() / cfg.run
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_config(run_dir, cfg)
     folds = range(cfg.folds) if folds is None else [int(f) for f in folds]
-    store = None
+    todo = [f for f in folds if not fold_done(fold_dir(run_dir, f))]
+    store_info = None
     if features is None:
         dataset = load_dataset(cfg) if dataset is None else dataset
-        store = open_store(cfg, dataset)
-        check_trained_on([fold_dir(run_dir, f) for f in range(cfg.folds)], store)
-    todo = [f for f in folds if not fold_done(fold_dir(run_dir, f))]
-    if not todo:
-        return run_dir
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
-        return _train_folds(cfg, run_dir, todo, dataset, features, store, progress)
-    finally:
-        torch.set_num_threads(threads)
+        with open_store(cfg, dataset) as store:
+            check_trained_on([fold_dir(run_dir, f) for f in range(cfg.folds)], store)
+            store_info = {"feature_path": str(Path(store.path).resolve()),
+                          "store_attrs": {k: v for k, v in store.attrs.items()
+                                          if isinstance(v, (str, int, float, list, type(None)))}}
+    elif todo and dataset is None:
+        dataset = load_dataset(cfg)
+    return run_dir, [dict(cfg=cfg, run_dir=run_dir, fold=f, dataset=dataset, features=features,
+                          store_info=store_info) for f in todo]
 
 
-def _train_folds(cfg, run_dir, todo, dataset, features, store, progress) -> Path:
-    dataset = load_dataset(cfg) if dataset is None else dataset
-    store_info = {}
-    if store is not None:
-        store_info = {"feature_path": str(store.path),
-                      "store_attrs": {k: v for k, v in store.attrs.items()
-                                      if isinstance(v, (str, int, float, list, type(None)))}}
-        features = read_features(store, range(len(dataset)), cfg.layers, progress=progress)
-    for fold in todo:
+@functools.lru_cache(maxsize=1)
+def _store_features(path: str, layers: tuple | None, n_images: int, mtime_ns: int) -> dict:
+    """The features of a store as :func:`read_features` gives them, kept for the next fold of the
+    same run in this process (one store at a time: they take gigabytes)."""
+    with FeatureStore(path) as store:
+        return read_features(store, range(n_images), list(layers) if layers else None, progress=False)
+
+
+def run_fold(cfg: TrainConfig, run_dir, fold: int, dataset, features=None, store_info=None,
+             progress: bool = False) -> dict:
+    """Train fold ``fold`` of ``cfg`` into ``run_dir/fold_XX/`` and return its ``config.json`` record;
+    a finished fold is left as it is (its record returned). The task of :func:`train_runs`.
+
+    Features: ``features`` if given, else read from ``store_info['feature_path']``. Under an
+    exclusive lock on ``results/<run>/.fold_XX.lock`` (a second caller waits, then finds the fold finished;
+    temporary files of a killed writer are removed);
+    every file is written atomically and ``config.json`` last, with ``model_sha256`` (the checkpoint's
+    checksum, verified on load) and ``executed_by`` (:func:`dgstudy.tasks.where`).
+    """
+    d = fold_dir(run_dir, fold)
+    with file_lock(Path(run_dir) / f".{d.name}.lock"):
+        if fold_done(d):
+            return json.loads((d / "config.json").read_text())
+        for stray in d.glob(".*.tmp"):       # of a writer killed mid-write (atomic_path)
+            stray.unlink()
+        if features is None:
+            path = store_info["feature_path"]
+            features = _store_features(path, tuple(cfg.layers) if cfg.layers else None, len(dataset),
+                                       os.stat(path).st_mtime_ns)
         t0 = time.perf_counter()
-        train, val, test = datasets.fold_split(len(dataset), fold, cfg.folds, cfg.seed)
-        cb = fit_center_bias(dataset, train)
-        model, log, attempts = train_fold(cfg, features, dataset, train, val, cb.log_density_for_size,
-                                          seed=cfg.seed * 1000 + fold, progress=progress,
-                                          desc=f"{cfg.run} fold {fold}/{cfg.folds}")
-        d = fold_dir(run_dir, fold)
-        d.mkdir(parents=True, exist_ok=True)
+        cfg = dataclasses.replace(cfg, device=tasks.worker_device(cfg.device))
+        with torch_threads(cfg.num_threads):
+            train, val, test = datasets.fold_split(len(dataset), fold, cfg.folds, cfg.seed)
+            cb = fit_center_bias(dataset, train)
+            model, log, attempts = train_fold(cfg, features, dataset, train, val, cb.log_density_for_size,
+                                              seed=cfg.seed * 1000 + fold, progress=progress,
+                                              desc=f"{cfg.run} fold {fold}/{cfg.folds}")
+        model = model.to("cpu")
+        buffer = io.BytesIO()     # saved to memory first: the archive's bytes do not depend on a file name
+        torch.save({"hparams": model.hparams, "state_dict": model.state_dict()}, buffer)
         with atomic_path(d / "model.pt") as tmp:
-            torch.save({"hparams": model.hparams, "state_dict": model.state_dict()}, tmp)
+            tmp.write_bytes(buffer.getvalue())
+        model_sha256 = hashlib.sha256(buffer.getvalue()).hexdigest()
         write_json(d / "center_bias.json", cb.to_dict())
         with atomic_path(d / "log.csv") as tmp:
             log.to_csv(tmp, index=False)
@@ -333,7 +394,7 @@ def _train_folds(cfg, run_dir, todo, dataset, features, store, progress) -> Path
             warnings.warn(f"{d}: the fold's best validation IG over its centre bias is "
                           f"{best['val_ig']:.4f} bit/fix (not above the centre bias); metrics.json "
                           "lists it under folds_not_above_center_bias")
-        write_json(d / "config.json", {
+        record = {
             "fold": fold, "train_config": cfg.to_dict(),
             "train_images": train, "val_images": val, "test_images": test,
             "dataset_checksum": dataset.checksum, "n_images": len(dataset),
@@ -343,10 +404,23 @@ def _train_folds(cfg, run_dir, todo, dataset, features, store, progress) -> Path
             "dead_seeds": attempts["dead_seeds"],
             "epochs_run": int(len(log)), "sigma": float(model.blur.sigma.detach()),
             "center_bias_weight": float(model.center_bias.weight.detach()),
-            "seconds": time.perf_counter() - t0, "torch": torch.__version__, **store_info,
+            "seconds": time.perf_counter() - t0, "torch": torch.__version__, **(store_info or {}),
             "optimizer": {"name": "Adam", "lr": cfg.lr, "betas": [0.9, 0.999]},
             "loss": "mean NLL in bits/fixation + l1 * sum|readout conv weights|",
-        })
-    return run_dir
+            "model_sha256": model_sha256, "executed_by": tasks.where(),
+        }
+        write_json(d / "config.json", record)
+        return json.loads((d / "config.json").read_text())
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Torch's intra-op threads set to ``n`` for the block (None: as they are), restored after.
+    The tensors are small: on a busy 2-core machine one thread was ~5x faster than two."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -14,6 +14,8 @@ if not hasattr(np, "trapz"):
     np.trapz = np.trapezoid
 
 REPO = Path(__file__).resolve().parents[1]
+# Trainings and evaluations run in the test process (dgstudy.tasks) unless a test asks for Dask.
+os.environ["DGSTUDY_SCHEDULER"] = "sync"
 OSIE_DIR = Path(os.environ.get("DGSTUDY_OSIE_DIR", REPO.parent / "shared" / "datasets" / "osie"))
 
 

@@ -16,7 +16,8 @@ Where the ImageNet weights come from, in this order:
 1. the ``weights=`` argument (a path), else ``$DGSTUDY_VGG19_WEIGHTS``;
 2. torchvision's cache, ``$TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth``
    (``torch.hub.get_dir()``);
-3. a download from ``VGG19_URL`` into that cache (``download=True``).
+3. a download from ``VGG19_URL`` (or ``$DGSTUDY_VGG19_URL``) into that cache (``download=True``),
+   renamed into place only once it passed the hash check below.
 The file is checked against the published hash. torchvision publishes only the first 8 hex
 digits of the SHA-256 in the file name (``dcbb9e9d``; ``torch.hub`` checks exactly this
 prefix), so that prefix is what is verified; the full SHA-256 is recorded as
@@ -40,6 +41,7 @@ VGG19_FILE = "vgg19-dcbb9e9d.pth"
 VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
 VGG19_SHA256_PREFIX = "dcbb9e9d"      # published in the file name; torch.hub verifies the same
 WEIGHTS_ENV = "DGSTUDY_VGG19_WEIGHTS"
+URL_ENV = "DGSTUDY_VGG19_URL"          # another download location (a mirror; the tests' local server)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PAPER_LAYERS = ["conv5_1", "relu5_1", "relu5_2", "conv5_3", "relu5_4"]
@@ -132,17 +134,18 @@ def resolve_weights(weights: str | os.PathLike | None = None, download: bool = T
         if not path.is_file():
             if not download:
                 raise DataError(missing_weights_message([str(path)], "download=False"))
+            url = os.environ.get(URL_ENV) or VGG19_URL
             try:
-                fetch(VGG19_URL, path)
+                fetch(url, path, verify=lambda tmp: _check_prefix(tmp, f"{VGG19_FILE} downloaded from {url}"))
             except DataError as e:
                 raise DataError(missing_weights_message([str(path)], f"download failed: {e}")) from e
     return path
 
 
-def _check_prefix(path: Path) -> str:
+def _check_prefix(path: Path, name: str | None = None) -> str:
     digest = sha256_file(path)
     if not digest.startswith(VGG19_SHA256_PREFIX):
-        raise DataError(f"{path}: SHA-256 {digest} does not start with the published prefix "
+        raise DataError(f"{name or path}: SHA-256 {digest} does not start with the published prefix "
                         f"{VGG19_SHA256_PREFIX} of {VGG19_FILE} ({VGG19_URL}); the file is corrupt or "
                         "not torchvision's VGG-19 checkpoint")
     return digest

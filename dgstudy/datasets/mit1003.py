@@ -3,8 +3,8 @@
 :func:`load_mit1003` (``datasets.load('mit1003', ...)``) reads ``ALLSTIMULI.zip`` (the ``.jpeg``
 stimuli) and ``DATA.zip`` (raw eye-tracking samples, ``DATA/<subject>/<image>.mat``) from
 ``local_dir`` / ``$DGSTUDY_MIT1003_DIR`` (the zips or their extracted folders), else downloads
-them from :data:`BASE_URL` into ``data_dir()/mit1003/`` (checked against pysaliency's MD5 sums)
-and extracts them there atomically. Fixations come from the raw samples through
+them from :data:`BASE_URL` (or ``$DGSTUDY_MIT1003_URL``) into ``data_dir()/mit1003/`` (checked
+against pysaliency's MD5 sums before they are renamed into place) and extracts them there atomically. Fixations come from the raw samples through
 :func:`~dgstudy.datasets.mit1003_detector.check_fixations` (``params``); the parse is cached.
 
 Conventions a caller sees: ``x = median_x - 0.5`` (MATLAB 1-based -> dgstudy); ``onset =
@@ -42,6 +42,7 @@ FILES = {  # local name -> (path below BASE_URL, published MD5 as used by pysali
 }
 REQUIRED = ("ALLSTIMULI", "DATA")   # DatabaseCode is only the reference MATLAB code
 ENV_VAR = "DGSTUDY_MIT1003_DIR"
+URL_ENV = "DGSTUDY_MIT1003_URL"      # another download location (a mirror; the tests' local server)
 PARSER_VERSION = 1
 
 
@@ -111,12 +112,14 @@ def _extract(zip_path: Path, dest_root: Path) -> None:
         raise DataError(f"{zip_path}: not a valid zip file (truncated or corrupt: {e})") from e
 
 
-def prepare_source(local_dir=None, download: bool = True, base_url: str = BASE_URL,
+def prepare_source(local_dir=None, download: bool = True, base_url: str | None = None,
                    md5: bool | None = None) -> tuple[Path, str]:
     """A folder holding extracted ``ALLSTIMULI/`` and ``DATA/``, and where it came from.
 
+    ``base_url``: default ``$DGSTUDY_MIT1003_URL``, else :data:`BASE_URL`.
     ``md5``: check zips against the published MD5 sums (default: only downloaded ones).
     """
+    base_url = base_url or os.environ.get(URL_ENV) or BASE_URL
     src = local_dir if local_dir is not None else os.environ.get(ENV_VAR)
     target = data_dir() / "mit1003"
     if src is not None:
@@ -139,14 +142,16 @@ def prepare_source(local_dir=None, download: bool = True, base_url: str = BASE_U
             dest = target / name
             if dest.exists():
                 continue
+            full = f"{base_url.rstrip('/')}/{url}"
+
+            def check(tmp, name=name, full=full, digest=digest):   # before the rename: never done if wrong
+                if check_md5 and _md5(tmp) != digest:
+                    raise DataError(f"{name}: downloaded from {full} but its MD5 is not the published {digest}")
+
             try:
-                fetch(f"{base_url.rstrip('/')}/{url}", dest)
+                fetch(full, dest, verify=check)
             except DataError as e:
                 raise DataError(f"{e}. " + _missing_message(f"in {target}")) from e
-            if check_md5 and _md5(dest) != digest:
-                dest.unlink()     # a wrong download never counts as done
-                raise DataError(f"{name}: downloaded from {base_url}/{url} but its MD5 is not the "
-                                f"published {digest}")
     for r in REQUIRED:
         z, stamp = src / f"{r}.zip", target / f".{r}.extracted"
         if z.exists():
@@ -171,7 +176,7 @@ def prepare_source(local_dir=None, download: bool = True, base_url: str = BASE_U
 
 def load_mit1003(local_dir: str | os.PathLike | None = None, download: bool = True,
                  initial_fixation: bool = False, params: FixationParams = FixationParams(),
-                 base_url: str = BASE_URL, md5: bool | None = None,
+                 base_url: str | None = None, md5: bool | None = None,
                  cache: bool = True) -> FixationDataset:
     """Load MIT1003 (sources: the module docstring; the detector and every decision: docs/datasets.md)."""
     folder, origin = prepare_source(local_dir, download, base_url, md5)
