@@ -43,6 +43,8 @@ SPECIAL = ("sync", "local")
 CONNECT_TIMEOUT = "20s"                  # to reach a running scheduler
 PATH_VARS = {"DGSTUDY_DATA": data_dir, "DGSTUDY_RESULTS": results_dir, "DGSTUDY_FIGURES": figures_dir}
 
+HEARTBEAT_S = 20                         # a grid's progress bar is redrawn at least this often (s)
+
 _clients: dict = {}                      # scheduler setting -> distributed.Client of this process
 
 
@@ -154,13 +156,23 @@ def run(fn: Callable, jobs: Sequence[dict], *, scheduler: str = "local", labels:
                 job[name] = shared[id(value)]
         label = (labels[k] if labels else f"{desc} {k}").replace(" ", "-")
         futures.append(c.submit(_call, fn, env, job, key=f"{label}-{uuid.uuid4().hex[:8]}"))
-    from distributed import as_completed
+    from distributed import wait
 
     index = {f.key: k for k, f in enumerate(futures)}
     results = [None] * len(futures)
+    pending = list(futures)
     try:
-        for f in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
-            results[index[f.key]] = f.result()
+        with tqdm(total=len(futures), desc=desc, disable=not progress) as bar:
+            while pending:
+                try:
+                    done, not_done = wait(pending, timeout=HEARTBEAT_S, return_when="FIRST_COMPLETED")
+                except TimeoutError:          # nothing finished yet: show the elapsed time anyway
+                    bar.refresh()
+                    continue
+                for f in done:
+                    results[index[f.key]] = f.result()
+                bar.update(len(done))
+                pending = list(not_done)
     finally:
         c.cancel([f for f in futures if not f.done()])
     return results
