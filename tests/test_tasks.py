@@ -127,7 +127,7 @@ def dask_cluster(study):
 # -- choosing where ------------------------------------------------------------------------------
 def test_resolve_scheduler(monkeypatch):
     monkeypatch.delenv(tasks.ENV_VAR, raising=False)
-    assert tasks.resolve_scheduler() == "local"
+    assert tasks.resolve_scheduler() == "sync" == tasks.DEFAULT
     assert tasks.resolve_scheduler(configured="sync") == "sync"
     monkeypatch.setenv(tasks.ENV_VAR, "tcp://10.0.0.1:8786")
     assert tasks.resolve_scheduler(configured="sync") == "tcp://10.0.0.1:8786"   # the variable wins
