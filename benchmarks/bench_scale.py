@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_predict import build_tiny_run, find_run, rate  # noqa: E402
-from dgstudy import imageio, predict, predict_files  # noqa: E402
+from bench_predict import _files_rate, build_tiny_run, find_run, rate  # noqa: E402
+from dgstudy import imageio, predict  # noqa: E402
 
 SIZES = {"800x600": (600, 800), "3264x2448": (2448, 3264)}
 
@@ -102,7 +102,7 @@ def main(argv=None) -> None:
             m.log_density(first)
             first_s = time.perf_counter() - t0
             ld_rate = rate(m.log_density, rgbs[name], args.repeat)
-            files_rate = max(_files_rate(m, photos[name], root / f"out-{name}-{scale}-{k}")
+            files_rate = max(_files_rate(m, photos[name], root / f"out-{name}-{scale}-{k}", plot=False)
                              for k in range(args.repeat))
             results[(name, scale)] = (ld_rate, files_rate, first_s)
             print(f"  measured {name} {scale}", flush=True)
@@ -117,15 +117,6 @@ def main(argv=None) -> None:
             print(f"{scale}: a 3264x2448 photo takes {small[0] / large[0]:.1f}x the time of an 800x600 one "
                   f"(log_density), {small[1] / large[1]:.1f}x (predict_images)")
     tmp.cleanup()
-
-
-def _files_rate(model, images, out) -> float:
-    t0 = time.perf_counter()
-    rep = predict_files.predict_images(model, images, out, plot=False, progress=False)
-    dt = time.perf_counter() - t0
-    if rep.errors:
-        raise RuntimeError("; ".join(rep.errors))
-    return len(images) / dt
 
 
 if __name__ == "__main__":

@@ -181,9 +181,7 @@ def add_predict_command(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("predict", help="predict fixation densities for images with a trained run",
                               description=PREDICT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    p.add_argument("--model", default=None, metavar="RUN",
-                   help="training run folder (results/<run>/ or a run name), a fold folder, a model.pt or "
-                        "a shipped model's name (default: the shipped OSIE model, dgstudy.pretrained)")
+    _model_argument(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--fold", type=int, default=None, metavar="K", help="use only fold K (default: all folds)")
     p.add_argument("--fixations", default=None, metavar="FILE.csv",
@@ -198,6 +196,12 @@ def add_predict_command(subparsers) -> argparse.ArgumentParser:
     _scale_argument(p)
     p.set_defaults(func=run_predict_command)
     return p
+
+
+def _model_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="RUN",
+                   help="training run folder (results/<run>/ or a run name), a fold folder, a model.pt or "
+                        "a shipped model's name (default: the shipped OSIE model, dgstudy.pretrained)")
 
 
 def _scale_argument(p: argparse.ArgumentParser) -> None:
@@ -274,9 +278,7 @@ Writes into --out: evaluation.json, evaluation_per_image.csv, evaluation.png/.pd
 def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help="evaluate a trained run on another data set (folder + CSV)",
                               description=EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, metavar="RUN",
-                   help="training run folder (results/<run>/ or a run name), a fold folder, a model.pt or "
-                        "a shipped model's name (default: the shipped OSIE model)")
+    _model_argument(p)
     _folder_arguments(p, required=True)
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output folder (default results/evaluate/<run>-on-<images folder>)")
@@ -322,9 +324,7 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
                     "image and see its predicted fixation density, POST /predict (multipart field "
                     "'image') -> JSON with URLs of the log-density .npy and the overlay .png, GET "
                     "/health, and the OpenAPI page at /docs. The model is loaded once, at start.")
-    p.add_argument("--model", default=None, metavar="RUN",
-                   help="training run folder (results/<run>/ or a run name), a fold folder or a model.pt "
-                        "(default: the model shipped with dgstudy, where there is one)")
+    _model_argument(p)
     p.add_argument("--fold", type=int, default=None, metavar="K", help="use only fold K (default: all folds)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
