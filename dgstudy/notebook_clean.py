@@ -48,7 +48,7 @@ def clean(nb: dict, repo_root: str | Path = REPO_ROOT) -> dict:
     roots = [(str(Path(repo_root).resolve()), "."), (str(Path.home()), "~")]
     pm = nb.get("metadata", {}).get("papermill")
     if pm is not None:
-        nb["metadata"]["papermill"] = {k: pm[k] for k in KEEP_PAPERMILL if k in pm}
+        nb["metadata"]["papermill"] = {k: _scrub_value(pm[k], roots) for k in KEEP_PAPERMILL if k in pm}
     for cell in nb.get("cells", []):
         meta = cell.get("metadata", {})
         meta.pop("execution", None)

@@ -11,7 +11,7 @@ def executed(root: str) -> dict:
     return {
         "nbformat": 4, "nbformat_minor": 5,
         "metadata": {"kernelspec": {"name": "python3"},
-                     "papermill": {"parameters": {"profile": "osie"}, "input_path": "notebooks/x.ipynb",
+                     "papermill": {"parameters": {"profile": "osie"}, "input_path": f"{root}/notebooks/x.ipynb",
                                    "output_path": f"{root}/results/osie/x.ipynb.running.ipynb",
                                    "start_time": "2026-12-01T19:25:46", "end_time": "2026-12-01T19:28:26",
                                    "duration": 159.3, "exception": None, "environment_variables": {},
@@ -39,7 +39,7 @@ def executed(root: str) -> dict:
 def test_clean_keeps_results_and_drops_what_changes_between_runs(tmp_path):
     root = str(tmp_path / "repo")
     nb = clean(executed(root), repo_root=root)
-    assert nb["metadata"]["papermill"] == {"parameters": {"profile": "osie"}, "input_path": "notebooks/x.ipynb",
+    assert nb["metadata"]["papermill"] == {"parameters": {"profile": "osie"}, "input_path": "./notebooks/x.ipynb",
                                            "version": "2.7.0"}
     assert nb["cells"][1]["id"] == "injected-parameters"
     cell = nb["cells"][2]

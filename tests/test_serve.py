@@ -105,7 +105,7 @@ def test_page_health_model_and_openapi(client, study):
     info = client.get("/model").json()
     assert info["name"] == "serve-tiny" and info["run_dir"] == str(study[0])
     assert info["backbone"] == "efficientnet_lite0" and info["downsample"] == 2
-    assert info["folds"] == ["fold_00", "fold_01", "fold_02"] and info["scale"] == "native"
+    assert info["folds"] == ["fold_00", "fold_01", "fold_02"] and info["scale"] == "training"
     assert info["trained_on"]["dataset"] == "synthetic" and "IG" in info["metrics"]
     spec = client.get("/openapi.json").json()
     assert "/predict" in spec["paths"] and "Prediction" in spec["components"]["schemas"]
@@ -120,7 +120,7 @@ def test_served_density_is_the_cli_density(client, study, tmp_path):
     r = _post(client, image.read_bytes(), "photo.jpg")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["shape"] == [50, 70] and body["dtype"] == "float32" and body["scale"] == "native"
+    assert body["shape"] == [50, 70] and body["dtype"] == "float32" and body["scale"] == "training"
     assert body["filename"] == "photo.jpg" and body["model"] == "serve-tiny"
     served = np.load(io.BytesIO(client.get(body["npy_url"]).content))
     np.testing.assert_array_equal(served, _cli_npy(image, study[0], tmp_path / "out"))   # bit for bit
@@ -271,7 +271,7 @@ def test_the_command_serves_the_cli_density_of_an_osie_image(live_server, osie_d
         assert r.status_code == 200, r.text
         body = r.json()
         served = np.load(io.BytesIO(c.get(body["npy_url"]).content))
-    assert body["shape"] == [600, 800] and body["scale"] == "native"
+    assert body["shape"] == [600, 800] and body["scale"] == "training"
     np.testing.assert_array_equal(served, _cli_npy(image, run, tmp_path / "out"))          # bit for bit
 
 
