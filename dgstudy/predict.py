@@ -49,9 +49,6 @@ def uniform_log_density(h: int, w: int) -> np.ndarray:
     return np.full((h, w), -math.log(h * w), dtype=np.float64)
 
 
-resize_log_density = resample_log_density     # a log-density at another size (dgstudy.rescale)
-
-
 def parse_scale(scale):
     """``'training'``, ``'native'`` or a positive pixel area (float; numeric strings accepted, as
     from the command line); anything else: ValueError."""

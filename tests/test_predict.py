@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from scipy.special import logsumexp
 
-from dgstudy import cli, imageio, predict, predict_files, runs
+from dgstudy import cli, imageio, predict, predict_files, rescale, runs
 from dgstudy.ensemble import average_log_densities
 from dgstudy import fixation_csv
 from dgstudy.config import TrainConfig
@@ -141,16 +141,16 @@ def test_average_of_densities_is_normalised_and_matches_hand_computation():
 
 def test_resized_log_density_stays_normalised():
     ld = _random_log_density(8, 10)
-    r = predict.resize_log_density(ld, 16, 20)          # upsampling: in float32
+    r = rescale.resample_log_density(ld, 16, 20)          # upsampling: in float32
     assert r.shape == (16, 20) and abs(np.exp(r).sum() - 1) < 1e-6
-    r = predict.resize_log_density(ld, 4, 5)            # shrinking: in float64
+    r = rescale.resample_log_density(ld, 4, 5)            # shrinking: in float64
     assert r.shape == (4, 5) and abs(np.exp(r).sum() - 1) < 1e-12
     # a uniform density stays uniform at any size; the same size is returned unchanged
-    np.testing.assert_allclose(predict.resize_log_density(predict.uniform_log_density(8, 10), 5, 7),
+    np.testing.assert_allclose(rescale.resample_log_density(predict.uniform_log_density(8, 10), 5, 7),
                                predict.uniform_log_density(5, 7), atol=1e-12)
-    np.testing.assert_allclose(predict.resize_log_density(predict.uniform_log_density(8, 10), 15, 17),
+    np.testing.assert_allclose(rescale.resample_log_density(predict.uniform_log_density(8, 10), 15, 17),
                                predict.uniform_log_density(15, 17), atol=1e-6)
-    np.testing.assert_array_equal(predict.resize_log_density(ld, 8, 10), ld)
+    np.testing.assert_array_equal(rescale.resample_log_density(ld, 8, 10), ld)
 
 
 # ------------------------------------------------------------------------------------------------

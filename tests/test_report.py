@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conftest import REPO
-from dgstudy.citations import check_markdown, citations, notebook_markdown
+from dgstudy.citations import check_markdown, citations, fill_tables, notebook_markdown
 
 REPORT = REPO / "REPORT.md"
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -90,3 +90,10 @@ def test_the_committed_study_outputs_are_there_and_small():
     assert not [f for f in files if f.endswith((".h5", ".pt")) and not f.startswith("dgstudy/models/")]
     size = sum((REPO / f).stat().st_size for f in files if f.startswith(("results/", "figures/")))
     assert size <= 20 * 2**20, f"{size / 2**20:.1f} MiB of committed study outputs"
+
+
+def test_fill_tables_copies_the_current_table_in(files):
+    stale = "x\n<!-- table: t.md -->\n| a | b |\n|---|---|\n| 9 | 9 |\n<!-- end table -->\ny"
+    filled = fill_tables(stale, files)
+    assert check_markdown(stale, files) and check_markdown(filled, files) == []
+    assert filled.startswith("x\n") and filled.endswith("\ny") and "| 1 | 2 |" in filled
