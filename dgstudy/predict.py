@@ -157,7 +157,7 @@ class Predictor:
             if out.shape != (h, w):
                 raise ValueError(f"the centre-bias callable returned shape {out.shape} for a {h}x{w} image")
             return out
-        return resize_log_density(cb, h, w)
+        return resample_log_density(cb, h, w)
 
     def _member_center_biases(self, h: int, w: int) -> list[torch.Tensor]:
         """Each fold's log centre bias at (h, w) as a float32 tensor on the device (the last

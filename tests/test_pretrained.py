@@ -126,3 +126,14 @@ def test_predict_command_without_a_model_uses_the_shipped_one(tmp_path, osie):
     ld = np.load(out / f"{stem}.npy")
     assert ld.shape == tuple(osie.sizes[5]) and logsumexp(ld.astype(np.float64)) == pytest.approx(0.0, abs=1e-4)
     assert (out / f"{stem}.png").stat().st_size > 1000
+
+
+def test_an_array_centre_bias_is_resampled_to_the_image():
+    """center_bias given as an (H, W) log-density array: resampled to each image, normalised."""
+    flat = np.full((6, 8), -math.log(48))
+    m = load_model("osie", fold=0, center_bias=flat)
+    cb = m.center_bias_log_density(30, 40)
+    assert cb.shape == (30, 40) and logsumexp(cb) == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_allclose(cb, -math.log(1200), atol=1e-5)
+    rgb = (np.random.default_rng(1).random((30, 40, 3)) * 255).astype(np.uint8)
+    assert logsumexp(m.log_density(rgb).astype(np.float64)) == pytest.approx(0.0, abs=1e-4)
