@@ -10,6 +10,7 @@ storage costs are described in ``docs/ablations.md``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from . import backbones, baselines, datasets, ensemble, features
 from .backbones.vgg19 import PAPER_LAYERS
 from .config import StudyConfig, TrainConfig
 from .evaluation import evaluate_runs, load_run_metrics
+from .io import write_json
 from .metrics import evaluate
 from .paths import results_dir
+from .runs import CrossValModel
 from .statistics import bootstrap_paired_difference, summarize
 from .training import train_runs
 
@@ -60,12 +63,12 @@ def ablation_table(results: dict, n_boot: int = 1000, level: float = 0.95, seed:
 
 # -- layer grids -------------------------------------------------------------------------------
 VGG19_GRID = {
-    "pool3": ["pool3"], "relu4_2": ["relu4_2"], "relu4_4": ["relu4_4"],
-    "relu5_1": ["relu5_1"], "relu5_2": ["relu5_2"], "relu5_4": ["relu5_4"], "pool5": ["pool5"],
-    "block4": ["relu4_1", "relu4_2", "relu4_3", "relu4_4"],
-    "block5": ["relu5_1", "relu5_2", "relu5_3", "relu5_4"],
+    # the paper's five conv5 layers singly, the last conv of every block, the paper's set
+    **{layer: [layer] for layer in PAPER_LAYERS},
+    **{layer: [layer] for layer in ("conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4")},
     "paper5": list(PAPER_LAYERS),
 }
+VGG_POOL_STRIDE = 16   # VGG layers finer than conv5 are stored average-pooled onto its grid
 
 
 def layer_grid(backbone, ablation_layers=None, tiny: bool = False) -> dict[str, list[str]]:
@@ -83,9 +86,10 @@ def layer_grid(backbone, ablation_layers=None, tiny: bool = False) -> dict[str, 
         else:
             grid = {str(layer): [layer] for layer in ablation_layers}
             grid["default"] = default
-    elif tiny:
-        grid = {"default": default, _deepest_single(backbone): [_deepest_single(backbone)]}
-    elif backbone.name in ("vgg19", "vgg19_random"):
+    elif tiny:   # for VGG-19 a layer outside the default set, so the pooled store is made too
+        single = "conv1_2" if is_vgg(backbone) else _deepest_single(backbone)
+        grid = {"default": default, single: [single]}
+    elif is_vgg(backbone):
         grid = {k: list(v) for k, v in VGG19_GRID.items()}
     else:
         grid = _stride_grid(backbone)
@@ -94,6 +98,11 @@ def layer_grid(backbone, ablation_layers=None, tiny: bool = False) -> dict[str, 
         raise ValueError(f"backbone {backbone.name!r} has no layers {unknown}; "
                          f"its layers are {list(backbone.layer_names)}")
     return grid
+
+
+def is_vgg(backbone) -> bool:
+    name = backbone if isinstance(backbone, str) else backbone.name
+    return name in ("vgg19", "vgg19_random")
 
 
 def _deepest_single(backbone) -> str:
@@ -141,12 +150,17 @@ def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=Non
     """Train every condition of ``grid``; returns {condition: run directory}.
 
     Layers missing from the main feature store are extracted once into a store of their own
-    (``features.default_store_path(..., layers=<those layers>)``, named by a hash of the layers);
+    (``features.default_store_path(..., layers=<those layers>)``, named by a hash of the layers;
+    for VGG-19 pooled onto the conv5 grid, :data:`VGG_POOL_STRIDE`, so that every condition is
+    read out at the paper's resolution and conv1_2 does not take gigabytes);
     the condition whose layers equal the main run's reuses the main run.
     """
     t = cfg.train
     dataset = dataset or load_dataset(cfg)
     backbone = backbone or backbones.get(t.backbone, device=t.device)
+    if not t.feature_path:      # the main run's store (nothing to do when it is complete)
+        features.extract(dataset, backbone, layers=t.layers, downsample=t.downsample,
+                         dtype=t.feature_dtype, device=t.device)
     main_layers = list(t.layers) if t.layers else list(backbone.default_layers)
     main_store = Path(t.feature_path) if t.feature_path else features.default_store_path(
         dataset, backbone, t.downsample, layers=t.layers, dtype=t.feature_dtype)
@@ -160,10 +174,11 @@ def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=Non
     extra = sorted({layer for ls in grid.values() if not set(ls) <= have for layer in ls})
     extra_store = None
     if extra:
+        pool = VGG_POOL_STRIDE if is_vgg(backbone) else None
         extra_store = features.default_store_path(dataset, backbone, t.downsample, layers=extra,
-                                                  dtype=t.feature_dtype)
+                                                  dtype=t.feature_dtype, pool_stride=pool)
         features.extract(dataset, backbone, layers=extra, downsample=t.downsample,
-                         dtype=t.feature_dtype, device=t.device, out=extra_store)
+                         dtype=t.feature_dtype, device=t.device, out=extra_store, pool_stride=pool)
     cfgs = {}
     for cond, layers in grid.items():
         if list(layers) == main_layers:
@@ -185,6 +200,117 @@ def run_center_bias_ablation(cfg: StudyConfig, conditions: dict | None = None) -
         run = cfg.train.run if not overrides else f"{cfg.train.run}-cb-{cond}"
         cfgs[cond] = cfg.with_train(run=run, **overrides)
     return train_conditions(cfgs, dataset=load_dataset(cfg))
+
+
+def vgg_layer_study(cfg: StudyConfig, backbone: str = "vgg19_random") -> StudyConfig:
+    """``cfg`` with ``backbone`` (a VGG-19) as its main network and run (:func:`backbone_run_name`,
+    the backbone ablation's run), so that :func:`run_layer_ablation` runs the VGG grid beside
+    the profile's own backbone; with ``vgg19`` the same grid on the ImageNet weights."""
+    if not is_vgg(backbone):
+        raise ValueError(f"{backbone!r} is not a VGG-19 backbone")
+    train = cfg.with_train(backbone=backbone, run=backbone_run_name(cfg, backbone), layers=None,
+                           feature_path=None)
+    return dataclasses.replace(cfg, train=train)
+
+
+# -- training choices ------------------------------------------------------------------------
+TRAINING_CONDITIONS = {
+    # name: TrainConfig overrides of the main run (the default grid; docs/ablations.md)
+    "ds1": {"downsample": 1},
+    "flip": {"flip": True},
+    "flip_images": {"flip": True, "flip_source": "images"},
+    "l1_first": {"l1_layers": "first"},
+    "adam_step": {"lr": 0.001, "lr_milestones": [3, 6, 9, 12, 15, 18, 21, 24]},
+    "softplus_ln": {"nonlinearity": "softplus_layernorm"},
+}
+
+
+def training_grid(cfg: StudyConfig) -> dict[str, dict]:
+    """{condition: TrainConfig overrides}: ``default`` (the main run, no overrides) and the
+    profile's ``ablation_training`` (None: :data:`TRAINING_CONDITIONS`)."""
+    grid = TRAINING_CONDITIONS if cfg.ablation_training is None else cfg.ablation_training
+    unknown = sorted({k for v in grid.values() for k in v} - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise KeyError(f"ablation_training: {unknown} are not TrainConfig keys")
+    return {"default": {}, **{str(k): dict(v) for k, v in grid.items()}}
+
+
+def run_training_ablation(cfg: StudyConfig, grid: dict[str, dict] | None = None, dataset=None) -> dict:
+    """Train every condition of ``grid`` (default :func:`training_grid`) as ``<run>-train-<name>``
+    (``default`` is the main run), extracting features first for a condition that changes them
+    (``downsample``, ``backbone``, ``layers``) or needs the mirrored images' (``flip_source='images'``);
+    returns {condition: run directory}."""
+    dataset = dataset or load_dataset(cfg)
+    grid = training_grid(cfg) if grid is None else grid
+    cfgs = {}
+    for cond, overrides in grid.items():
+        t = cfg.with_train(run=f"{cfg.train.run}-train-{cond}", **overrides) if overrides else cfg.train
+        if not t.feature_path and any(k in overrides for k in ("downsample", "backbone", "layers")):
+            features.extract(dataset, t.backbone, layers=t.layers, downsample=t.downsample,
+                             dtype=t.feature_dtype, device=t.device)
+        if t.flip and t.flip_source == "images" and not t.feature_path:   # the mirrored images' store
+            features.extract(dataset, t.backbone, layers=t.layers, downsample=t.downsample,
+                             dtype=t.feature_dtype, device=t.device, mirror=True)
+        cfgs[cond] = t
+    return train_conditions(cfgs, dataset=dataset)
+
+
+def run_instances(cfg: StudyConfig, n: int, dataset=None) -> dict:
+    """The main configuration trained ``n`` times, instance ``k`` with ``init_seed=k`` (another
+    initialisation and batch order, the same fold split): {"init0": main run, "init1":
+    ``<run>-init1``, ...}. Their spread is the run-to-run noise every difference is read against."""
+    cfgs = {f"init{k}": cfg.train if k == 0 else
+            cfg.with_train(run=f"{cfg.train.run}-init{k}", init_seed=k) for k in range(int(n))}
+    return train_conditions(cfgs, dataset=dataset or load_dataset(cfg))
+
+
+def instance_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:
+    """The average of all instances' densities in every fold (DeepGaze IIE averages its
+    instances; no choice is made, so none is made on validation data either), evaluated into
+    ``results/<run>-instances<n>/`` (reused while its members are the same)."""
+    out = results_dir() / f"{cfg.train.run}-instances{len(runs)}"
+    if (out / "metrics.json").exists() and (out / "per_image.csv").exists():
+        if json.loads((out / "metrics.json").read_text()).get("fingerprint") == ensemble.fingerprint(runs):
+            return out
+    ensemble.select_and_evaluate(runs, out, members="all", **evaluate_kw)
+    return out
+
+
+def spread_table(runs: dict, metrics=("IG", "explained_IG", "LL", "AUC", "NSS")) -> pd.DataFrame:
+    """Run-to-run spread of evaluated runs ({name: run folder}, e.g. :func:`run_instances`): one
+    row per metric with the runs' values, mean, sample standard deviation and range."""
+    values = {name: json.loads((Path(run) / "metrics.json").read_text())["summary"] for name, run in runs.items()}
+    rows = []
+    for m in metrics:
+        v = np.array([float(values[name][m]) for name in runs])
+        rows.append({"metric": m, **{name: float(x) for name, x in zip(runs, v)}, "mean": float(v.mean()),
+                     "sd": float(v.std(ddof=1)) if len(v) > 1 else np.nan,
+                     "range": float(v.max() - v.min())})
+    return pd.DataFrame(rows)
+
+
+def validation_scores(runs: dict, dataset=None, features=None) -> pd.DataFrame:
+    """Every run's (or ensemble's members') validation log-likelihood, the score every choice is
+    made on: one row per (condition, fold) with ``val_LL`` (bit/fix over uniform, pixel level)
+    on the fold's validation images; runs of one fold split only. Cached in each run folder
+    (``validation.json``, keyed by :func:`dgstudy.ensemble.fingerprint`)."""
+    rows = []
+    for cond, run in runs.items():
+        run = Path(run)
+        members = ensemble.load_choice(run)["members"] if (run / "ensemble.json").exists() else {cond: run}
+        cache, key = run / "validation.json", ensemble.fingerprint(members)
+        cached = json.loads(cache.read_text()) if cache.exists() else {}
+        if cached.get("fingerprint") != key:
+            models = {n: CrossValModel(m, dataset=dataset, features=features) for n, m in members.items()}
+            first = next(iter(models.values()))
+            per_fold = {}
+            for fold in sorted(first.folds):
+                scores = ensemble.validation_log_likelihoods(models, fold)
+                per_fold[str(fold)] = scores[tuple(models)]     # all members together
+            cached = {"fingerprint": key, "val_LL": per_fold}
+            write_json(cache, cached)
+        rows += [{"condition": cond, "fold": int(f), "val_LL": v} for f, v in cached["val_LL"].items()]
+    return pd.DataFrame(rows)
 
 
 # -- backbones -------------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ class TrainConfig:
     feature_path: str | None = None          # None = dgstudy.features.default_store_path(...)
     feature_dtype: str = "float16"
     readout: str = "deepgaze2"               # or 'deepgaze1' (linear readout)
-    nonlinearity: str = "relu"               # or 'softplus_layernorm'
+    nonlinearity: str = "relu"               # or 'softplus_layernorm' (the authors' later readout)
+    readout_channels: list[int] | None = None   # None = the paper's 16, 32, 2, 1
     center_bias: str = "learned"             # or 'fixed', 'none'
     folds: int = 10
     seed: int = 0
@@ -59,6 +60,13 @@ class TrainConfig:
     lr: float = 0.005
     batch_size: int = 8
     l1: float = 1e-4
+    l1_layers: str = "all"                   # L1 on every readout conv, or on the 'first' only
+    lr_milestones: list[int] | None = None   # epochs after which lr *= lr_gamma (None: constant lr)
+    lr_gamma: float = 0.5
+    flip: bool = False                       # every other batch mirrored: features, fixations, centre bias
+    flip_source: str = "features"            # mirrored batches: the stored features mirrored, or the
+                                             # features of the mirrored 'images' (a store of its own)
+    init_seed: int = 0                       # an instance: seeds the init and batch order, not the split
     patience: int = 5
     device: str = "cpu"
     run: str | None = None                   # results/<run>/; None = run_name(dataset, backbone, readout)
@@ -74,6 +82,13 @@ class TrainConfig:
         self.device = resolve_device(self.device)
         if self.layers is not None:
             self.layers = list(self.layers)
+        if self.flip_source not in ("features", "images"):
+            raise ValueError(f"flip_source must be 'features' or 'images', got {self.flip_source!r}")
+        if self.l1_layers not in ("all", "first"):
+            raise ValueError(f"l1_layers must be 'all' or 'first', got {self.l1_layers!r}")
+        for key in ("readout_channels", "lr_milestones"):
+            if getattr(self, key) is not None:
+                setattr(self, key, [int(v) for v in getattr(self, key)])
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,6 +112,9 @@ class StudyConfig:
     run_prefix: str | None = None            # runs are <run_prefix or profile>-<backbone>...
     ablation_layers: list | dict | None = None      # None = ablations.layer_grid's default
     ablation_backbones: list[str] = field(default_factory=list)   # compared with train.backbone
+    ablation_vgg: str | None = None          # a VGG-19 whose layer grid runs beside the backbone's
+    ablation_training: dict | None = None    # {condition: TrainConfig overrides}; None = the default grid
+    instances: int = 1                       # the main configuration trained with init seeds 0..n-1
     bootstrap: int = 1000                    # bootstrap resamples of every interval
 
     @classmethod

@@ -127,15 +127,19 @@ class SelectedEnsemble:
 
 
 def select_and_evaluate(runs: dict, out_dir: str | Path, *, dataset=None, baseline=None, gold=None,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, members: str = "validation") -> dict:
     """Choose, per fold, the subset of ``runs`` ({name: run folder, or a ``CrossValModel``}) with the
     best validation log-likelihood; evaluate the chosen ensembles on the test folds; write ``out_dir``.
 
     ``baseline``/``gold``: as for ``evaluation.evaluate_run`` (fitted here if None). Returns what
-    is written to ``metrics.json``: ``summary`` (``dgstudy.metrics.evaluate``), ``folds``,
+    is written to ``metrics.json``. ``members='all'``: no choice, every fold averages all runs
+    (instances of one configuration); the validation log-likelihoods are recorded all the same.
+    Returns ``summary`` (``dgstudy.metrics.evaluate``), ``folds``,
     ``choice`` ({fold: members}) and ``validation_LL`` ({fold: {"a+b": bit/fix}}).
     """
     t0 = time.perf_counter()
+    if members not in ("validation", "all"):
+        raise ValueError(f"members must be 'validation' or 'all', got {members!r}")
     models = {name: run if isinstance(run, CrossValModel) else CrossValModel(run, dataset=dataset)
               for name, run in runs.items()}
     if len(models) < 1:
@@ -145,7 +149,7 @@ def select_and_evaluate(runs: dict, out_dir: str | Path, *, dataset=None, baseli
     choice, val_ll = {}, {}
     for fold in sorted(first.folds):
         scores = validation_log_likelihoods(models, fold)
-        choice[fold] = max(scores, key=scores.get)
+        choice[fold] = tuple(models) if members == "all" else max(scores, key=scores.get)
         val_ll[fold] = {"+".join(c): v for c, v in scores.items()}
     summary, per_image, folds = score_cross_validated(SelectedEnsemble(models, choice), baseline, gold,
                                                       progress)

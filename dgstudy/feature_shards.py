@@ -39,8 +39,10 @@ def stored_images(f) -> set[int]:
 
 
 def write_attrs(f, attrs: dict) -> None:
+    """Root attributes (lists as JSON); a None value is not written (read back as absent)."""
     for k, v in attrs.items():
-        f.attrs[k] = json.dumps(v) if isinstance(v, (list, tuple)) else v
+        if v is not None:
+            f.attrs[k] = json.dumps(v) if isinstance(v, (list, tuple)) else v
 
 
 def read_attrs(f) -> dict:

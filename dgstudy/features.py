@@ -3,7 +3,8 @@
 :func:`extract` writes (or completes) a store; :class:`FeatureStore` reads it; :func:`compute`
 gives one image's features exactly as the store holds them. One image: uint8 RGB -> float in
 [0, 1] -> downsampled by ``downsample`` (antialiased bilinear, :func:`input_size`) -> the
-backbone (its own normalisation) -> each layer ``(C, h, w)`` cast to ``dtype`` (float16 by
+backbone (its own normalisation) -> each layer ``(C, h, w)`` (with ``pool_stride``: a layer
+finer than that stride average-pooled down to it, :func:`pool_layer`) cast to ``dtype`` (float16 by
 default; overflow raises). A store's root attributes (:data:`ATTR_KEYS`) say which network made
 it (backbone, architecture, weights hash, :data:`NETWORK_KEYS`), for which dataset (checksum),
 layers, downsample and dtype; an existing store that differs in any of :data:`MATCH_KEYS` is
@@ -38,10 +39,11 @@ from .util import to_device
 FORMAT_VERSION = 2
 ATTR_KEYS = ("backbone", "architecture", "weights_sha256", "network_id", "layers", "downsample",
              "dtype", "dataset", "dataset_checksum", "n_images", "dgstudy_version", "autocast_bf16",
-             "resize", "format_version")
+             "resize", "format_version", "pool_stride", "mirror")
+OPTIONAL_KEYS = ("pool_stride", "mirror")   # absent = None (not pooled), as in every store written before them
 # attributes that must agree for a store to be resumed / reused
 MATCH_KEYS = ("backbone", "architecture", "weights_sha256", "network_id", "layers", "downsample",
-              "dtype", "dataset_checksum", "autocast_bf16", "format_version")
+              "dtype", "dataset_checksum", "autocast_bf16", "format_version", "pool_stride", "mirror")
 # what defines the network a store's features came from (checked again by training and predict)
 NETWORK_KEYS = ("backbone", "architecture", "weights_sha256")
 RESIZE_METHOD = "torch bilinear antialias=True align_corners=False on float [0,1]; size round(H/d), round(W/d)"
@@ -52,13 +54,14 @@ REBUILD = ("delete the file (and its .parts folder) and extract again: dgstudy.f
 
 # -- paths ---------------------------------------------------------------------------
 def default_store_path(dataset, backbone, downsample=2, layers: Sequence[str] | None = None,
-                       dtype: str = "float16") -> Path:
+                       dtype: str = "float16", pool_stride: int | None = None, mirror: bool = False) -> Path:
     """``data/features/<dataset>-<checksum[:12]>-<backbone>-a<architecture id>-ds<d>.h5``.
 
     The dataset checksum keeps subsets apart, the architecture id
     (:func:`dgstudy.backbones.architecture_id`) architecture variants under one backbone name
     (the weights hash is a checked attribute). A non-default layer set adds ``-L<hash>`` and a
-    non-default dtype adds ``-<dtype>``, so differing stores never collide.
+    non-default dtype adds ``-<dtype>``, a ``pool_stride`` ``-p<stride>`` and ``mirror`` (the
+    features of the left-right mirrored images) ``-mirror``, so differing stores never collide.
     """
     name = backbone if isinstance(backbone, str) else backbone.name
     stem = (f"{dataset.name}-{dataset.checksum[:12]}-{name}-a{backbones.architecture_id(backbone)}"
@@ -67,6 +70,10 @@ def default_store_path(dataset, backbone, downsample=2, layers: Sequence[str] | 
         stem += "-L" + hashlib.sha256(",".join(layers).encode()).hexdigest()[:8]
     if dtype != "float16":
         stem += f"-{dtype}"
+    if pool_stride:
+        stem += f"-p{int(pool_stride)}"
+    if mirror:
+        stem += "-mirror"
     return data_dir() / "features" / f"{stem}.h5"
 
 
@@ -81,11 +88,14 @@ def input_size(height: int, width: int, downsample: float) -> tuple[int, int]:
             max(1, int(np.floor(width / downsample + 0.5))))
 
 
-def prepare(image: np.ndarray, downsample: float = 2):
-    """uint8 (H, W, 3) -> float32 tensor (3, h, w) in [0, 1], downsampled (module docstring)."""
+def prepare(image: np.ndarray, downsample: float = 2, mirror: bool = False):
+    """uint8 (H, W, 3) -> float32 tensor (3, h, w) in [0, 1], downsampled (module docstring);
+    ``mirror``: of the left-right mirrored image."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    if mirror:
+        image = image[:, ::-1]
     x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).to(torch.float32) / 255.0
     size = input_size(image.shape[0], image.shape[1], downsample)
     if size != tuple(image.shape[:2]):
@@ -93,11 +103,25 @@ def prepare(image: np.ndarray, downsample: float = 2):
     return x
 
 
-def _run_batch(backbone, x, layers, dtype: str, autocast_bf16: bool) -> list[dict[str, np.ndarray]]:
+def pool_layer(t: torch.Tensor, stride: int, pool_stride: int | None) -> torch.Tensor:
+    """A layer (B, C, h, w) of backbone stride ``stride`` average-pooled to stride ``pool_stride``
+    (windows of ``pool_stride // stride`` pixels, the last partial row and column dropped as a
+    strided convolution drops them); unchanged if ``pool_stride`` is None or not finer."""
+    if not pool_stride or stride >= pool_stride:
+        return t
+    if pool_stride % stride:
+        raise ValueError(f"pool_stride {pool_stride} is not a multiple of the layer's stride {stride}")
+    k = pool_stride // stride
+    return F.avg_pool2d(t.to(torch.float32), kernel_size=k, stride=k)
+
+
+def _run_batch(backbone, x, layers, dtype: str, autocast_bf16: bool, pool_stride: int | None = None
+               ) -> list[dict[str, np.ndarray]]:
     """Features of a batch (B, 3, h, w) as one {layer: (C, h, w) array of ``dtype``} per image."""
     device = backbone.mean.device
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
         feats = backbone.features(to_device(x, device), layers)
+        feats = {layer: pool_layer(t, int(backbone.strides[layer]), pool_stride) for layer, t in feats.items()}
     out = [dict() for _ in range(x.shape[0])]
     for layer, t in feats.items():
         arr = t.to(torch.float32).cpu().numpy()
@@ -112,7 +136,8 @@ def _run_batch(backbone, x, layers, dtype: str, autocast_bf16: bool) -> list[dic
 
 
 def compute(backbone, image: np.ndarray, layers: Sequence[str] | None = None, downsample: float = 2,
-            dtype: str = "float16", autocast_bf16: bool = False) -> dict[str, np.ndarray]:
+            dtype: str = "float16", autocast_bf16: bool = False, pool_stride: int | None = None
+            ) -> dict[str, np.ndarray]:
     """The features of one uint8 (H, W, 3) image exactly as :func:`extract` stores them.
 
     Returns {layer: (C, h, w) ndarray of ``dtype``} (the dtype round-trip included). ``backbone``
@@ -123,7 +148,8 @@ def compute(backbone, image: np.ndarray, layers: Sequence[str] | None = None, do
     """
     _check_dtype(dtype)
     layers = backbone.check_layers(layers)
-    return _run_batch(backbone, prepare(image, downsample)[None], layers, dtype, autocast_bf16)[0]
+    return _run_batch(backbone, prepare(image, downsample)[None], layers, dtype, autocast_bf16,
+                      pool_stride)[0]
 
 
 def _check_dtype(dtype):
@@ -132,14 +158,16 @@ def _check_dtype(dtype):
 
 
 # -- attributes ----------------------------------------------------------------------------
-def store_attrs(dataset, backbone, layers, downsample, dtype, autocast_bf16=False) -> dict:
+def store_attrs(dataset, backbone, layers, downsample, dtype, autocast_bf16=False, pool_stride=None,
+                mirror=False) -> dict:
 
     return dict(backbone=backbone.name, architecture=backbone.architecture,
                 weights_sha256=backbone.weights_sha256, network_id=backbone.network_id, layers=list(layers),
                 downsample=float(downsample) if not float(downsample).is_integer() else int(downsample),
                 dtype=dtype, dataset=dataset.name, dataset_checksum=dataset.checksum,
                 n_images=int(len(dataset)), dgstudy_version=__version__,
-                autocast_bf16=bool(autocast_bf16), resize=RESIZE_METHOD, format_version=FORMAT_VERSION)
+                autocast_bf16=bool(autocast_bf16), resize=RESIZE_METHOD, format_version=FORMAT_VERSION,
+                pool_stride=int(pool_stride) if pool_stride else None, mirror=True if mirror else None)
 
 
 def _check_attrs(path: Path, have: dict, want: dict) -> None:
@@ -155,14 +183,18 @@ def _check_attrs(path: Path, have: dict, want: dict) -> None:
 def extract(dataset, backbone, layers: Sequence[str] | None = None, downsample: float = 2,
             dtype: str = "float16", device: str = "cpu", out: str | os.PathLike | None = None,
             batch_size: int = 1, compression: str | None = None, images: Sequence[int] | None = None,
-            autocast_bf16: bool = False, part_size: int = 16, progress: bool = True) -> Path:
+            autocast_bf16: bool = False, part_size: int = 16, progress: bool = True,
+            pool_stride: int | None = None, mirror: bool = False) -> Path:
     """Extract features of ``images`` (default: all) of ``dataset`` into an HDF5 store; return its path.
 
     ``backbone``: a name for :func:`dgstudy.backbones.get` or a backbone object (moved to
     ``device``; ``'auto'`` = CUDA if available). ``layers``: default = the backbone's defaults.
     ``out``: default :func:`default_store_path`. Images of equal size are batched
     (``batch_size``); a shard is written every ``part_size`` images. ``compression``: None,
-    ``'gzip'`` or ``'lzf'`` (h5py filters). Resumable and crash-safe (module docstring); an
+    ``'gzip'`` or ``'lzf'`` (h5py filters). ``pool_stride``: layers finer than this backbone
+    stride are stored average-pooled to it (:func:`pool_layer`; early layers of a large image would
+    take gigabytes). ``mirror``: the features of every image mirrored left-right (image ``i``'s
+    entry holds the mirrored image's features; flip augmentation, ``TrainConfig.flip_source``). Resumable and crash-safe (module docstring); an
     existing store with other attributes raises DataError naming what differs.
     """
 
@@ -172,9 +204,10 @@ def extract(dataset, backbone, layers: Sequence[str] | None = None, downsample: 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     bb = backbones.get(backbone, device=device) if isinstance(backbone, str) else backbone.to(device).eval()
     layers = bb.check_layers(layers)
-    out = Path(out) if out is not None else default_store_path(dataset, bb, downsample, layers, dtype)
+    out = Path(out) if out is not None else default_store_path(dataset, bb, downsample, layers, dtype,
+                                                               pool_stride, mirror)
     pdir = parts_dir(out)
-    attrs = store_attrs(dataset, bb, layers, downsample, dtype, autocast_bf16)
+    attrs = store_attrs(dataset, bb, layers, downsample, dtype, autocast_bf16, pool_stride, mirror)
     wanted = list(range(len(dataset))) if images is None else sorted({int(i) for i in images})
     bad = [i for i in wanted if not 0 <= i < len(dataset)]
     if bad:
@@ -200,8 +233,9 @@ def _extract_locked(dataset, bb, layers, downsample, dtype, out, pdir, attrs, wa
         for size, idx in groups.items():
             for s in range(0, len(idx), batch_size):
                 batch = idx[s:s + batch_size]
-                x = torch.stack([prepare(dataset.image(i), downsample) for i in batch])
-                for i, feats in zip(batch, _run_batch(bb, x, layers, dtype, autocast_bf16)):
+                x = torch.stack([prepare(dataset.image(i), downsample, bool(attrs["mirror"])) for i in batch])
+                for i, feats in zip(batch, _run_batch(bb, x, layers, dtype, autocast_bf16,
+                                                      attrs["pool_stride"])):
                     buffer[i] = (feats, size, tuple(x.shape[-2:]))
                 bar.update(len(batch))
                 if len(buffer) >= part_size:
@@ -274,7 +308,7 @@ class FeatureStore:
         except (OSError, KeyError, ValueError) as e:
             raise DataError(f"{self.path}: not a readable HDF5 feature store, truncated or corrupt "
                             f"({type(e).__name__}: {e}); {REBUILD}") from e
-        missing = [k for k in ATTR_KEYS if k not in self.attrs]
+        missing = [k for k in ATTR_KEYS if k not in self.attrs and k not in OPTIONAL_KEYS]
         if missing:
             raise DataError(f"{self.path}: feature store lacks attributes {missing} (written before "
                             "dgstudy 0.2, by a builder whose network is not recorded); delete it and "

@@ -161,6 +161,32 @@ def plot_ablation(table: pd.DataFrame, metric: str = "IG", title: str = "", orde
     return fig
 
 
+def plot_layer_ablations(tables: dict, metric: str = "IG", highlight: dict | None = None, title: str = ""):
+    """The layer ablations of several backbones side by side, one panel each on one y axis
+    (``tables``: {panel title: :func:`dgstudy.ablations.ablation_table`}, conditions in table
+    order; ``highlight``: {panel title: condition drawn in the accent colour})."""
+    set_style()
+    colors = sns.color_palette(PALETTE)
+    widths = [max(2.0, 0.45 * len(t) + 0.8) for t in tables.values()]
+    fig, axes = plt.subplots(1, len(tables), figsize=(sum(widths) + 0.8, 3.6), sharey=True,
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    for ax, (name, t) in zip(axes[0], tables.items()):
+        y = t[metric].to_numpy(dtype=float)
+        err = np.vstack([y - t[f"{metric}_lo"].to_numpy(dtype=float), t[f"{metric}_hi"].to_numpy(dtype=float) - y])
+        x = np.arange(len(t))
+        mark = (highlight or {}).get(name)
+        ax.bar(x, y, color=[colors[1] if c == mark else colors[0] for c in t["condition"]])
+        ax.errorbar(x, y, yerr=err, fmt="none", ecolor="black", capsize=2, lw=1)
+        ax.set_xticks(x, list(t["condition"]), rotation=45, ha="right")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(name, fontsize=10)
+    axes[0][0].set_ylabel(f"{metric}{' (bit/fix)' if metric in ('IG', 'LL') else ''}")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_fold_ig(folds: pd.DataFrame, title: str = "test IG per fold"):
     """Test IG of every fold, one line per condition (``folds``: :func:`dgstudy.ablations.fold_table`);
     a collapsed fold shows as a dip towards 0."""

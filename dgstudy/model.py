@@ -1,7 +1,7 @@
 """The DeepGaze II model (Kümmerer, Wallis & Bethge 2016) on precomputed features.
 
 :class:`DeepGazeII` ``(in_channels, readout, nonlinearity, center_bias, center_bias_weight,
-blur_sigma, saliency_map_factor, learn_sigma)``: ``forward(features (B, C, h, w), log_center_bias
+blur_sigma, saliency_map_factor, learn_sigma, readout_channels)``: ``forward(features (B, C, h, w), log_center_bias
 (B, H, W)) -> (B, H, W)``, a natural-log density over the stimulus pixels (``logsumexp(out[b]) ==
 0``). The pipeline, each a named submodule: standardise the channels (``feature_mean`` /
 ``feature_std`` buffers) -> ``readout`` (1x1 convolutions, :func:`make_readout`) -> bilinear to the
@@ -28,24 +28,32 @@ from .model_fast import PointwiseConv, replicate_blur_matrix  # 1x1 conv and blu
 READOUT_CHANNELS = (16, 32, 2, 1)   # the paper's readout network
 
 
-class ChannelLayerNorm(nn.Module):
-    """Layer norm over the channel axis of (B, C, h, w), separately at every position."""
+class LayerNorm(nn.Module):
+    """Layer norm of (B, C, h, w) over the channels, height and width of each image together (as
+    the authors' later code, deepgaze_pytorch's ``LayerNorm``), then a per-channel scale and shift."""
 
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.LayerNorm(channels, eps=eps)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x):
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        var = x.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
-def make_readout(in_channels: int, readout: str = "deepgaze2", nonlinearity: str = "relu"
-                 ) -> nn.Sequential:
+def make_readout(in_channels: int, readout: str = "deepgaze2", nonlinearity: str = "relu",
+                 channels=None) -> nn.Sequential:
     """The readout network as a named ``nn.Sequential`` (``conv0``, ``act0``, ... ``conv3``).
 
-    ``readout='deepgaze2'``: 1x1 convs with 16, 32, 2, 1 output channels; after each of the
-    first three, ``nonlinearity`` = ``'relu'`` (paper) or ``'softplus_layernorm'`` (channel layer
-    norm, then softplus; also a layer norm on the input). The last conv is linear.
+    ``readout='deepgaze2'``: 1x1 convs with ``channels`` output channels (default the paper's
+    16, 32, 2, 1; the last must be 1); after each but the last, ``nonlinearity``:
+    ``'relu'`` (paper: ``conv -> ReLU``) or ``'softplus_layernorm'`` (the authors' later readout:
+    ``norm -> conv -> softplus`` for every conv but the last, ``norm`` = :class:`LayerNorm`
+    over each image's channels, height and width). The last conv is linear.
     ``readout='deepgaze1'``: a single linear 1x1 conv to one channel (DeepGaze I). The convs are
     :class:`~dgstudy.model_fast.PointwiseConv`: ``nn.Conv2d(c_in, c_out, 1)`` computed as a matmul.
     """
@@ -57,17 +65,17 @@ def make_readout(in_channels: int, readout: str = "deepgaze2", nonlinearity: str
         raise ValueError(f"readout must be 'deepgaze2' or 'deepgaze1', got {readout!r}")
     if nonlinearity not in ("relu", "softplus_layernorm"):
         raise ValueError(f"nonlinearity must be 'relu' or 'softplus_layernorm', got {nonlinearity!r}")
-    if nonlinearity == "softplus_layernorm":
-        layers.append(("norm_in", ChannelLayerNorm(in_channels)))
+    channels = tuple(READOUT_CHANNELS if channels is None else (int(c) for c in channels))
+    if channels[-1] != 1 or min(channels) < 1:
+        raise ValueError(f"readout channels must be positive and end in 1, got {list(channels)}")
     c_in = in_channels
-    for k, c_out in enumerate(READOUT_CHANNELS):
+    for k, c_out in enumerate(channels):
+        last = k == len(channels) - 1
+        if nonlinearity == "softplus_layernorm" and not last:
+            layers.append((f"norm{k}", LayerNorm(c_in)))
         layers.append((f"conv{k}", PointwiseConv(c_in, c_out)))
-        if k < len(READOUT_CHANNELS) - 1:
-            if nonlinearity == "relu":
-                layers.append((f"act{k}", nn.ReLU()))
-            else:
-                layers.append((f"norm{k}", ChannelLayerNorm(c_out)))
-                layers.append((f"act{k}", nn.Softplus()))
+        if not last:
+            layers.append((f"act{k}", nn.ReLU() if nonlinearity == "relu" else nn.Softplus()))
         c_in = c_out
     return nn.Sequential(OrderedDict(layers))
 
@@ -180,6 +188,8 @@ class Finalizer(nn.Module):
         x = log_center_bias[:, None]
         if tuple(x.shape[-2:]) == tuple(size):
             return x
+        if x.shape[0] > 1 and x.stride(0) == 0:    # one map expanded over the batch: pool it once
+            return F.interpolate(x[:1], size=size, mode="area").expand(x.shape[0], -1, -1, -1)
         return F.interpolate(x, size=size, mode="area")
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -204,15 +214,18 @@ class DeepGazeII(nn.Module):
 
     def __init__(self, in_channels: int, readout: str = "deepgaze2", nonlinearity: str = "relu",
                  center_bias: str = "learned", center_bias_weight: float = 1.0,
-                 blur_sigma: float = 8.0, saliency_map_factor: int = 4, learn_sigma: bool = True):
+                 blur_sigma: float = 8.0, saliency_map_factor: int = 4, learn_sigma: bool = True,
+                 readout_channels=None):
         super().__init__()
         self.hparams = dict(in_channels=in_channels, readout=readout, nonlinearity=nonlinearity,
                             center_bias=center_bias, center_bias_weight=center_bias_weight,
                             blur_sigma=blur_sigma, saliency_map_factor=saliency_map_factor,
                             learn_sigma=learn_sigma)
+        if readout_channels is not None:      # absent from the hparams of the paper's widths
+            self.hparams["readout_channels"] = [int(c) for c in readout_channels]
         self.register_buffer("feature_mean", torch.zeros(in_channels))
         self.register_buffer("feature_std", torch.ones(in_channels))
-        self.readout = make_readout(in_channels, readout, nonlinearity)
+        self.readout = make_readout(in_channels, readout, nonlinearity, readout_channels)
         self.blur = GaussianBlur(blur_sigma, learn_sigma=learn_sigma)
         self.center_bias = CenterBiasTerm(center_bias, center_bias_weight)
         self.finalizer = Finalizer(saliency_map_factor)

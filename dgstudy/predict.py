@@ -188,7 +188,7 @@ class Predictor:
     def features(self, rgb: np.ndarray) -> np.ndarray:
         """The stacked readout input (C, h, w) float32, exactly as the feature store gives it."""
         feats = features.compute(self.backbone, rgb, self.spec.layers, self.spec.downsample, self.spec.dtype,
-                          autocast_bf16=self.spec.autocast_bf16)
+                                 autocast_bf16=self.spec.autocast_bf16, pool_stride=self.spec.pool_stride)
         return features.stack_layers(feats, self.spec.layers)
 
     def _working_image(self, image, scale) -> tuple[np.ndarray, tuple[int, int]]:

@@ -17,6 +17,8 @@ A fold is finished when ``config.json`` and ``model.pt`` exist. Runs are named b
 """
 from __future__ import annotations
 
+import dataclasses
+
 import inspect
 import json
 import warnings
@@ -44,19 +46,22 @@ def load_dataset(cfg: TrainConfig) -> datasets.FixationDataset:
     return datasets.load(cfg.dataset, n_images=cfg.n_images, **(cfg.dataset_options or {}))
 
 
-def feature_path(cfg: TrainConfig, dataset) -> Path:
+def feature_path(cfg: TrainConfig, dataset, mirror: bool = False) -> Path:
+    """The run's feature store; ``mirror``: the store of the mirrored images beside it."""
     if cfg.feature_path:
-        return Path(cfg.feature_path)
+        path = Path(cfg.feature_path)
+        return path.with_name(path.stem + "-mirror" + path.suffix) if mirror else path
     return Path(default_store_path(dataset, cfg.backbone, cfg.downsample, layers=cfg.layers,
-                                            dtype=cfg.feature_dtype))
+                                   dtype=cfg.feature_dtype, mirror=mirror))
 
 
-def open_store(cfg: TrainConfig, dataset):
-    """The run's FeatureStore, checked against the dataset (DataError naming the file if not)."""
-    path = feature_path(cfg, dataset)
+def open_store(cfg: TrainConfig, dataset, mirror: bool = False):
+    """The run's FeatureStore (``mirror``: of the mirrored images), checked against the dataset
+    (DataError naming the file if not)."""
+    path = feature_path(cfg, dataset, mirror)
     if not Path(path).exists():
         raise DataError(f"{path}: feature store is missing; run dgstudy.features.extract(dataset, "
-                        f"'{cfg.backbone}', downsample={cfg.downsample}) first")
+                        f"'{cfg.backbone}', downsample={cfg.downsample}{', mirror=True' if mirror else ''}) first")
     store = FeatureStore(path)
     checksum = store.attrs.get("dataset_checksum")
     if checksum and dataset.checksum and checksum != dataset.checksum:
@@ -81,12 +86,20 @@ def fold_done(d: Path) -> bool:
 RUNTIME_KEYS = ("device", "num_threads", "scheduler")   # settings that do not change what a run computes
 
 
+def _train_defaults() -> dict:
+    """TrainConfig's field defaults (``run`` and ``device`` excluded: they are derived)."""
+    return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+            for f in dataclasses.fields(TrainConfig) if f.name not in ("run", "device")}
+
+
 def check_run_config(run_dir: Path, cfg: TrainConfig) -> None:
     """Write the run's config.json, or ValueError if the run was started with other settings."""
     path = run_dir / "config.json"
     new = cfg.to_dict()
     if path.exists():
         old = json.loads(path.read_text())
+        # a setting added to TrainConfig after the run started is the same setting at its default
+        old = {**{k: v for k, v in _train_defaults().items() if k not in old}, **old}
         diff = {k for k in (set(old) | set(new)) - set(RUNTIME_KEYS) if old.get(k) != new.get(k)}
         if diff:
             raise ValueError(f"{path}: this run was started with different settings ({sorted(diff)}); "
@@ -397,10 +410,11 @@ class FeatureSpec:
     weights_sha256: str | None = None
     autocast_bf16: bool = False
     architecture: str | None = None
+    pool_stride: int | None = None
 
     def key(self) -> tuple:
         return (self.backbone, self.architecture, self.weights_sha256, tuple(self.layers),
-                float(self.downsample), self.dtype, self.autocast_bf16)
+                float(self.downsample), self.dtype, self.autocast_bf16, self.pool_stride)
 
 
 def _read_json(path: Path) -> dict:
@@ -439,6 +453,7 @@ def feature_spec(fold_dir: Path, cfg: TrainConfig, default_layers: Sequence[str]
                        dtype=str(attrs.get("dtype") or cfg.feature_dtype),
                        weights_sha256=attrs.get("weights_sha256"),
                        autocast_bf16=bool(attrs.get("autocast_bf16", False)),
-                       architecture=attrs.get("architecture"))
+                       architecture=attrs.get("architecture"),
+                       pool_stride=attrs.get("pool_stride"))
 
 

@@ -148,7 +148,31 @@ def feature_normalization(features: Mapping[int, np.ndarray], images) -> tuple[n
 def build_model(cfg: TrainConfig, in_channels: int) -> DeepGazeII:
     return DeepGazeII(in_channels, readout=cfg.readout, nonlinearity=cfg.nonlinearity,
                       center_bias=cfg.center_bias, blur_sigma=cfg.blur_sigma,
-                      saliency_map_factor=cfg.saliency_map_factor)
+                      saliency_map_factor=cfg.saliency_map_factor,
+                      readout_channels=cfg.readout_channels)
+
+
+def l1_weights(model: DeepGazeII, which: str = "all") -> list[torch.Tensor]:
+    """The weights under the L1 penalty: every readout conv's (``'all'``) or the first one's
+    (``'first'``: with ReLUs between the layers an L1 on every layer can be dodged by scaling one
+    layer's weights down and the next one's up)."""
+    weights = model.readout_weights()
+    return weights[:1] if which == "first" else weights
+
+
+def flip_batch(x: torch.Tensor, cb: torch.Tensor, p_idx: torch.Tensor, grid: tuple[int, int],
+               mirrored_x: torch.Tensor | None = None):
+    """The batch mirrored left-right: features (B, C, h, w), log centre bias (B, H, W) and the
+    fixations' flat indices ``row * w + col`` on ``grid`` (h, w), column ``col -> w - 1 - col``.
+    ``mirrored_x``: the features of the mirrored images, used instead of ``x.flip(-1)``.
+
+    With the stored features mirrored, the batch's likelihood under a 1x1-conv readout is the
+    original batch's up to the grids' rounding (readout, blur and softmax commute with the
+    mirror), so that augmentation can change little; the mirrored images' features differ
+    (a CNN is not mirror-equivariant) and are the real augmentation."""
+    w = int(grid[1])
+    p_idx = (p_idx // w) * w + (w - 1 - p_idx % w)
+    return (x.flip(-1) if mirrored_x is None else mirrored_x), cb[:1].flip(-1).expand_as(cb), p_idx
 
 
 def center_bias_log_likelihood(batcher: _Batcher, images) -> float:
@@ -179,6 +203,14 @@ def mean_log_likelihood(model, batcher: _Batcher, images, batch_size: int) -> fl
 
 
 # -- one fold --------------------------------------------------------------------------------
+INSTANCE_SEED_STEP = 1_000_003   # instance (init_seed) n starts from seed + n * INSTANCE_SEED_STEP
+
+
+def fold_seed(cfg: TrainConfig, fold: int) -> int:
+    """The seed fold ``fold`` of ``cfg`` starts from: ``seed * 1000 + fold`` for instance 0."""
+    return cfg.seed * 1000 + fold + cfg.init_seed * INSTANCE_SEED_STEP
+
+
 MAX_ATTEMPTS = 5          # initialisations tried before a fold with a dead readout is an error
 RESTART_SEED_STEP = 10007  # attempt a uses seed + a * RESTART_SEED_STEP
 
@@ -202,10 +234,10 @@ def readout_is_constant(model: DeepGazeII, features: Mapping[int, np.ndarray], i
 
 
 def train_fold(cfg: TrainConfig, features: Mapping[int, np.ndarray], dataset, train, val,
-               log_cb_for_size: Callable, seed: int, progress: bool = True, desc: str = "fold"
-               ) -> tuple[DeepGazeII, pd.DataFrame, dict]:
+               log_cb_for_size: Callable, seed: int, progress: bool = True, desc: str = "fold",
+               mirrored: Mapping[int, np.ndarray] | None = None) -> tuple[DeepGazeII, pd.DataFrame, dict]:
     """Fit one model on ``train``, early-stopped on ``val``; returns (best model, per-epoch log,
-    attempts record).
+    attempts record). ``mirrored``: the mirrored images' features (``cfg.flip_source='images'``).
 
     A readout that is constant after the first epoch, or whose best state is constant
     (:func:`readout_is_constant`: a dead ReLU layer), is thrown away and the fold starts again
@@ -218,7 +250,7 @@ def train_fold(cfg: TrainConfig, features: Mapping[int, np.ndarray], dataset, tr
         s = seed + attempt * RESTART_SEED_STEP
         try:
             model, log = _fit_fold(cfg, features, dataset, train, val, log_cb_for_size, s, progress,
-                                   desc if not attempt else f"{desc} (restart {attempt})")
+                                   desc if not attempt else f"{desc} (restart {attempt})", mirrored)
             return model, log, {"seed": s, "dead_seeds": dead}
         except DeadReadout as e:
             warnings.warn(f"{desc}: {e}; restarting from seed {seed + (attempt + 1) * RESTART_SEED_STEP}")
@@ -226,18 +258,24 @@ def train_fold(cfg: TrainConfig, features: Mapping[int, np.ndarray], dataset, tr
     raise DeadReadout(f"{desc}: the readout was dead for every one of seeds {dead}")
 
 
-def _fit_fold(cfg, features, dataset, train, val, log_cb_for_size, seed, progress, desc):
+def _fit_fold(cfg, features, dataset, train, val, log_cb_for_size, seed, progress, desc, mirrored=None):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     in_channels = next(iter(features.values())).shape[0]
     model = build_model(cfg, in_channels).to(cfg.device)
     model.set_feature_normalization(*feature_normalization(features, train))
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    schedule = (torch.optim.lr_scheduler.MultiStepLR(opt, cfg.lr_milestones, cfg.lr_gamma)
+                if cfg.lr_milestones else None)
     if cfg.train_resolution not in ("reduced", "full"):
         raise ValueError(f"train_resolution must be 'reduced' or 'full', got {cfg.train_resolution!r}")
     reduced = cfg.train_resolution == "reduced"
     batcher = _Batcher(features, dataset, log_cb_for_size, cfg.device,
                        grid_of=model.finalizer.reduced_size if reduced else None)
+    if cfg.flip and cfg.flip_source == "images" and mirrored is None:
+        raise ValueError("flip_source='images' needs the mirrored images' features (mirrored=...)")
+    mirror_x = (lambda b: to_device(torch.from_numpy(np.stack([mirrored[int(i)] for i in b])),
+                                    cfg.device, torch.float32)) if cfg.flip_source == "images" else None
 
     cb_train = center_bias_log_likelihood(batcher, train)
     cb_val = center_bias_log_likelihood(batcher, val)
@@ -247,17 +285,22 @@ def _fit_fold(cfg, features, dataset, train, val, log_cb_for_size, seed, progres
         t0 = time.perf_counter()
         model.train()
         tot_ll, tot_n = 0.0, 0
-        for batch in make_batches(train, dataset.sizes, cfg.batch_size, rng):
+        for j, batch in enumerate(make_batches(train, dataset.sizes, cfg.batch_size, rng)):
             x, cb, b_idx, p_idx, size = batcher(batch)
+            if cfg.flip and (epoch + j) % 2:     # every other batch mirrored (batches are shuffled)
+                x, cb, p_idx = flip_batch(x, cb, p_idx, size, mirror_x(batch) if mirror_x else None)
             ll = fixation_log_likelihoods(model, x, cb, b_idx, p_idx, reduced)
             nll_bits = -ll.mean() / LN2
-            l1 = sum(w.abs().sum() for w in model.readout_weights())
+            l1 = sum(w.abs().sum() for w in l1_weights(model, cfg.l1_layers))
             loss = nll_bits + cfg.l1 * l1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             tot_ll += float(ll.detach().double().sum()) / LN2 + len(ll) * math.log2(size[0] * size[1])
             tot_n += len(ll)
+        lr = opt.param_groups[0]["lr"]
+        if schedule is not None:
+            schedule.step()
         if epoch == 1 and readout_is_constant(model, features, train, cfg.device):
             bar.close()
             raise DeadReadout(f"seed {seed}: the readout output is constant after the first epoch")
@@ -267,6 +310,7 @@ def _fit_fold(cfg, features, dataset, train, val, log_cb_for_size, seed, progres
                          train_ig=train_ll - cb_train, val_ig=val_ll - cb_val,
                          l1=float(l1.detach()), sigma=float(model.blur.sigma.detach()),
                          center_bias_weight=float(model.center_bias.weight.detach()),
+                         **({"lr": lr} if schedule is not None else {}),
                          seconds=time.perf_counter() - t0))
         bar.set_postfix(train_LL=f"{train_ll:.3f}", val_LL=f"{val_ll:.3f}", val_ig=f"{val_ll - cb_val:.3f}")
         if val_ll > best:
@@ -302,18 +346,18 @@ def train_crossval(cfg: TrainConfig, folds=None, *, dataset=None, features=None,
 
 
 def train_runs(cfgs, folds=None, *, dataset=None, features=None, progress: bool = True,
-               scheduler: str | None = None) -> list[Path]:
+               scheduler: str | None = None, mirrored=None) -> list[Path]:
     """Train the unfinished folds of every run in ``cfgs`` (as :func:`train_crossval` does for one),
     all submitted at once: one task per (run, fold). Returns the runs' folders, in order.
     ``scheduler`` defaults to the first config's ``scheduler`` (then ``$DGSTUDY_SCHEDULER`` wins)."""
     cfgs = list(cfgs)
-    plans = [plan_folds(c, folds, dataset=dataset, features=features) for c in cfgs]
+    plans = [plan_folds(c, folds, dataset=dataset, features=features, mirrored=mirrored) for c in cfgs]
     jobs = [job for _, run_jobs in plans for job in run_jobs]
     where = tasks.resolve_scheduler(scheduler, cfgs[0].scheduler if cfgs else None)
     for job in jobs:
         job["progress"] = progress and where == "sync"
     try:
-        tasks.run(run_fold, jobs, scheduler=where, scatter=("dataset", "features"), desc="trainings",
+        tasks.run(run_fold, jobs, scheduler=where, scatter=("dataset", "features", "mirrored"), desc="trainings",
                   labels=[f"train {j['cfg'].run} fold {j['fold']:02d}" for j in jobs],
                   progress=progress and where != "sync")
     finally:
@@ -321,9 +365,11 @@ def train_runs(cfgs, folds=None, *, dataset=None, features=None, progress: bool 
     return [run_dir for run_dir, _ in plans]
 
 
-def plan_folds(cfg: TrainConfig, folds=None, *, dataset=None, features=None) -> tuple[Path, list[dict]]:
+def plan_folds(cfg: TrainConfig, folds=None, *, dataset=None, features=None, mirrored=None
+               ) -> tuple[Path, list[dict]]:
     """(``results/<run>/``, the :func:`run_fold` arguments of each unfinished fold): the run's
-    settings recorded or checked (``check_run_config``), its feature store opened and checked once."""
+    settings recorded or checked (``check_run_config``), its feature store (and, for
+    ``flip_source='images'``, the mirrored images' store) opened and checked once."""
     run_dir = results_dir() / cfg.run
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_config(run_dir, cfg)
@@ -337,22 +383,27 @@ def plan_folds(cfg: TrainConfig, folds=None, *, dataset=None, features=None) -> 
             store_info = {"feature_path": str(Path(store.path).resolve()),
                           "store_attrs": {k: v for k, v in store.attrs.items()
                                           if isinstance(v, (str, int, float, list, type(None)))}}
+        if cfg.flip and cfg.flip_source == "images":
+            with open_store(cfg, dataset, mirror=True) as mstore:
+                store_info["mirror_feature_path"] = str(Path(mstore.path).resolve())
     elif todo and dataset is None:
         dataset = load_dataset(cfg)
+    mirrored = mirrored if cfg.flip and cfg.flip_source == "images" else None
     return run_dir, [dict(cfg=cfg, run_dir=run_dir, fold=f, dataset=dataset, features=features,
-                          store_info=store_info) for f in todo]
+                          store_info=store_info, **({"mirrored": mirrored} if mirrored is not None else {}))
+                     for f in todo]
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=2)
 def _store_features(path: str, layers: tuple | None, n_images: int, mtime_ns: int) -> dict:
     """The features of a store as :func:`read_features` gives them, kept for the next fold of the
-    same run in this process (one store at a time: they take gigabytes)."""
+    same run in this process (one store, or a store and its mirror, at a time: they take gigabytes)."""
     with FeatureStore(path) as store:
         return read_features(store, range(n_images), list(layers) if layers else None, progress=False)
 
 
 def run_fold(cfg: TrainConfig, run_dir, fold: int, dataset, features=None, store_info=None,
-             progress: bool = False) -> dict:
+             progress: bool = False, mirrored=None) -> dict:
     """Train fold ``fold`` of ``cfg`` into ``run_dir/fold_XX/`` and return its ``config.json`` record;
     a finished fold is left as it is (its record returned). The task of :func:`train_runs`.
 
@@ -372,13 +423,17 @@ def run_fold(cfg: TrainConfig, run_dir, fold: int, dataset, features=None, store
             path = store_info["feature_path"]
             features = _store_features(path, tuple(cfg.layers) if cfg.layers else None, len(dataset),
                                        os.stat(path).st_mtime_ns)
+        if mirrored is None and store_info and store_info.get("mirror_feature_path"):
+            path = store_info["mirror_feature_path"]
+            mirrored = _store_features(path, tuple(cfg.layers) if cfg.layers else None, len(dataset),
+                                       os.stat(path).st_mtime_ns)
         t0 = time.perf_counter()
         cfg = dataclasses.replace(cfg, device=tasks.worker_device(cfg.device))
         with torch_threads(cfg.num_threads):
             train, val, test = datasets.fold_split(len(dataset), fold, cfg.folds, cfg.seed)
             cb = fit_center_bias(dataset, train)
             model, log, attempts = train_fold(cfg, features, dataset, train, val, cb.log_density_for_size,
-                                              seed=cfg.seed * 1000 + fold, progress=progress,
+                                              seed=fold_seed(cfg, fold), progress=progress, mirrored=mirrored,
                                               desc=f"{cfg.run} fold {fold}/{cfg.folds}")
         model = model.to("cpu")
         buffer = io.BytesIO()     # saved to memory first: the archive's bytes do not depend on a file name
@@ -405,8 +460,11 @@ def run_fold(cfg: TrainConfig, run_dir, fold: int, dataset, features=None, store
             "epochs_run": int(len(log)), "sigma": float(model.blur.sigma.detach()),
             "center_bias_weight": float(model.center_bias.weight.detach()),
             "seconds": time.perf_counter() - t0, "torch": torch.__version__, **(store_info or {}),
-            "optimizer": {"name": "Adam", "lr": cfg.lr, "betas": [0.9, 0.999]},
-            "loss": "mean NLL in bits/fixation + l1 * sum|readout conv weights|",
+            "optimizer": {"name": "Adam", "lr": cfg.lr, "betas": [0.9, 0.999],
+                          **({"lr_milestones": cfg.lr_milestones, "lr_gamma": cfg.lr_gamma}
+                             if cfg.lr_milestones else {})},
+            "loss": "mean NLL in bits/fixation + l1 * sum|readout conv weights|"
+                    + (" (first conv only)" if cfg.l1_layers == "first" else ""),
             "model_sha256": model_sha256, "executed_by": tasks.where(),
         }
         write_json(d / "config.json", record)

@@ -110,7 +110,7 @@ def test_attributes(ds, tmp_path, vgg_random):
     assert a["layers"] == ["conv1_1", "relu2_1"] and a["downsample"] == 3 and a["dtype"] == "float32"
     assert a["dataset"] == "synthetic" and a["dataset_checksum"] == ds.checksum
     assert a["n_images"] == 5 and a["dgstudy_version"] and a["autocast_bf16"] is False
-    assert set(features.ATTR_KEYS) <= set(a)
+    assert set(features.ATTR_KEYS) - set(features.OPTIONAL_KEYS) <= set(a)
     assert st.images == [1, 3] and st.has(3) and not st.has(0) and not st.complete
     assert st.read(1)["conv1_1"].shape == (64, 10, 15) and st.read(1)["conv1_1"].dtype == np.float32
     with pytest.raises(DataError, match="image 0 is not in the store"):
@@ -278,3 +278,36 @@ def test_resume_after_kill(data_root, tmp_path):
         for layer in ("p1", "p2"):
             assert np.array_equal(a.read(i)[layer], b.read(i)[layer]), (i, layer)
     assert not pdir.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_pooled_store_holds_layers_averaged_onto_the_coarser_grid(ds, tmp_path):
+    """``pool_stride``: a layer finer than the stride is the mean of its (k x k) windows (the last
+    partial row/column dropped); coarser layers are unchanged; the store says it was pooled and is
+    never mistaken for an unpooled one."""
+    bb = toy_backbone()
+    out = features.extract(ds, bb, layers=["c1", "p1", "p2"], out=tmp_path / "p.h5", pool_stride=4,
+                           progress=False)
+    st = features.FeatureStore(out)
+    assert st.attrs["pool_stride"] == 4
+    full = features.compute(bb, ds.image(2), layers=["c1", "p1", "p2"], downsample=2, dtype="float32")
+    got = st.read(2)
+    c1 = full["c1"]                                     # (4, 15, 22) at stride 1 -> windows of 4
+    h, w = c1.shape[1] // 4, c1.shape[2] // 4
+    ref = c1[:, :h * 4, :w * 4].reshape(4, h, 4, w, 4).mean(axis=(2, 4))
+    assert got["c1"].shape == (4, h, w) == (4, 3, 5)
+    np.testing.assert_allclose(got["c1"].astype(np.float32), ref, rtol=2e-3, atol=2e-3)
+    assert got["p1"].shape == (4, 3, 5)                 # stride 2 -> windows of 2
+    assert np.array_equal(got["p2"], full["p2"].astype(np.float16))          # stride 4: as it is
+    for i in range(len(ds)):                            # the store holds exactly what compute gives
+        ref_i = features.compute(bb, ds.image(i), layers=["c1", "p1", "p2"], pool_stride=4)
+        assert all(np.array_equal(st.read(i)[l], ref_i[l]) for l in ref_i)
+    with pytest.raises(DataError, match="pool_stride"):
+        features.extract(ds, bb, layers=["c1", "p1", "p2"], out=out, progress=False)
+    plain = features.extract(ds, bb, out=tmp_path / "u.h5", progress=False)
+    assert "pool_stride" not in h5py.File(plain).attrs     # absent = not pooled; opens as before
+    assert features.FeatureStore(plain).attrs.get("pool_stride") is None
+    p = features.default_store_path(ds, "vgg19", 2, layers=["conv1_2"])
+    assert features.default_store_path(ds, "vgg19", 2, layers=["conv1_2"], pool_stride=16).name == \
+        p.name.replace(".h5", "-p16.h5")
+    with pytest.raises(ValueError, match="multiple"):
+        features.pool_layer(torch.zeros(1, 1, 8, 8), 3, 4)

@@ -162,9 +162,17 @@ def test_layer_grids():
     stages, _, strides = vgg19.named_layers()
     vgg = _fake_backbone("vgg19", list(stages), [strides[n] for n in stages], vgg19.PAPER_LAYERS)
     g = ablations.layer_grid(vgg)
-    assert g["paper5"] == PAPER_LAYERS and g["block5"][-1] == "relu5_4"
-    assert all(vgg.strides[layer] >= 8 for ls in g.values() for layer in ls)
-    assert ablations.layer_grid(vgg, tiny=True) == {"default": PAPER_LAYERS, "relu5_4": ["relu5_4"]}
+    # the paper's five singly, the last conv of every block, the five together
+    assert g["paper5"] == PAPER_LAYERS and all(g[layer] == [layer] for layer in PAPER_LAYERS)
+    blocks = ["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"]
+    assert all(g[b] == [b] for b in blocks) and len(g) == 11
+    assert [vgg.strides[b] for b in blocks] == [1, 2, 4, 8, 16]
+    assert all(vgg.strides[layer] <= ablations.VGG_POOL_STRIDE for ls in g.values() for layer in ls)
+    assert ablations.layer_grid(vgg, tiny=True) == {"default": PAPER_LAYERS, "conv1_2": ["conv1_2"]}
+    vs = ablations.vgg_layer_study(StudyConfig.load("osie_extended"), "vgg19_random")
+    assert vs.train.run == "osie-vgg19_random" and vs.train.backbone == "vgg19_random" and vs.train.layers is None
+    with pytest.raises(ValueError, match="not a VGG"):
+        ablations.vgg_layer_study(StudyConfig.load("osie"), "efficientnet_lite0")
     assert ablations.layer_grid(vgg, ["relu4_4", "pool5"]) == {
         "relu4_4": ["relu4_4"], "pool5": ["pool5"], "default": PAPER_LAYERS}
     with pytest.raises(ValueError, match="conv9_9"):
