@@ -268,11 +268,25 @@ def instance_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:
     """The average of all instances' densities in every fold (DeepGaze IIE averages its
     instances; no choice is made, so none is made on validation data either), evaluated into
     ``results/<run>-instances<n>/`` (reused while its members are the same)."""
-    out = results_dir() / f"{cfg.train.run}-instances{len(runs)}"
+    return evaluated_ensemble(results_dir() / f"{cfg.train.run}-instances{len(runs)}", runs, "all",
+                              **evaluate_kw)
+
+
+def training_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:
+    """The per-fold, validation-chosen ensemble over the training-choice runs ({condition: run};
+    :func:`dgstudy.ensemble.select_and_evaluate`), in ``results/<run>-train-ensemble/``: what
+    averaging readouts trained differently (input scales, recipes, seeds) adds."""
+    return evaluated_ensemble(results_dir() / f"{cfg.train.run}-train-ensemble", runs, "validation",
+                              **evaluate_kw)
+
+
+def evaluated_ensemble(out: Path, runs: dict, members: str = "validation", **evaluate_kw) -> Path:
+    """``ensemble.select_and_evaluate(runs, out, members=...)``, or ``out`` as it is when it holds
+    the evaluation of the very same members (``ensemble.fingerprint``)."""
     if (out / "metrics.json").exists() and (out / "per_image.csv").exists():
         if json.loads((out / "metrics.json").read_text()).get("fingerprint") == ensemble.fingerprint(runs):
             return out
-    ensemble.select_and_evaluate(runs, out, members="all", **evaluate_kw)
+    ensemble.select_and_evaluate(runs, out, members=members, **evaluate_kw)
     return out
 
 
@@ -290,26 +304,29 @@ def spread_table(runs: dict, metrics=("IG", "explained_IG", "LL", "AUC", "NSS"))
 
 
 def validation_scores(runs: dict, dataset=None, features=None) -> pd.DataFrame:
-    """Every run's (or ensemble's members') validation log-likelihood, the score every choice is
-    made on: one row per (condition, fold) with ``val_LL`` (bit/fix over uniform, pixel level)
-    on the fold's validation images; runs of one fold split only. Cached in each run folder
-    (``validation.json``, keyed by :func:`dgstudy.ensemble.fingerprint`)."""
+    """Every run's validation log-likelihood, the score every choice is made on: one row per
+    (condition, fold) with ``val_LL`` (bit/fix over uniform, pixel level) on the fold's
+    validation images, the images that early-stopped it. An ensemble's is that of the members it
+    used in the fold (recorded by ``ensemble.select_and_evaluate``; for a validation-chosen
+    ensemble it is the score it was chosen by, so it flatters it). A run's is computed once and
+    cached in its folder (``validation.json``, keyed by :func:`dgstudy.ensemble.fingerprint`)."""
     rows = []
     for cond, run in runs.items():
         run = Path(run)
-        members = ensemble.load_choice(run)["members"] if (run / "ensemble.json").exists() else {cond: run}
-        cache, key = run / "validation.json", ensemble.fingerprint(members)
-        cached = json.loads(cache.read_text()) if cache.exists() else {}
-        if cached.get("fingerprint") != key:
-            models = {n: CrossValModel(m, dataset=dataset, features=features) for n, m in members.items()}
-            first = next(iter(models.values()))
-            per_fold = {}
-            for fold in sorted(first.folds):
-                scores = ensemble.validation_log_likelihoods(models, fold)
-                per_fold[str(fold)] = scores[tuple(models)]     # all members together
-            cached = {"fingerprint": key, "val_LL": per_fold}
-            write_json(cache, cached)
-        rows += [{"condition": cond, "fold": int(f), "val_LL": v} for f, v in cached["val_LL"].items()]
+        if (run / "ensemble.json").exists():
+            rec = ensemble.load_choice(run)
+            per_fold = {f: rec["validation_LL"][f]["+".join(c)] for f, c in rec["choice"].items()}
+        else:
+            cache, key = run / "validation.json", ensemble.fingerprint({cond: run})[cond]
+            cached = json.loads(cache.read_text()) if cache.exists() else {}
+            if cached.get("fingerprint") != key:
+                model = CrossValModel(run, dataset=dataset, features=features)
+                per_fold = {str(f): ensemble.validation_log_likelihoods({cond: model}, f)[(cond,)]
+                            for f in sorted(model.folds)}
+                cached = {"fingerprint": key, "val_LL": per_fold}
+                write_json(cache, cached)
+            per_fold = cached["val_LL"]
+        rows += [{"condition": cond, "fold": int(f), "val_LL": float(v)} for f, v in per_fold.items()]
     return pd.DataFrame(rows)
 
 
@@ -369,12 +386,7 @@ def backbone_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:
     """The per-fold, validation-chosen ensemble over the backbone runs (``dgstudy.ensemble``),
     evaluated into ``results/<run>-backbone-ensemble/`` (reused while its members' folds are the
     same: ``ensemble.fingerprint``)."""
-    out = results_dir() / f"{cfg.train.run}-backbone-ensemble"
-    if (out / "metrics.json").exists() and (out / "per_image.csv").exists():
-        if json.loads((out / "metrics.json").read_text()).get("fingerprint") == ensemble.fingerprint(runs):
-            return out
-    ensemble.select_and_evaluate(runs, out, **evaluate_kw)
-    return out
+    return evaluated_ensemble(results_dir() / f"{cfg.train.run}-backbone-ensemble", runs, **evaluate_kw)
 
 
 def center_bias_alone(dataset, baseline=None, gold=None, per_image: bool = True):

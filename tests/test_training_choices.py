@@ -143,6 +143,11 @@ def test_training_grid_and_instances(synthetic, results_root):
     recorded = json.loads((out / "ensemble.json").read_text())["validation_LL"]
     for r in val.itertuples():
         assert r.val_LL == pytest.approx(recorded[str(r.fold)]["init0+init1"])
+    # a single run's, computed from its folds' validation images, equals the ensemble's record of it
+    single = ablations.validation_scores({"init1": folders[1]}, dataset=ds, features=feats)
+    for r in single.itertuples():
+        assert r.val_LL == pytest.approx(recorded[str(r.fold)]["init1"])
+    assert (folders[1] / "validation.json").exists()
 
 
 def test_flip_with_the_mirrored_images_features(data_root, results_root):
@@ -175,3 +180,20 @@ def test_flip_with_the_mirrored_images_features(data_root, results_root):
     assert rec["mirror_feature_path"] == str(mirror.resolve())
     with pytest.raises(ValueError, match="flip_source"):
         TrainConfig(flip_source="pixels")
+
+
+def test_mirrored_features_feed_the_flipped_batches(synthetic):
+    """With the stored features mirrored as the 'mirrored images' features', flip_source='images'
+    trains exactly as flip_source='features'; with other features it does not."""
+    ds, feats = synthetic
+    n = len(ds)
+    train, val = np.arange(0, n - n // 4), np.arange(n - n // 4, n)
+    from dgstudy.baselines import CenterBias
+    cb = CenterBias.fit(ds, images=train).log_density_for_size
+    fit = lambda c, m=None: training.train_fold(c, feats, ds, train, val, cb, seed=0, progress=False,
+                                                mirrored=m)[1]["val_LL"].tolist()
+    by_features = fit(small_config(max_epochs=3, flip=True))
+    as_mirror = {i: np.ascontiguousarray(f[:, :, ::-1]) for i, f in feats.items()}
+    assert fit(small_config(max_epochs=3, flip=True, flip_source="images"), as_mirror) == by_features
+    shuffled = {i: feats[(i + 1) % n][:, :, ::-1].copy() for i in feats}
+    assert fit(small_config(max_epochs=3, flip=True, flip_source="images"), shuffled) != by_features
