@@ -272,14 +272,6 @@ def instance_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:
                               **evaluate_kw)
 
 
-def training_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:
-    """The per-fold, validation-chosen ensemble over the training-choice runs ({condition: run};
-    :func:`dgstudy.ensemble.select_and_evaluate`), in ``results/<run>-train-ensemble/``: what
-    averaging readouts trained differently (input scales, recipes, seeds) adds."""
-    return evaluated_ensemble(results_dir() / f"{cfg.train.run}-train-ensemble", runs, "validation",
-                              **evaluate_kw)
-
-
 def evaluated_ensemble(out: Path, runs: dict, members: str = "validation", **evaluate_kw) -> Path:
     """``ensemble.select_and_evaluate(runs, out, members=...)``, or ``out`` as it is when it holds
     the evaluation of the very same members (``ensemble.fingerprint``)."""
@@ -303,31 +295,23 @@ def spread_table(runs: dict, metrics=("IG", "explained_IG", "LL", "AUC", "NSS"))
     return pd.DataFrame(rows)
 
 
-def validation_scores(runs: dict, dataset=None, features=None) -> pd.DataFrame:
+def validation_scores(runs: dict) -> pd.DataFrame:
     """Every run's validation log-likelihood, the score every choice is made on: one row per
-    (condition, fold) with ``val_LL`` (bit/fix over uniform, pixel level) on the fold's
-    validation images, the images that early-stopped it. An ensemble's is that of the members it
-    used in the fold (recorded by ``ensemble.select_and_evaluate``; for a validation-chosen
-    ensemble it is the score it was chosen by, so it flatters it). A run's is computed once and
-    cached in its folder (``validation.json``, keyed by :func:`dgstudy.ensemble.fingerprint`)."""
+    (condition, fold) with ``val_LL``, the fold's best validation log-likelihood as training
+    recorded it (``best_val_LL``: bit/fix over uniform on the reduced grid the likelihood is fitted
+    on, the score early stopping chose the epoch by; the fold's validation images, never its
+    test images). Ensembles ({condition: folder with ``ensemble.json``}) are left out: averaging
+    is a recipe, not a setting chosen on these scores."""
     rows = []
     for cond, run in runs.items():
         run = Path(run)
         if (run / "ensemble.json").exists():
-            rec = ensemble.load_choice(run)
-            per_fold = {f: rec["validation_LL"][f]["+".join(c)] for f, c in rec["choice"].items()}
-        else:
-            cache, key = run / "validation.json", ensemble.fingerprint({cond: run})[cond]
-            cached = json.loads(cache.read_text()) if cache.exists() else {}
-            if cached.get("fingerprint") != key:
-                model = CrossValModel(run, dataset=dataset, features=features)
-                per_fold = {str(f): ensemble.validation_log_likelihoods({cond: model}, f)[(cond,)]
-                            for f in sorted(model.folds)}
-                cached = {"fingerprint": key, "val_LL": per_fold}
-                write_json(cache, cached)
-            per_fold = cached["val_LL"]
-        rows += [{"condition": cond, "fold": int(f), "val_LL": float(v)} for f, v in per_fold.items()]
-    return pd.DataFrame(rows)
+            continue
+        for d in sorted(run.glob("fold_*")):
+            if (d / "config.json").exists():
+                info = json.loads((d / "config.json").read_text())
+                rows.append({"condition": cond, "fold": int(info["fold"]), "val_LL": float(info["best_val_LL"])})
+    return pd.DataFrame(rows, columns=["condition", "fold", "val_LL"])
 
 
 # -- backbones -------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     import papermill
 
     notebooks = smoke_chain()
-    assert [p.name[:2] for p in notebooks] == ["01", "02", "03", "04", "05", "06", "07", "08"], notebooks
+    assert [p.name[:2] for p in notebooks] == ["01", "02", "03", "04", "05", "06", "07", "08", "09"], notebooks
     params = {"profile": "smoke", "overrides": {}}
     extra = {"08_transfer.ipynb": {"max_images": 8}}       # keeps the transfer notebook to ~1 min
     results, figures = tmp_path / "results", tmp_path / "figures"
@@ -96,6 +96,21 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
         scores = choice["validation_LL"][fold]
         assert scores["+".join(members)] == max(scores.values())
 
+    # the VGG-19 layer grid beside the backbone's (smoke: the five-layer set and the pooled conv1_2)
+    vgg = pd.read_csv(out / "ablation_layers_vgg.csv").set_index("condition")
+    assert list(vgg.index) == ["default", "conv1_2"] and np.isfinite(vgg.IG).all()
+    assert vgg.loc["default", "IG_diff"] == pytest.approx(0.0, abs=1e-12)
+
+    # training choices: the smoke grid and the instances' average;
+    # the default row is the main run; val_diff is relative to it; the spread is over two seeds
+    tc = pd.read_csv(out / "ablation_training.csv").set_index("condition")
+    assert list(tc.index) == ["default", "flip", "softplus_ln", "instances2"]
+    assert tc.loc["default", "IG"] == pytest.approx(main, rel=1e-9)
+    assert tc.loc["default", "val_diff"] == 0 and np.isfinite(tc.val_LL.drop(index="instances2")).all()
+    spread = pd.read_csv(out / "seed_spread.csv").set_index("metric")
+    assert spread.loc["IG", "init0"] == pytest.approx(main, rel=1e-9)
+    assert spread.loc["IG", "range"] == pytest.approx(abs(spread.loc["IG", "init0"] - spread.loc["IG", "init1"]))
+
     # transfer: three widths x two scales; the original size predicts the same either way, and the
     # default keeps more of it at 256 px wide than native prediction does
     tr = pd.read_csv(out / "transfer.csv").set_index(["width", "scale"])
@@ -110,7 +125,8 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     # figures: PNG and PDF of each
     for name in ("examples", "center_bias", "ablation_layers", "ablation_centerbias",
                  "ablation_backbones", "ablation_backbones_folds",
-                 "per_image_ig", "blur", "training_curves", "transfer"):
+                 "per_image_ig", "blur", "training_curves", "transfer", "ablation_layers_vgg",
+                 "ablation_training"):
         for ext in ("png", "pdf"):
             f = figures / "smoke" / f"{name}.{ext}"
             assert f.exists() and f.stat().st_size > 1000, f

@@ -86,7 +86,10 @@ def test_the_committed_study_outputs_are_there_and_small():
     for table in ("results", "ablation_layers", "ablation_centerbias", "examples"):
         assert {f"results/osie/{table}.{ext}" for ext in ("md", "csv", "json")} <= set(files)
     assert {"figures/osie/examples.png", "figures/osie/ablation_layers.png",
-            "figures/osie_extended/ablation_backbones.png"} <= set(files)
+            "figures/osie_extended/ablation_backbones.png", "figures/osie_extended/ablation_layers_vgg.png",
+            "figures/osie_extended/ablation_training.png"} <= set(files)
+    for table in ("ablation_layers_vgg", "ablation_training", "seed_spread"):
+        assert {f"results/osie_extended/{table}.{ext}" for ext in ("md", "csv", "json")} <= set(files)
     assert not [f for f in files if f.endswith((".h5", ".pt")) and not f.startswith("dgstudy/models/")]
     size = sum((REPO / f).stat().st_size for f in files if f.startswith(("results/", "figures/")))
     assert size <= 20 * 2**20, f"{size / 2**20:.1f} MiB of committed study outputs"
