@@ -349,7 +349,9 @@ def train_runs(cfgs, folds=None, *, dataset=None, features=None, progress: bool 
                scheduler: str | None = None, mirrored=None) -> list[Path]:
     """Train the unfinished folds of every run in ``cfgs`` (as :func:`train_crossval` does for one),
     all submitted at once: one task per (run, fold). Returns the runs' folders, in order.
-    ``scheduler`` defaults to the first config's ``scheduler`` (then ``$DGSTUDY_SCHEDULER`` wins)."""
+    ``scheduler`` defaults to the first config's ``scheduler`` (then ``$DGSTUDY_SCHEDULER`` wins).
+    ``mirrored``: with ``features``, the mirrored images' features for ``flip_source='images'``
+    (by default they come from the mirrored store beside the run's)."""
     cfgs = list(cfgs)
     plans = [plan_folds(c, folds, dataset=dataset, features=features, mirrored=mirrored) for c in cfgs]
     jobs = [job for _, run_jobs in plans for job in run_jobs]
