@@ -132,6 +132,17 @@ CENTER_BIAS_CONDITIONS = {
 }
 
 
+def ensure_features(dataset, t: TrainConfig, backbone=None) -> None:
+    """Extract what run ``t`` reads, or find it complete (``features.extract`` resumes and returns
+    at once for a finished store): its store, and for ``flip_source='images'`` the mirrored
+    images' store beside it. Nothing for a run given an explicit ``feature_path``."""
+    if t.feature_path:
+        return
+    for mirror in ((False, True) if t.flip and t.flip_source == "images" else (False,)):
+        features.extract(dataset, backbone or t.backbone, layers=t.layers, downsample=t.downsample,
+                         dtype=t.feature_dtype, device=t.device, mirror=mirror)
+
+
 def train_conditions(cfgs: dict[str, TrainConfig], dataset=None) -> dict[str, Path]:
     """Train (or resume / reuse) every condition's run, all folds submitted at once
     (``training.train_runs``); {condition: run folder}. Conditions sharing a run train it once."""
@@ -158,9 +169,7 @@ def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=Non
     t = cfg.train
     dataset = dataset or load_dataset(cfg)
     backbone = backbone or backbones.get(t.backbone, device=t.device)
-    if not t.feature_path:      # the main run's store (nothing to do when it is complete)
-        features.extract(dataset, backbone, layers=t.layers, downsample=t.downsample,
-                         dtype=t.feature_dtype, device=t.device)
+    ensure_features(dataset, t, backbone)
     main_layers = list(t.layers) if t.layers else list(backbone.default_layers)
     main_store = Path(t.feature_path) if t.feature_path else features.default_store_path(
         dataset, backbone, t.downsample, layers=t.layers, dtype=t.feature_dtype)
@@ -237,20 +246,14 @@ def training_grid(cfg: StudyConfig) -> dict[str, dict]:
 
 def run_training_ablation(cfg: StudyConfig, grid: dict[str, dict] | None = None, dataset=None) -> dict:
     """Train every condition of ``grid`` (default :func:`training_grid`) as ``<run>-train-<name>``
-    (``default`` is the main run), extracting features first for a condition that changes them
-    (``downsample``, ``backbone``, ``layers``) or needs the mirrored images' (``flip_source='images'``);
-    returns {condition: run directory}."""
+    (``default`` is the main run), extracting what a condition reads first (:func:`ensure_features`:
+    e.g. another ``downsample``, or the mirrored images' features); returns {condition: run directory}."""
     dataset = dataset or load_dataset(cfg)
     grid = training_grid(cfg) if grid is None else grid
     cfgs = {}
     for cond, overrides in grid.items():
         t = cfg.with_train(run=f"{cfg.train.run}-train-{cond}", **overrides) if overrides else cfg.train
-        if not t.feature_path and any(k in overrides for k in ("downsample", "backbone", "layers")):
-            features.extract(dataset, t.backbone, layers=t.layers, downsample=t.downsample,
-                             dtype=t.feature_dtype, device=t.device)
-        if t.flip and t.flip_source == "images" and not t.feature_path:   # the mirrored images' store
-            features.extract(dataset, t.backbone, layers=t.layers, downsample=t.downsample,
-                             dtype=t.feature_dtype, device=t.device, mirror=True)
+        ensure_features(dataset, t)
         cfgs[cond] = t
     return train_conditions(cfgs, dataset=dataset)
 
@@ -359,9 +362,7 @@ def run_backbone_ablation(cfg: StudyConfig, names, dataset=None) -> dict:
         t = cfg.with_train(backbone=name, run=backbone_run_name(cfg, name),
                            layers=cfg.train.layers if is_main else None,
                            feature_path=cfg.train.feature_path if is_main else None)
-        if not t.feature_path:
-            features.extract(dataset, name, layers=t.layers, downsample=t.downsample,
-                             dtype=t.feature_dtype, device=t.device)
+        ensure_features(dataset, t)
         cfgs[name] = t
     return train_conditions(cfgs, dataset=dataset)
 
