@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import backbones, baselines, datasets, ensemble, features
+from . import backbones, baselines, ensemble, features
 from .backbones.vgg19 import PAPER_LAYERS
 from .config import StudyConfig, TrainConfig
 from .evaluation import evaluate_runs, load_run_metrics
-from .io import write_json
 from .metrics import evaluate
 from .paths import results_dir
-from .runs import CrossValModel
+from . import runs as run_store
 from .statistics import bootstrap_paired_difference, summarize
 from .training import train_runs
 
@@ -153,8 +152,7 @@ def train_conditions(cfgs: dict[str, TrainConfig], dataset=None) -> dict[str, Pa
 
 def load_dataset(cfg: StudyConfig):
     """The profile's dataset."""
-    t = cfg.train
-    return datasets.load(t.dataset, n_images=t.n_images, **(t.dataset_options or {}))
+    return run_store.load_dataset(cfg.train)
 
 
 def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=None, backbone=None) -> dict:
@@ -224,54 +222,67 @@ def vgg_layer_study(cfg: StudyConfig, backbone: str = "vgg19_random") -> StudyCo
 
 # -- training choices ------------------------------------------------------------------------
 TRAINING_CONDITIONS = {
-    # name: TrainConfig overrides of the main run (the default grid; docs/ablations.md)
+    # name: TrainConfig overrides of the reference run (the default grid; docs/ablations.md)
     "ds1": {"downsample": 1},
     "flip": {"flip": True},
     "flip_images": {"flip": True, "flip_source": "images"},
     "l1_first": {"l1_layers": "first"},
     "adam_step": {"lr": 0.001, "lr_milestones": [3, 6, 9, 12, 15, 18, 21, 24]},
     "softplus_ln": {"nonlinearity": "softplus_layernorm"},
+    "ds1_softplus_ln": {"downsample": 1, "nonlinearity": "softplus_layernorm"},   # the two best, combined
 }
 
 
 def training_grid(cfg: StudyConfig) -> dict[str, dict]:
-    """{condition: TrainConfig overrides}: ``default`` (the main run, no overrides) and the
-    profile's ``ablation_training`` (None: :data:`TRAINING_CONDITIONS`)."""
+    """{condition: TrainConfig overrides of the reference run}: ``default`` (the reference run, no
+    overrides), the profile's ``ablation_training`` (None: :data:`TRAINING_CONDITIONS`) and, when
+    the profile has ``main`` overrides that no condition has already, ``main``."""
     grid = TRAINING_CONDITIONS if cfg.ablation_training is None else cfg.ablation_training
     unknown = sorted({k for v in grid.values() for k in v} - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise KeyError(f"ablation_training: {unknown} are not TrainConfig keys")
-    return {"default": {}, **{str(k): dict(v) for k, v in grid.items()}}
+    grid = {"default": {}, **{str(k): dict(v) for k, v in grid.items()}}
+    if cfg.main and dict(cfg.main) not in grid.values():
+        grid["main"] = dict(cfg.main)
+    return grid
 
 
 def run_training_ablation(cfg: StudyConfig, grid: dict[str, dict] | None = None, dataset=None) -> dict:
     """Train every condition of ``grid`` (default :func:`training_grid`) as ``<run>-train-<name>``
-    (``default`` is the main run), extracting what a condition reads first (:func:`ensure_features`:
-    e.g. another ``downsample``, or the mirrored images' features); returns {condition: run directory}."""
+    (``default`` is the reference run; the condition equal to the profile's ``main`` overrides is
+    the main run), extracting what a condition reads first (:func:`ensure_features`: e.g. another
+    ``downsample``, or the mirrored images' features); returns {condition: run directory}."""
     dataset = dataset or load_dataset(cfg)
     grid = training_grid(cfg) if grid is None else grid
     cfgs = {}
     for cond, overrides in grid.items():
-        t = cfg.with_train(run=f"{cfg.train.run}-train-{cond}", **overrides) if overrides else cfg.train
+        if not overrides:
+            t = cfg.train
+        elif cfg.main and overrides == dict(cfg.main):
+            t = cfg.main_train
+        else:
+            t = cfg.with_train(run=f"{cfg.train.run}-train-{cond}", **overrides)
         ensure_features(dataset, t)
         cfgs[cond] = t
     return train_conditions(cfgs, dataset=dataset)
 
 
-def run_instances(cfg: StudyConfig, n: int, dataset=None) -> dict:
-    """The main configuration trained ``n`` times, instance ``k`` with ``init_seed=k`` (another
-    initialisation and batch order, the same fold split): {"init0": main run, "init1":
-    ``<run>-init1``, ...}. Their spread is the run-to-run noise every difference is read against."""
-    cfgs = {f"init{k}": cfg.train if k == 0 else
-            cfg.with_train(run=f"{cfg.train.run}-init{k}", init_seed=k) for k in range(int(n))}
-    return train_conditions(cfgs, dataset=dataset or load_dataset(cfg))
+def run_instances(t: TrainConfig, n: int, dataset=None) -> dict:
+    """Run ``t`` trained ``n`` times, instance ``k`` with ``init_seed=k`` (another initialisation
+    and batch order, the same fold split): {"init0": ``t``'s run, "init1": ``<run>-init1``, ...}.
+    Their spread is the run-to-run noise every difference is read against."""
+    cfgs = {f"init{k}": t if k == 0 else dataclasses.replace(t, run=f"{t.run}-init{k}", init_seed=k)
+            for k in range(int(n))}
+    dataset = dataset or run_store.load_dataset(t)
+    ensure_features(dataset, t)
+    return train_conditions(cfgs, dataset=dataset)
 
 
-def instance_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:
-    """The average of all instances' densities in every fold (DeepGaze IIE averages its
-    instances; no choice is made, so none is made on validation data either), evaluated into
-    ``results/<run>-instances<n>/`` (reused while its members are the same)."""
-    return evaluated_ensemble(results_dir() / f"{cfg.train.run}-instances{len(runs)}", runs, "all",
+def instance_ensemble(runs: dict, **evaluate_kw) -> Path:
+    """The average of all instances' densities (``runs``: :func:`run_instances`) in every fold
+    (DeepGaze IIE averages its instances; no choice is made, so none is made on validation data
+    either), evaluated into ``results/<run>-instances<n>/`` (reused while its members are the same)."""
+    return evaluated_ensemble(results_dir() / f"{Path(runs['init0']).name}-instances{len(runs)}", runs, "all",
                               **evaluate_kw)
 
 

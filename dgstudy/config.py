@@ -6,8 +6,14 @@ many bootstrap resamples, ...) into the study's own fields. An unknown key is an
 in a profile or an override never passes silently. Every notebook's parameters are a profile name
 and a dict of overrides: ``StudyConfig.load(profile, **overrides)``.
 
-Names defined here and nowhere else: :func:`run_name` (a run's folder under ``results/``) and
-:meth:`StudyConfig.output_tag` (the folder of the chain's tables and figures).
+Two configurations per profile: ``.train``, the *reference* configuration that every ablation
+varies (notebooks 03, 04, 05, 09), and :attr:`StudyConfig.main_train`, the *main run* (notebooks 02,
+06, 07, 08): the reference with the profile's ``main`` overrides, the training choices adopted from
+notebook 09 on validation folds. Without ``main`` overrides the two are one run.
+
+Names defined here and nowhere else: :func:`run_name` (a run's folder under ``results/``),
+:attr:`StudyConfig.main_train` (the main run's name) and :meth:`StudyConfig.output_tag` (the
+folder of the chain's tables and figures).
 """
 from __future__ import annotations
 
@@ -105,16 +111,22 @@ TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 @dataclass
 class StudyConfig:
-    """One profile of the study: what is trained (``train``) and which ablations surround it."""
+    """One profile of the study: the reference configuration (``train``), the main run's changes to
+    it (``main``) and which ablations surround them."""
 
     profile: str
     train: TrainConfig
+    main: dict = field(default_factory=dict)        # TrainConfig overrides of the main run (notebook 09)
     run_prefix: str | None = None            # runs are <run_prefix or profile>-<backbone>...
     ablation_layers: list | dict | None = None      # None = ablations.layer_grid's default
     ablation_backbones: list[str] = field(default_factory=list)   # compared with train.backbone
     ablation_vgg: str | None = None          # a VGG-19 whose layer grid runs beside the backbone's
+    ablation_vgg_from: str | None = None     # else: a profile whose committed VGG-19 layer table
+                                             # notebook 03 draws beside this profile's stages
     ablation_training: dict | None = None    # {condition: TrainConfig overrides}; None = the default grid
-    instances: int = 1                       # the main configuration trained with init seeds 0..n-1
+    instances: int = 1                       # the main run trained with init seeds 0..n-1
+    reference_instances: int | None = None   # the reference run's instances when it is not the main
+                                             # run (None: as many as the main run's)
     bootstrap: int = 1000                    # bootstrap resamples of every interval
 
     @classmethod
@@ -132,7 +144,22 @@ class StudyConfig:
             train["run"] = run_name(params.get("run_prefix") or params["profile"],
                                     train.get("backbone", TrainConfig.backbone), train.get("readout"))
         study = {k: v for k, v in params.items() if k in study_keys and v is not None}
+        main = set(study.get("main") or {})
+        unknown = sorted(main - set(TRAIN_KEYS) | main & {"run", "feature_path"})
+        if unknown:
+            raise KeyError(f"{profile_path(profile)} (or its overrides): main: {unknown} are not "
+                           f"TrainConfig keys a main run may change")
         return cls(train=TrainConfig(**train), **study)
+
+    @property
+    def main_train(self) -> TrainConfig:
+        """The main run: ``train`` with the ``main`` overrides, named ``<train.run>-main``; ``train``
+        itself when there are none."""
+        if not self.main:
+            return self.train
+        reads_other_features = bool(set(self.main) & {"backbone", "layers", "downsample", "feature_dtype"})
+        return self.with_train(run=f"{self.train.run}-main", **self.main,
+                               **({"feature_path": None} if reads_other_features else {}))
 
     def with_train(self, **changes) -> TrainConfig:
         """A copy of ``train`` with ``changes`` (e.g. another run, layers or backbone)."""

@@ -54,8 +54,8 @@ PAPER_RESULTS = {
 
 def setting_note(cfg) -> tuple[bool, str]:
     """(comparable, explanation) of how the setting of ``cfg`` (a StudyConfig) relates to the
-    paper's MIT300 numbers."""
-    t = cfg.train
+    paper's MIT300 numbers (those of its main run)."""
+    t = cfg.main_train
     same_model = t.backbone == "vgg19" and list(t.layers or PAPER_LAYERS) == PAPER_LAYERS
     if t.dataset == "mit1003" and same_model and not t.n_images:
         return True, ("closest setting: VGG-19, the paper's five layers, MIT1003 10-fold image-wise "
@@ -73,11 +73,12 @@ def setting_note(cfg) -> tuple[bool, str]:
     return False, "not the paper's setting: " + "; ".join(why)
 
 
-def results_table(metrics: dict, cfg, model: str = "deepgaze2") -> pd.DataFrame:
+def results_table(metrics: dict, cfg, model: str = "deepgaze2", label: str | None = None) -> pd.DataFrame:
     """This run's metrics beside the paper's published figures.
 
     ``metrics``: a flat dict as from :func:`summarize` (``IG``, ``IG_lo``, ``IG_hi``, ...).
     ``model``: ``'deepgaze2'`` or ``'deepgaze1'`` (which published figures to put beside).
+    ``label``: the ``model`` column's text (default: the model's name, e.g. ``DeepGaze II``).
     Columns: model, metric, unit, this_run, ci_low, ci_high, paper, paper_source, comparable,
     setting.
     ``paper`` is NaN where the paper publishes no number for that metric.
@@ -87,7 +88,7 @@ def results_table(metrics: dict, cfg, model: str = "deepgaze2") -> pd.DataFrame:
     for m in METRICS:
         paper, source = PAPER_RESULTS.get(model, {}).get(m, (np.nan, ""))
         rows.append({
-            "model": MODEL_NAMES.get(model, model), "metric": m, "unit": UNITS[m],
+            "model": label or MODEL_NAMES.get(model, model), "metric": m, "unit": UNITS[m],
             "this_run": _float(metrics.get(m)),
             "ci_low": _float(metrics.get(f"{m}_lo")), "ci_high": _float(metrics.get(f"{m}_hi")),
             "paper": paper, "paper_source": source,
@@ -95,6 +96,15 @@ def results_table(metrics: dict, cfg, model: str = "deepgaze2") -> pd.DataFrame:
             "setting": note,
         })
     return pd.DataFrame(rows)
+
+
+def main_note(cfg) -> str:
+    """One line on how the main run relates to the reference configuration the ablations vary."""
+    if not cfg.main:
+        return f"main run `{cfg.train.run}`: the reference configuration, which the ablations vary"
+    changes = ", ".join(f"{k}={v}" for k, v in cfg.main.items())
+    return (f"main run `{cfg.main_train.run}`: the reference configuration (run `{cfg.train.run}`, which "
+            f"the ablations vary) with {changes}, chosen on validation folds (notebook 09)")
 
 
 def _float(x) -> float:

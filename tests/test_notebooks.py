@@ -54,8 +54,10 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
                   for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, f"{nb.name}: {errors[:1]}"
 
-    # the report table: every metric, the paper's column, finite IG within its interval
+    # the report table: every metric, the paper's column, finite IG within its interval; the main
+    # run (smoke: the reference with the authors' readout), then the reference and DeepGaze I
     table = pd.read_csv(out / "results.csv")
+    assert list(dict.fromkeys(table.model)) == ["DeepGaze II", "DeepGaze II (reference)", "DeepGaze I (reference)"]
     assert {"model", "metric", "unit", "this_run", "ci_low", "ci_high", "paper", "paper_source",
             "comparable", "setting"} <= set(table.columns)
     dg2 = table[table.model == "DeepGaze II"].set_index("metric")
@@ -68,7 +70,7 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     assert md.startswith("# Results") and "\n| model | metric | unit | this_run |" in md
     assert len(json.loads((out / "results.json").read_text())) == len(table)
 
-    # ablations: finite IG with intervals; the centre bias alone has IG 0 by construction
+    # ablations (of the reference run): finite IG with intervals; the centre bias alone has IG 0
     layers = pd.read_csv(out / "ablation_layers.csv")
     assert len(layers) >= 2 and np.isfinite(layers.IG).all()
     assert (layers.IG_lo <= layers.IG + 1e-12).all() and (layers.IG <= layers.IG_hi + 1e-12).all()
@@ -77,9 +79,11 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     assert cb.loc["centre bias alone", "IG"] == pytest.approx(0.0, abs=1e-9)
     assert cb.loc["centre bias alone", "LL"] > 0          # the centre bias beats a uniform density
     assert np.isfinite(cb.IG).all()
-    # the main run is both the "learned" condition and the layer ablation's default condition
-    main = layers.set_index("condition").loc["default", "IG"]
+    # the reference run is both the "learned" condition and the layer ablation's default condition
+    main = layers.set_index("condition").loc["default", "IG"]     # (the reference's IG)
     assert cb.loc["learned", "IG"] == pytest.approx(main, rel=1e-9)
+    assert table.set_index(["model", "metric"]).loc[("DeepGaze II (reference)", "IG"), "this_run"] == \
+        pytest.approx(main, rel=1e-9)
 
     # backbones: the main run, the other backbone and the validation-chosen ensemble; every fold
     # of each is in the fold table, and the ensemble's choice is one of the subsets
@@ -101,15 +105,20 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     assert list(vgg.index) == ["default", "conv1_2"] and np.isfinite(vgg.IG).all()
     assert vgg.loc["default", "IG_diff"] == pytest.approx(0.0, abs=1e-12)
 
-    # training choices: the smoke grid and the instances' average;
-    # the default row is the main run; val_diff is relative to it; the spread is over two seeds
+    # training choices: the smoke grid and the instances' averages; the default row is the
+    # reference run, softplus_ln (= the profile's main changes) the main run; val_diff is relative
+    # to the reference; each spread is over two seeds, of the main run and of the reference
     tc = pd.read_csv(out / "ablation_training.csv").set_index("condition")
-    assert list(tc.index) == ["default", "flip", "softplus_ln", "instances2"]
+    assert list(tc.index) == ["default", "flip", "softplus_ln", "main_instances2", "instances2"]
     assert tc.loc["default", "IG"] == pytest.approx(main, rel=1e-9)
-    assert tc.loc["default", "val_diff"] == 0 and np.isfinite(tc.val_LL.drop(index="instances2")).all()
-    spread = pd.read_csv(out / "seed_spread.csv").set_index("metric")
-    assert spread.loc["IG", "init0"] == pytest.approx(main, rel=1e-9)
-    assert spread.loc["IG", "range"] == pytest.approx(abs(spread.loc["IG", "init0"] - spread.loc["IG", "init1"]))
+    main_run = table.set_index(["model", "metric"]).loc[("DeepGaze II", "IG"), "this_run"]
+    assert tc.loc["softplus_ln", "IG"] == pytest.approx(main_run, rel=1e-9) and main_run != pytest.approx(main)
+    assert tc.loc["default", "val_diff"] == 0
+    assert np.isfinite(tc.val_LL.drop(index=["main_instances2", "instances2"])).all()
+    for name, init0 in (("seed_spread", main_run), ("seed_spread_reference", main)):
+        spread = pd.read_csv(out / f"{name}.csv").set_index("metric")
+        assert spread.loc["IG", "init0"] == pytest.approx(init0, rel=1e-9)
+        assert spread.loc["IG", "range"] == pytest.approx(abs(spread.loc["IG", "init0"] - spread.loc["IG", "init1"]))
 
     # transfer: three widths x two scales; the original size predicts the same either way, and the
     # default keeps more of it at 256 px wide than native prediction does
@@ -167,9 +176,10 @@ def test_chain_on_a_folder_data_set_of_mixed_sizes(tmp_path, monkeypatch):
         params = {"profile": "smoke", "overrides": overrides, **({"max_images": 3} if name == "08_transfer" else {})}
         papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
                                    parameters=params, cwd=str(REPO), kernel_name="python3", progress_bar=False)
-    metrics = json.loads((results / "smoke-efficientnet_lite0" / "metrics.json").read_text())
+    main = results / "smoke-efficientnet_lite0-main"          # the profile's main run
+    metrics = json.loads((main / "metrics.json").read_text())
     assert metrics["config"]["dataset"] == "folder" and metrics["summary"]["n_images"] == 9
-    info = json.loads((results / "smoke-efficientnet_lite0" / "fold_00" / "config.json").read_text())
+    info = json.loads((main / "fold_00" / "config.json").read_text())
     assert info["training_pixel_area"] in (6144.0, 6400.0)   # the median area of its training images
     tr = pd.read_csv(out / "transfer.csv")
     assert len(tr) == 6 and np.isfinite(tr["IG_run_cb"]).all()

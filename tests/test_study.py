@@ -2,6 +2,8 @@
 table (report), grids and ablation tables (ablations), the config and its output tag, preflight (cli)."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from types import SimpleNamespace
 
@@ -196,6 +198,26 @@ def test_config_and_output_tag(monkeypatch, tmp_path, capsys):
     assert StudyConfig.load("smoke", readout="deepgaze1").train.run == "smoke-efficientnet_lite0-deepgaze1"
     with pytest.raises(KeyError, match="max_epoch"):
         StudyConfig.load("smoke", max_epoch=3)                 # a typo is an error, not ignored
+    # the main run: the reference with the profile's `main` changes, a run of its own; the
+    # reference is what the ablations vary; without changes the two are one run
+    smoke = StudyConfig.load("smoke")
+    assert smoke.main == {"nonlinearity": "softplus_layernorm"}
+    m = smoke.main_train
+    assert m.run == "smoke-efficientnet_lite0-main" and m.nonlinearity == "softplus_layernorm"
+    assert smoke.train.nonlinearity == "relu" and smoke.train.run == "smoke-efficientnet_lite0"
+    assert dataclasses.replace(m, run=smoke.train.run, nonlinearity="relu") == smoke.train
+    plain = StudyConfig.load("smoke", main={})
+    assert plain.main_train is plain.train
+    scaled = StudyConfig.load("smoke", feature_path="/elsewhere.h5", main={"downsample": 1})
+    assert scaled.main_train.feature_path is None and scaled.main_train.downsample == 1   # not the ds2 store
+    assert StudyConfig.load("smoke", feature_path="/x.h5", main={"lr": 0.01}).main_train.feature_path == "/x.h5"
+    for bad in ({"lrate": 0.1}, {"run": "other"}):
+        with pytest.raises(KeyError, match="main"):
+            StudyConfig.load("smoke", main=bad)
+    # the training grid holds the main changes as a condition (named `main` unless one has them)
+    assert ablations.training_grid(smoke)["softplus_ln"] == smoke.main and "main" not in ablations.training_grid(smoke)
+    other_main = StudyConfig.load("smoke", main={"l1": 0.001})
+    assert ablations.training_grid(other_main)["main"] == {"l1": 0.001}
     # the Makefile asks the library
     assert cli.main(["tag", "--profile", "osie", "--backbone", "vgg19_random"]) == 0
     assert capsys.readouterr().out.strip() == "osie-vgg19_random"
