@@ -69,7 +69,8 @@ def small_grid(root: Path):
 
 
 def osie_grid():
-    """(dataset, [TrainConfig]) of the osie profile's layer and centre-bias grids (notebooks 03, 04)."""
+    """(dataset, [TrainConfig]) of the osie profile's trainings: the main run (notebook 02) and the
+    layer and centre-bias grids around the reference (notebooks 03, 04)."""
     from dgstudy import ablations, backbones, features
     from dgstudy.config import StudyConfig
 
@@ -87,6 +88,9 @@ def osie_grid():
                          out=extra_store)
     main_store = features.default_store_path(ds, bb, t.downsample, layers=t.layers, dtype=t.feature_dtype)
     cfgs = {t.run: t}
+    if cfg.main_train.run != t.run:
+        ablations.ensure_features(ds, cfg.main_train, bb)
+        cfgs[cfg.main_train.run] = cfg.main_train
     for cond, layers in grid.items():
         if list(layers) != main:
             store = main_store if set(layers) <= set(main) else extra_store

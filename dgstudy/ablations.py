@@ -1,9 +1,11 @@
-"""The ablations around the main run: layers, centre bias / readout, backbones.
+"""The ablations: layers, centre bias / readout, backbones, training choices and instances.
 
-Each condition is one cross-validated run (``training.train_crossval``), named
-``<run>-layers-<condition>``, ``<run>-cb-<condition>`` or, for backbones,
-:func:`backbone_run_name`; the condition equal to the main configuration *is* the main run, and
-finished folds are never retrained. The folds of all of a grid's conditions are submitted at once
+Each condition is one cross-validated run (``training.train_crossval``), a change to the profile's
+reference configuration (``StudyConfig.train``), named ``<run>-layers-<condition>``,
+``<run>-cb-<condition>``, ``<run>-train-<condition>`` or, for backbones, :func:`backbone_run_name`;
+the condition equal to the reference *is* the reference run (and the training condition equal to
+the profile's ``main`` changes the main run, ``StudyConfig.main_train``), and finished folds are
+never retrained. The folds of all of a grid's conditions are submitted at once
 (``training.train_runs``: one task per (condition, fold), :mod:`dgstudy.tasks`). :func:`ablation_table` scores conditions with bootstrap
 intervals over images and paired differences to a reference. The default layer grids and their
 storage costs are described in ``docs/ablations.md``.
@@ -123,7 +125,7 @@ def _stride_grid(backbone, min_stride: int = 8) -> dict[str, list[str]]:
 
 
 CENTER_BIAS_CONDITIONS = {
-    # name: TrainConfig overrides ("main" = the main run's configuration)
+    # name: TrainConfig overrides ({} = the reference run itself)
     "none": {"center_bias": "none"},
     "fixed": {"center_bias": "fixed"},
     "learned": {},
@@ -158,25 +160,25 @@ def load_dataset(cfg: StudyConfig):
 def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=None, backbone=None) -> dict:
     """Train every condition of ``grid``; returns {condition: run directory}.
 
-    Layers missing from the main feature store are extracted once into a store of their own
+    Layers missing from the reference run's feature store are extracted once into a store of their own
     (``features.default_store_path(..., layers=<those layers>)``, named by a hash of the layers;
     for VGG-19 pooled onto the conv5 grid, :data:`VGG_POOL_STRIDE`, so that every condition is
     read out at the paper's resolution and conv1_2 does not take gigabytes);
-    the condition whose layers equal the main run's reuses the main run.
+    the condition whose layers equal the reference run's reuses the reference run.
     """
     t = cfg.train
     dataset = dataset or load_dataset(cfg)
     backbone = backbone or backbones.get(t.backbone, device=t.device)
     ensure_features(dataset, t, backbone)
-    main_layers = list(t.layers) if t.layers else list(backbone.default_layers)
-    main_store = Path(t.feature_path) if t.feature_path else features.default_store_path(
+    ref_layers = list(t.layers) if t.layers else list(backbone.default_layers)
+    ref_store = Path(t.feature_path) if t.feature_path else features.default_store_path(
         dataset, backbone, t.downsample, layers=t.layers, dtype=t.feature_dtype)
-    if main_store.exists():
-        with features.FeatureStore(main_store) as store:
+    if ref_store.exists():
+        with features.FeatureStore(ref_store) as store:
             have = set(store.layers)
-    else:   # training will say that the main store is missing
-        have = set(main_layers)
-    # every condition reads one store: the main one if it has all its layers, else the ablation
+    else:   # training will say that the reference store is missing
+        have = set(ref_layers)
+    # every condition reads one store: the reference's if it has all its layers, else the ablation
     # store, which holds all layers of all such conditions (so some layers may be stored twice)
     extra = sorted({layer for ls in grid.values() if not set(ls) <= have for layer in ls})
     extra_store = None
@@ -188,10 +190,10 @@ def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=Non
                          dtype=t.feature_dtype, device=t.device, out=extra_store, pool_stride=pool)
     cfgs = {}
     for cond, layers in grid.items():
-        if list(layers) == main_layers:
+        if list(layers) == ref_layers:
             cfgs[cond] = t
             continue
-        store = main_store if set(layers) <= have else extra_store
+        store = ref_store if set(layers) <= have else extra_store
         cfgs[cond] = cfg.with_train(run=f"{t.run}-layers-{cond}", layers=list(layers),
                                     feature_path=str(store))
     return train_conditions(cfgs, dataset=dataset)
@@ -200,7 +202,7 @@ def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=Non
 def run_center_bias_ablation(cfg: StudyConfig, conditions: dict | None = None) -> dict:
     """Train the centre-bias / readout conditions; returns {condition: run directory}.
 
-    ``learned`` (no overrides) is the main run itself.
+    ``learned`` (no overrides) is the reference run itself.
     """
     cfgs = {}
     for cond, overrides in (conditions or CENTER_BIAS_CONDITIONS).items():
@@ -210,7 +212,7 @@ def run_center_bias_ablation(cfg: StudyConfig, conditions: dict | None = None) -
 
 
 def vgg_layer_study(cfg: StudyConfig, backbone: str = "vgg19_random") -> StudyConfig:
-    """``cfg`` with ``backbone`` (a VGG-19) as its main network and run (:func:`backbone_run_name`,
+    """``cfg`` with ``backbone`` (a VGG-19) as its reference network and run (:func:`backbone_run_name`,
     the backbone ablation's run), so that :func:`run_layer_ablation` runs the VGG grid beside
     the profile's own backbone; with ``vgg19`` the same grid on the ImageNet weights."""
     if not is_vgg(backbone):
@@ -229,7 +231,6 @@ TRAINING_CONDITIONS = {
     "l1_first": {"l1_layers": "first"},
     "adam_step": {"lr": 0.001, "lr_milestones": [3, 6, 9, 12, 15, 18, 21, 24]},
     "softplus_ln": {"nonlinearity": "softplus_layernorm"},
-    "ds1_softplus_ln": {"downsample": 1, "nonlinearity": "softplus_layernorm"},   # the two best, combined
 }
 
 
@@ -330,7 +331,7 @@ def validation_scores(runs: dict) -> pd.DataFrame:
 
 # -- backbones -------------------------------------------------------------------------------------
 def backbone_grid(cfg: StudyConfig) -> list[str]:
-    """The backbones compared: the main one first, then the profile's ``ablation_backbones``."""
+    """The backbones compared: the reference's first, then the profile's ``ablation_backbones``."""
     others = [b for b in cfg.ablation_backbones if b != cfg.train.backbone]
     return [cfg.train.backbone, *others]
 
@@ -350,10 +351,10 @@ def fold_table(runs: dict) -> pd.DataFrame:
 
 
 def backbone_run_name(cfg: StudyConfig, backbone: str) -> str:
-    """The run of backbone ``backbone`` in the backbone ablation: the main run for the main
-    backbone; else the main run's name with its backbone swapped (``osie-efficientnet_lite0`` ->
+    """The run of backbone ``backbone`` in the backbone ablation: the reference run for the
+    reference backbone; else the reference run's name with its backbone swapped (``osie-efficientnet_lite0`` ->
     ``osie-vgg19_random``, the run ``make reproduce BACKBONE=vgg19_random`` trains), or
-    ``<run>-backbone-<backbone>`` when the main run's name does not end in its backbone."""
+    ``<run>-backbone-<backbone>`` when the reference run's name does not end in its backbone."""
     run, main = cfg.train.run, cfg.train.backbone
     if backbone == main:
         return run
@@ -364,8 +365,8 @@ def backbone_run_name(cfg: StudyConfig, backbone: str) -> str:
 
 def run_backbone_ablation(cfg: StudyConfig, names, dataset=None) -> dict:
     """Extract (or reuse) the features and train (or reuse) one run per backbone in ``names``,
-    each with its default layers and otherwise the main run's settings; returns {backbone: run
-    directory}. The main backbone's condition is the main run itself (with its layers)."""
+    each with its default layers and otherwise the reference run's settings; returns {backbone: run
+    directory}. The reference backbone's condition is the reference run itself (with its layers)."""
     dataset = dataset or load_dataset(cfg)
     cfgs = {}
     for name in names:

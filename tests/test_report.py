@@ -83,12 +83,12 @@ def test_the_committed_study_outputs_are_there_and_small():
                            capture_output=True, text=True, check=True).stdout.split()
     executed = [f for f in files if f.startswith("results/osie/") and f.endswith(".ipynb")]
     assert [f.split("/")[-1] for f in executed] == sorted(p.name for p in NOTEBOOKS)
-    for table in ("results", "ablation_layers", "ablation_centerbias", "examples"):
+    for table in ("results", "ablation_layers", "ablation_centerbias", "examples", "ablation_training"):
         assert {f"results/osie/{table}.{ext}" for ext in ("md", "csv", "json")} <= set(files)
-    assert {"figures/osie/examples.png", "figures/osie/ablation_layers.png",
+    assert {"figures/osie/examples.png", "figures/osie/ablation_layers.png", "figures/osie/ablation_layers_vgg.png",
             "figures/osie_extended/ablation_backbones.png", "figures/osie_extended/ablation_layers_vgg.png",
             "figures/osie_extended/ablation_training.png"} <= set(files)
-    for table in ("ablation_layers_vgg", "ablation_training", "seed_spread"):
+    for table in ("ablation_layers_vgg", "ablation_training", "seed_spread", "seed_spread_reference"):
         assert {f"results/osie_extended/{table}.{ext}" for ext in ("md", "csv", "json")} <= set(files)
     assert not [f for f in files if f.endswith((".h5", ".pt")) and not f.startswith("dgstudy/models/")]
     size = sum((REPO / f).stat().st_size for f in files if f.startswith(("results/", "figures/")))
