@@ -222,6 +222,23 @@ def vgg_layer_study(cfg: StudyConfig, backbone: str = "vgg19_random") -> StudyCo
     return dataclasses.replace(cfg, train=train)
 
 
+def committed_vgg_table(profile: str) -> tuple[pd.DataFrame, str, str]:
+    """The VGG-19 layer table that profile ``profile`` wrote (notebook 03,
+    ``results/<its tag>/ablation_layers_vgg.csv``), for a profile that draws it beside its own
+    stages without training the grid (``ablation_vgg_from``): (table, the VGG backbone's name,
+    the condition that is its reference, i.e. its default layer set)."""
+    source = StudyConfig.load(profile)
+    if not source.ablation_vgg:
+        raise ValueError(f"profile {profile!r} runs no VGG-19 layer grid (its ablation_vgg is null)")
+    path = source.output_dir() / "ablation_layers_vgg.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no VGG-19 layer table; run `make reproduce PROFILE={profile}` first")
+    table = pd.read_csv(path)
+    default = list(backbones.default_layers(source.ablation_vgg))
+    reference = next(c for c, layers in VGG19_GRID.items() if layers == default)
+    return table, source.ablation_vgg, reference
+
+
 # -- training choices ------------------------------------------------------------------------
 TRAINING_CONDITIONS = {
     # name: TrainConfig overrides of the reference run (the default grid; docs/ablations.md)

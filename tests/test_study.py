@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from conftest import REPO
 from dgstudy import ablations, cli, figures, report, runs, statistics
 from dgstudy.backbones.vgg19 import PAPER_LAYERS
 from dgstudy.config import StudyConfig
@@ -299,3 +300,17 @@ def test_fold_parameters_and_example_images(tmp_path):
                               "IG": [0.1, 0.9, 2.0, -0.3, 0.4, 9.0]})
     # by IG: 12, 11, 14, 10, 13 (15 has no fixations) -> best, median, worst
     assert figures.example_images(per_image, k=3) == [12, 14, 13]
+
+
+def test_a_profile_draws_the_committed_vgg_table_of_another():
+    """osie trains no VGG-19 grid; notebook 03 draws osie_extended's committed table beside its
+    stages: the rows are that file's, the reference is the paper's five-layer set."""
+    osie = StudyConfig.load("osie")
+    assert osie.ablation_vgg is None and osie.ablation_vgg_from == "osie_extended"
+    table, name, reference = ablations.committed_vgg_table(osie.ablation_vgg_from)
+    committed = pd.read_csv(REPO / "results" / "osie_extended" / "ablation_layers_vgg.csv")
+    assert name == "vgg19_random" and reference == "paper5"
+    assert list(table["condition"]) == list(committed["condition"]) == list(ablations.VGG19_GRID)
+    assert table.set_index("condition").loc[reference, "IG_diff"] == 0
+    with pytest.raises(ValueError, match="runs no VGG-19 layer grid"):
+        ablations.committed_vgg_table("osie")
