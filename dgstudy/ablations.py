@@ -296,6 +296,29 @@ def run_instances(t: TrainConfig, n: int, dataset=None) -> dict:
     return train_conditions(cfgs, dataset=dataset)
 
 
+def instance_sets(cfg: StudyConfig) -> list[tuple[str, str, TrainConfig, int]]:
+    """The configurations notebook 09 trains with several initial seeds, as (name of their average
+    in the training table, stem of their spread table, configuration, number of seeds): the main
+    run with ``instances`` seeds (``instances<n>``, ``seed_spread``) and, when the main run is not
+    the reference, the reference with ``reference_instances`` (default: as many; its average is
+    then ``instances<n>`` and the main run's ``main_instances<n>``). Only those with n > 1."""
+    n_ref = cfg.instances if cfg.reference_instances is None else cfg.reference_instances
+    sets = [("main_" if cfg.main else "", "seed_spread", cfg.main_train, cfg.instances)]
+    if cfg.main:
+        sets.append(("", "seed_spread_reference", cfg.train, n_ref))
+    return [(f"{prefix}instances{n}", stem, t, int(n)) for prefix, stem, t, n in sets if n > 1]
+
+
+def with_validation_scores(table: pd.DataFrame, runs: dict, reference: str = "default") -> pd.DataFrame:
+    """``table`` (:func:`ablation_table` of ``runs``) with ``val_LL`` (:func:`validation_scores`,
+    mean over folds) and ``val_diff`` (minus the ``reference`` condition's) after ``detail``."""
+    val = validation_scores(runs).groupby("condition", sort=False)["val_LL"].mean()
+    table = table.copy()
+    table.insert(2, "val_LL", table["condition"].map(val))
+    table.insert(3, "val_diff", table["val_LL"] - float(val[reference]))
+    return table
+
+
 def instance_ensemble(runs: dict, **evaluate_kw) -> Path:
     """The average of all instances' densities (``runs``: :func:`run_instances`) in every fold
     (DeepGaze IIE averages its instances; no choice is made, so none is made on validation data
@@ -317,7 +340,7 @@ def evaluated_ensemble(out: Path, runs: dict, members: str = "validation", **eva
 def spread_table(runs: dict, metrics=("IG", "explained_IG", "LL", "AUC", "NSS")) -> pd.DataFrame:
     """Run-to-run spread of evaluated runs ({name: run folder}, e.g. :func:`run_instances`): one
     row per metric with the runs' values, mean, sample standard deviation and range."""
-    values = {name: json.loads((Path(run) / "metrics.json").read_text())["summary"] for name, run in runs.items()}
+    values = {name: load_run_metrics(run)[0] for name, run in runs.items()}
     rows = []
     for m in metrics:
         v = np.array([float(values[name][m]) for name in runs])

@@ -35,6 +35,11 @@ def run_name(prefix: str, backbone: str, readout: str | None = None) -> str:
     return name if readout in (None, "deepgaze2") else f"{name}-{readout}"
 
 
+def describe_changes(overrides: dict) -> str:
+    """``key=value, ...`` of TrainConfig overrides (a grid condition, a profile's ``main``)."""
+    return ", ".join(f"{k}={v}" for k, v in overrides.items())
+
+
 def resolve_device(device: str) -> str:
     """``'auto'`` -> ``'cuda'`` if available, else ``'cpu'``; anything else unchanged."""
     if device != "auto":

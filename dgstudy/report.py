@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 
 from .backbones.vgg19 import PAPER_LAYERS
+from .config import describe_changes
+from .evaluation import load_run_metrics
+from .statistics import summarize
 from .io import atomic_path, write_json
 from .metrics import MAIN_AVERAGE
 
@@ -98,11 +101,18 @@ def results_table(metrics: dict, cfg, model: str = "deepgaze2", label: str | Non
     return pd.DataFrame(rows)
 
 
+def run_results(run_dir, cfg, model: str = "deepgaze2", label: str | None = None) -> pd.DataFrame:
+    """:func:`results_table` of the evaluated run ``run_dir`` (its ``metrics.json`` and
+    ``per_image.csv``), intervals from ``cfg.bootstrap`` resamples."""
+    summary, per_image = load_run_metrics(run_dir)
+    return results_table(summarize(summary, per_image, n_boot=cfg.bootstrap, seed=cfg.train.seed), cfg, model, label)
+
+
 def main_note(cfg) -> str:
     """One line on how the main run relates to the reference configuration the ablations vary."""
     if not cfg.main:
         return f"main run `{cfg.train.run}`: the reference configuration, which the ablations vary"
-    changes = ", ".join(f"{k}={v}" for k, v in cfg.main.items())
+    changes = describe_changes(cfg.main)
     return (f"main run `{cfg.main_train.run}`: the reference configuration (run `{cfg.train.run}`, which "
             f"the ablations vary) with {changes}, chosen on validation folds (notebook 09)")
 

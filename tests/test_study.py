@@ -219,6 +219,13 @@ def test_config_and_output_tag(monkeypatch, tmp_path, capsys):
     assert ablations.training_grid(smoke)["softplus_ln"] == smoke.main and "main" not in ablations.training_grid(smoke)
     other_main = StudyConfig.load("smoke", main={"l1": 0.001})
     assert ablations.training_grid(other_main)["main"] == {"l1": 0.001}
+    # instances: the main run's, and the reference's when it is another run (their own count)
+    sets = ablations.instance_sets(StudyConfig.load("smoke", reference_instances=3))
+    assert [(name, stem, t.run, n) for name, stem, t, n in sets] == [
+        ("main_instances2", "seed_spread", "smoke-efficientnet_lite0-main", 2),
+        ("instances3", "seed_spread_reference", "smoke-efficientnet_lite0", 3)]
+    assert [(name, t.run) for name, _, t, _ in ablations.instance_sets(plain)] == [("instances2", plain.train.run)]
+    assert ablations.instance_sets(StudyConfig.load("osie")) == []
     # the Makefile asks the library
     assert cli.main(["tag", "--profile", "osie", "--backbone", "vgg19_random"]) == 0
     assert capsys.readouterr().out.strip() == "osie-vgg19_random"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
-
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from dgstudy import ablations, ensemble, evaluation, runs, training
+from dgstudy.baselines import CenterBias
 from dgstudy.config import StudyConfig, TrainConfig
 from dgstudy.model import DeepGazeII, LayerNorm, make_readout
 
@@ -87,7 +87,6 @@ def test_choices_change_training_and_instance_zero_is_the_old_seed(synthetic, re
     assert training.fold_seed(small_config(init_seed=1), 2) == 2 + training.INSTANCE_SEED_STEP
     n = len(ds)
     train, val = np.arange(0, n - n // 4), np.arange(n - n // 4, n)
-    from dgstudy.baselines import CenterBias
     cb = CenterBias.fit(ds, images=train).log_density_for_size
     fit = lambda c, seed=0: training.train_fold(c, feats, ds, train, val, cb, seed=seed, progress=False)[1]
     base = fit(cfg)
@@ -185,10 +184,12 @@ def test_mirrored_features_feed_the_flipped_batches(synthetic):
     ds, feats = synthetic
     n = len(ds)
     train, val = np.arange(0, n - n // 4), np.arange(n - n // 4, n)
-    from dgstudy.baselines import CenterBias
     cb = CenterBias.fit(ds, images=train).log_density_for_size
-    fit = lambda c, m=None: training.train_fold(c, feats, ds, train, val, cb, seed=0, progress=False,
-                                                mirrored=m)[1]["val_LL"].tolist()
+
+    def fit(c, mirrored=None):
+        return training.train_fold(c, feats, ds, train, val, cb, seed=0, progress=False,
+                                   mirrored=mirrored)[1]["val_LL"].tolist()
+
     by_features = fit(small_config(max_epochs=3, flip=True))
     as_mirror = {i: np.ascontiguousarray(f[:, :, ::-1]) for i, f in feats.items()}
     assert fit(small_config(max_epochs=3, flip=True, flip_source="images"), as_mirror) == by_features
