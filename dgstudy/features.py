@@ -5,7 +5,9 @@ gives one image's features exactly as the store holds them. One image: uint8 RGB
 [0, 1] -> downsampled by ``downsample`` (antialiased bilinear, :func:`input_size`) -> the
 backbone (its own normalisation) -> each layer ``(C, h, w)`` (with ``pool_stride``: a layer
 finer than that stride average-pooled down to it, :func:`pool_layer`) cast to ``dtype`` (float16 by
-default; overflow raises). A store's root attributes (:data:`ATTR_KEYS`) say which network made
+default; overflow raises). The readout's input, :func:`stack_layers` (``FeatureStore.stacked``,
+:func:`compute_stacked`), puts every layer onto one grid laid evenly over the image, each cell's
+value taken where its receptive fields are centred (:mod:`dgstudy.backbones.geometry`). A store's root attributes (:data:`ATTR_KEYS`) say which network made
 it (backbone, architecture, weights hash, :data:`NETWORK_KEYS`), for which dataset (checksum),
 layers, downsample and dtype; an existing store that differs in any of :data:`MATCH_KEYS` is
 refused, never reused. No file is modified in place: finished images go to atomically written
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import time
 from collections import defaultdict
@@ -29,27 +32,34 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import backbones
+from .backbones import geometry
 from ._version import __version__
 from .feature_shards import (consolidate, image_key, parts_dir, read_attrs, scan, stored_images,
                              write_part, writer_lock)
+from .datasets.pixels import round_half_up
 from .io import DataError
 from .paths import data_dir
 from .util import to_device
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3        # 3: the geometry version recorded (features placed by their receptive fields)
 ATTR_KEYS = ("backbone", "architecture", "weights_sha256", "network_id", "layers", "downsample",
              "dtype", "dataset", "dataset_checksum", "n_images", "dgstudy_version", "autocast_bf16",
-             "resize", "format_version", "pool_stride", "mirror")
+             "resize", "format_version", "pool_stride", "mirror", "geometry_version")
 OPTIONAL_KEYS = ("pool_stride", "mirror")   # absent = None (not pooled), as in every store written before them
 # attributes that must agree for a store to be resumed / reused
 MATCH_KEYS = ("backbone", "architecture", "weights_sha256", "network_id", "layers", "downsample",
-              "dtype", "dataset_checksum", "autocast_bf16", "format_version", "pool_stride", "mirror")
+              "dtype", "dataset_checksum", "autocast_bf16", "format_version", "pool_stride", "mirror",
+              "geometry_version")
 # what defines the network a store's features came from (checked again by training and predict)
 NETWORK_KEYS = ("backbone", "architecture", "weights_sha256")
-RESIZE_METHOD = "torch bilinear antialias=True align_corners=False on float [0,1]; size round(H/d), round(W/d)"
+RESIZE_METHOD = ("torch bilinear antialias=True align_corners=False on float [0,1]; "
+                 "size floor(H/d + 1/2), floor(W/d + 1/2)")
 DTYPES = ("float16", "float32")
 REBUILD = ("delete the file (and its .parts folder) and extract again: dgstudy.features.extract(...), "
            "or make reproduce, which extracts what is missing")
+OUTDATED = ("it was written before dgstudy placed each layer's cells where their receptive fields are "
+            f"(geometry version {geometry.GEOMETRY_VERSION}): its features and every run trained on them "
+            "are outdated; " + REBUILD)
 
 
 # -- paths ---------------------------------------------------------------------------
@@ -84,8 +94,7 @@ def _fmt_downsample(d) -> str:
 # -- one image -------------------------------------------------------------------------
 def input_size(height: int, width: int, downsample: float) -> tuple[int, int]:
     """The size fed to the backbone: (H / d, W / d) rounded, halves up, at least 1."""
-    return (max(1, int(np.floor(height / downsample + 0.5))),
-            max(1, int(np.floor(width / downsample + 0.5))))
+    return round_half_up(height / downsample), round_half_up(width / downsample)
 
 
 def prepare(image: np.ndarray, downsample: float = 2, mirror: bool = False):
@@ -152,6 +161,17 @@ def compute(backbone, image: np.ndarray, layers: Sequence[str] | None = None, do
                       pool_stride)[0]
 
 
+def compute_stacked(backbone, image: np.ndarray, layers: Sequence[str] | None = None,
+                    downsample: float = 2, dtype: str = "float16", autocast_bf16: bool = False,
+                    pool_stride: int | None = None) -> np.ndarray:
+    """The readout input of one image exactly as ``FeatureStore.stacked`` gives it: :func:`compute`
+    then :func:`stack_layers`."""
+    layers = backbone.check_layers(layers)
+    feats = compute(backbone, image, layers, downsample, dtype, autocast_bf16, pool_stride)
+    size = input_size(image.shape[0], image.shape[1], downsample)
+    return stack_layers(feats, layer_axes(backbone.axes(*size), layers, pool_stride), size, layers)
+
+
 def _check_dtype(dtype):
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -160,14 +180,15 @@ def _check_dtype(dtype):
 # -- attributes ----------------------------------------------------------------------------
 def store_attrs(dataset, backbone, layers, downsample, dtype, autocast_bf16=False, pool_stride=None,
                 mirror=False) -> dict:
-
+    """The root attributes of a store (:data:`ATTR_KEYS`)."""
     return dict(backbone=backbone.name, architecture=backbone.architecture,
                 weights_sha256=backbone.weights_sha256, network_id=backbone.network_id, layers=list(layers),
                 downsample=float(downsample) if not float(downsample).is_integer() else int(downsample),
                 dtype=dtype, dataset=dataset.name, dataset_checksum=dataset.checksum,
                 n_images=int(len(dataset)), dgstudy_version=__version__,
                 autocast_bf16=bool(autocast_bf16), resize=RESIZE_METHOD, format_version=FORMAT_VERSION,
-                pool_stride=int(pool_stride) if pool_stride else None, mirror=True if mirror else None)
+                pool_stride=int(pool_stride) if pool_stride else None, mirror=True if mirror else None,
+                geometry_version=geometry.GEOMETRY_VERSION)
 
 
 def _check_attrs(path: Path, have: dict, want: dict) -> None:
@@ -176,8 +197,7 @@ def _check_attrs(path: Path, have: dict, want: dict) -> None:
     if diff:
         raise DataError(f"{path}: existing feature store does not match the request ("
                         + "; ".join(diff) + "). Delete it (and its .parts folder) or choose another out="
-                        + ("; stores written before dgstudy 0.2 must be rebuilt"
-                           if have.get("format_version", 1) < FORMAT_VERSION else ""))
+                        + (f"; {OUTDATED}" if have.get("format_version", 1) < FORMAT_VERSION else ""))
 
 
 def extract(dataset, backbone, layers: Sequence[str] | None = None, downsample: float = 2,
@@ -234,9 +254,11 @@ def _extract_locked(dataset, bb, layers, downsample, dtype, out, pdir, attrs, wa
             for s in range(0, len(idx), batch_size):
                 batch = idx[s:s + batch_size]
                 x = torch.stack([prepare(dataset.image(i), downsample, bool(attrs["mirror"])) for i in batch])
+                axes = layer_axes(bb.axes(*x.shape[-2:]), layers, attrs["pool_stride"])
+                where = {"axes": json.dumps({l: geometry.axes_to_list(a) for l, a in axes.items()})}
                 for i, feats in zip(batch, _run_batch(bb, x, layers, dtype, autocast_bf16,
                                                       attrs["pool_stride"])):
-                    buffer[i] = (feats, size, tuple(x.shape[-2:]))
+                    buffer[i] = (feats, size, tuple(x.shape[-2:]), where)
                 bar.update(len(batch))
                 if len(buffer) >= part_size:
                     _written(write_part, pdir, attrs, buffer, compression)
@@ -266,24 +288,49 @@ def _written(write, out, *args):
 
 
 # -- reading -------------------------------------------------------------------------------------
-def stack_layers(feats: dict[str, np.ndarray], layers: Sequence[str] | None = None) -> np.ndarray:
-    """Concatenate layers ``(C_k, h_k, w_k)`` along channels as float32 ``(sum C_k, h, w)``.
+def layer_axes(axes: dict, layers: Sequence[str], pool_stride: int | None = None) -> dict:
+    """{layer: (rows, columns)} of ``layers`` as stored, from the backbone's ``axes`` at the input
+    size (``SequentialBackbone.axes``): a layer finer than ``pool_stride`` as :func:`pool_layer`
+    pools it."""
+    out = {}
+    for layer in layers:
+        ay, ax = axes[layer]
+        if pool_stride and ay.step < pool_stride:
+            k = int(pool_stride // ay.step)
+            ay, ax = ay.pooled(k), ax.pooled(k)
+        out[layer] = (ay, ax)
+    return out
 
-    The grid is that of the layer with the most pixels (the first such layer on ties); every
-    other layer is resized to it with ``torch.nn.functional.interpolate(mode='bilinear',
-    align_corners=False)``.
+
+def stack_layers(feats: dict[str, np.ndarray], axes: dict, input_hw, layers: Sequence[str] | None = None
+                 ) -> np.ndarray:
+    """Every layer ``(C_k, h_k, w_k)`` resampled onto one image-aligned grid and concatenated
+    along channels: float32 ``(sum C_k, h, w)``.
+
+    ``axes``: each layer's cell centres (:func:`layer_axes`) in the network input of ``input_hw``.
+    The grid has as many cells as the layer with the most (the first such layer on ties), laid
+    evenly over the input: cell ``(i, j)`` is centred at ``((i + 1/2) H / h, (j + 1/2) W / w)``
+    (:func:`dgstudy.backbones.geometry.image_aligned`), the convention of every other grid in
+    dgstudy, so the readout's map can be resized to the image like any map. Each layer is
+    linearly interpolated from the centres of its receptive fields to those positions
+    (:func:`dgstudy.backbones.geometry.resample_matrix`; beyond its outermost centres, the edge
+    value), so a cell's value lands where its receptive field is centred.
     """
     layers = list(feats) if layers is None else list(layers)
     target = max(layers, key=lambda l: feats[l].shape[-2] * feats[l].shape[-1])
-    size = tuple(feats[target].shape[-2:])
-    out = np.empty((sum(feats[l].shape[0] for l in layers),) + size, dtype=np.float32)
+    h, w = feats[target].shape[-2:]
+    grid_y = geometry.image_aligned(h, float(input_hw[0])).centres()
+    grid_x = geometry.image_aligned(w, float(input_hw[1])).centres()
+    out = np.empty((sum(feats[l].shape[0] for l in layers), h, w), dtype=np.float32)
     c = 0
     for l in layers:
-        arr = feats[l]
-        if tuple(arr.shape[-2:]) != size:
-            t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-            arr = F.interpolate(t[None], size=size, mode="bilinear", align_corners=False)[0].numpy()
-        out[c:c + arr.shape[0]] = arr
+        arr = np.asarray(feats[l], dtype=np.float32)
+        ay, ax = axes[l]
+        if (ay.n, ax.n) != arr.shape[-2:]:
+            raise ValueError(f"layer {l}: features {arr.shape[-2:]} but its grid is {(ay.n, ax.n)}")
+        ry = geometry.resample_matrix(ay, grid_y).astype(np.float32)
+        rx = geometry.resample_matrix(ax, grid_x).astype(np.float32)
+        out[c:c + arr.shape[0]] = ry @ arr @ rx.T
         c += arr.shape[0]
     return out
 
@@ -308,6 +355,10 @@ class FeatureStore:
         except (OSError, KeyError, ValueError) as e:
             raise DataError(f"{self.path}: not a readable HDF5 feature store, truncated or corrupt "
                             f"({type(e).__name__}: {e}); {REBUILD}") from e
+        if self.attrs.get("format_version", 1) < FORMAT_VERSION or \
+                self.attrs.get("geometry_version") != geometry.GEOMETRY_VERSION:
+            raise DataError(f"{self.path}: feature store of format {self.attrs.get('format_version', 1)}, "
+                            f"geometry {self.attrs.get('geometry_version')}: {OUTDATED}")
         missing = [k for k in ATTR_KEYS if k not in self.attrs and k not in OPTIONAL_KEYS]
         if missing:
             raise DataError(f"{self.path}: feature store lacks attributes {missing} (written before "
@@ -360,9 +411,21 @@ class FeatureStore:
                             f"(expected (C, h, w) {self.attrs['dtype']}); {REBUILD}")
         return out
 
-    def stacked(self, i: int, layers: Sequence[str] | None = None) -> np.ndarray:
+    def input_size(self, i: int) -> tuple[int, int]:
+        """The size (h, w) of image ``i`` as fed to the backbone."""
+        return tuple(int(v) for v in self._h5()["images"][image_key(i)].attrs["input_size"])
+
+    def axes(self, i: int, layers: Sequence[str] | None = None) -> dict:
+        """{layer: (rows, columns)} :class:`~dgstudy.backbones.geometry.Axis` of image ``i``'s
+        layers as stored (its ``axes`` attribute, traced from the network when it was extracted)."""
         layers = self.layers if layers is None else list(layers)
-        return stack_layers(self.read(i, layers), layers)
+        entry = json.loads(self._h5()["images"][image_key(i)].attrs["axes"])
+        return {l: geometry.axes_from_list(entry[l]) for l in layers}
+
+    def stacked(self, i: int, layers: Sequence[str] | None = None) -> np.ndarray:
+        """Image ``i``'s layers on one image-aligned grid (:func:`stack_layers`)."""
+        layers = self.layers if layers is None else list(layers)
+        return stack_layers(self.read(i, layers), self.axes(i, layers), self.input_size(i), layers)
 
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():

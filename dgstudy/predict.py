@@ -187,9 +187,9 @@ class Predictor:
     # -- features and prediction ----------------------------------------------------------------
     def features(self, rgb: np.ndarray) -> np.ndarray:
         """The stacked readout input (C, h, w) float32, exactly as the feature store gives it."""
-        feats = features.compute(self.backbone, rgb, self.spec.layers, self.spec.downsample, self.spec.dtype,
-                                 autocast_bf16=self.spec.autocast_bf16, pool_stride=self.spec.pool_stride)
-        return features.stack_layers(feats, self.spec.layers)
+        return features.compute_stacked(self.backbone, rgb, self.spec.layers, self.spec.downsample,
+                                        self.spec.dtype, autocast_bf16=self.spec.autocast_bf16,
+                                        pool_stride=self.spec.pool_stride)
 
     def _working_image(self, image, scale) -> tuple[np.ndarray, tuple[int, int]]:
         """(the image resampled to its working size, its original (H, W))."""

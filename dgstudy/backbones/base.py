@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from . import geometry
+
 _REGISTRY: dict[str, Callable[..., "SequentialBackbone"]] = {}
 _DEFAULT_LAYERS: dict[str, list[str]] = {}
 _ARCHITECTURE: dict[str, str] = {}
@@ -101,6 +103,18 @@ class SequentialBackbone(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self._index = {n: k for k, n in enumerate(self.layer_names)}
+        self._geometry = {}           # a plain dict: the meta copy must not become a submodule
+
+    def axes(self, height: int, width: int) -> dict:
+        """{layer: (rows, columns)} :class:`~dgstudy.backbones.geometry.Axis`: where each layer's
+        cells are centred in an input of ``height x width`` (traced from this network's padding
+        arithmetic, :func:`dgstudy.backbones.geometry.trace`; cached per size)."""
+        key = (int(height), int(width))
+        if key not in self._geometry:
+            if "stages" not in self._geometry:
+                self._geometry["stages"] = geometry.meta_copy(self.stages)
+            self._geometry[key] = geometry.trace(self._geometry["stages"], *key)
+        return self._geometry[key]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, {len(self.layer_names)} layers, "

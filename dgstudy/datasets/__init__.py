@@ -9,7 +9,8 @@ and one fixation table with the columns :data:`COLUMNS` (``image``, ``subject``,
 fixations inside the image are kept (the loaders count the dropped ones in ``dataset.notes``).
 
 Modules: :mod:`.core` (the dataset class, table, checksum, image reading), :mod:`.cache` (the
-parsed-dataset cache), :mod:`.splits` (:func:`kfold`, :func:`fold_split`), one module per data
+parsed-dataset cache), :mod:`.splits` (:func:`kfold`, :func:`fold_split`), :mod:`.pixels` (the pixel convention: a fixation's
+pixel or grid cell, the one rounding rule), one module per data
 set (:mod:`.osie`, :mod:`.mit1003` with its detector :mod:`.mit1003_detector`,
 :mod:`.synthetic`, :mod:`.folder`: any folder of images with a fixation CSV). Everything public is
 re-exported here. Importing this package does not import torch. Reference and the loaders'
@@ -25,10 +26,12 @@ from . import folder, mit1003, osie, synthetic
 from .cache import cache_file, load_cache, save_cache
 from .core import (COLUMNS, FixationDataset, content_checksum, image_sizes, make_fixation_table,
                    read_image)
+from .pixels import cells, fixation_cells, flat_index, image_fixation_index, round_half_up
 from .splits import fold_split, kfold
 from .synthetic import SyntheticDataset, load_synthetic, synthetic_log_density
 
-__all__ = ["COLUMNS", "FixationDataset", "SyntheticDataset", "available", "cache_file",
+__all__ = ["COLUMNS", "FixationDataset", "SyntheticDataset", "available", "cache_file", "cells",
+           "fixation_cells", "flat_index", "image_fixation_index", "round_half_up",
            "content_checksum", "fold_split", "image_sizes", "kfold", "load", "load_cache",
            "load_synthetic", "loader", "make_fixation_table", "read_image", "register", "save_cache",
            "synthetic_log_density"]
