@@ -13,6 +13,7 @@ storage costs are described in ``docs/ablations.md``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from . import backbones, baselines, ensemble, features
 from .backbones.vgg19 import PAPER_LAYERS
 from .config import StudyConfig, TrainConfig
 from .evaluation import evaluate_runs, load_run_metrics
+from .io import DataError
 from .metrics import evaluate
 from .paths import results_dir
 from . import runs as run_store
@@ -133,15 +135,127 @@ CENTER_BIAS_CONDITIONS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreSpec:
+    """A feature store a run reads: where it is and how :func:`dgstudy.features.extract` makes it
+    (``layers`` None: the backbone's default set). ``given``: a store the profile names itself
+    (``feature_path``), read but never extracted here."""
+
+    path: Path
+    backbone: str
+    layers: tuple[str, ...] | None
+    downsample: float
+    dtype: str
+    pool_stride: int | None = None
+    mirror: bool = False
+    given: bool = False
+
+    def extract(self, dataset, device: str = "cpu", backbone=None, progress: bool = True) -> Path:
+        """Extract (or complete, or find complete: ``features.extract`` resumes) this store."""
+        if self.given:
+            return self.path
+        bb = backbone if backbone is not None and backbone.name == self.backbone else \
+            _backbone(self.backbone, device)
+        return features.extract(dataset, bb, layers=list(self.layers) if self.layers else None,
+                                downsample=self.downsample, dtype=self.dtype, device=device,
+                                out=self.path, pool_stride=self.pool_stride, mirror=self.mirror,
+                                progress=progress)
+
+
+@functools.lru_cache(maxsize=2)
+def _backbone(name: str, device: str):
+    return backbones.get(name, device=device)
+
+
+def run_stores(t: TrainConfig, dataset) -> list[StoreSpec]:
+    """The stores run ``t`` reads (``runs.feature_path``): its own and, for ``flip_source='images'``,
+    the mirrored images' beside it."""
+    mirrors = (False, True) if t.flip and t.flip_source == "images" else (False,)
+    return [StoreSpec(run_store.feature_path(t, dataset, mirror=m), t.backbone,
+                      tuple(t.layers) if t.layers else None, t.downsample, t.feature_dtype, mirror=m,
+                      given=bool(t.feature_path)) for m in mirrors]
+
+
 def ensure_features(dataset, t: TrainConfig, backbone=None) -> None:
     """Extract what run ``t`` reads, or find it complete (``features.extract`` resumes and returns
     at once for a finished store): its store, and for ``flip_source='images'`` the mirrored
-    images' store beside it. Nothing for a run given an explicit ``feature_path``."""
-    if t.feature_path:
-        return
-    for mirror in ((False, True) if t.flip and t.flip_source == "images" else (False,)):
-        features.extract(dataset, backbone or t.backbone, layers=t.layers, downsample=t.downsample,
-                         dtype=t.feature_dtype, device=t.device, mirror=mirror)
+    images' store beside it (:func:`run_stores`). Nothing for a run given an explicit ``feature_path``."""
+    for spec in run_stores(t, dataset):
+        spec.extract(dataset, device=t.device, backbone=backbone)
+
+
+# -- what a profile trains and reads: one rule for notebook 01, the ablations and preflight ------
+def profile_runs(cfg: StudyConfig, dataset, get_backbone=None) -> dict[str, dict[str, TrainConfig]]:
+    """Every run the profile's chain trains, by the notebook that trains it first: {notebook number
+    ("02", "03", ...): {run name: configuration}}, each run under the first notebook that trains it
+    (the main run under 02, the reference under 03, ...). ``get_backbone(name)``: a backbone
+    object (default ``backbones.get``; the layer grids need its layers and strides)."""
+    get_backbone = get_backbone or (lambda name: _backbone(name, cfg.train.device))
+    grids = [(cfg, get_backbone(cfg.train.backbone), False)]
+    if cfg.ablation_vgg:
+        vcfg = vgg_layer_study(cfg, cfg.ablation_vgg)
+        grids.append((vcfg, get_backbone(vcfg.train.backbone), True))
+    layer_runs = []
+    for c, bb, vgg in grids:
+        layer_runs += list(layer_conditions(c, profile_layer_grid(c, bb, vgg), dataset, bb)[0].values())
+    names = backbone_grid(cfg)
+    grid = training_grid(cfg)
+    by_notebook = {
+        "02": [cfg.main_train],
+        "03": layer_runs,
+        "04": list(center_bias_conditions(cfg).values()),
+        "05": list(backbone_conditions(cfg, names).values()) if len(names) > 1 else [],
+        "09": [*(training_conditions(cfg, grid).values() if len(grid) > 1 else []),
+               *(t for _, _, inst, n in instance_sets(cfg) for t in instance_conditions(inst, n).values())],
+    }
+    seen, out = set(), {}
+    for nb, cfgs in by_notebook.items():
+        out[nb] = {}
+        for t in cfgs:
+            if t.run not in seen:
+                seen.add(t.run)
+                out[nb][t.run] = t
+    return out
+
+
+def feature_stores(cfg: StudyConfig, dataset, get_backbone=None) -> dict[Path, tuple[StoreSpec, list[str]]]:
+    """Every feature store the profile's chain reads, the one rule for which stores a profile needs:
+    {path: (its :class:`StoreSpec`, the runs that read it)}, in order: the reference's, the main
+    run's, then every ablation condition's (:func:`profile_runs`), the mirrored images' stores of
+    ``flip_source='images'`` runs and the layer ablations' stores of layers the reference's store
+    lacks. Notebook 01 extracts them all; ``dgstudy preflight`` lists and checks them."""
+    get_backbone = get_backbone or (lambda name: _backbone(name, cfg.train.device))
+    runs = profile_runs(cfg, dataset, get_backbone)
+    extra = []
+    grids = [(cfg, False)] + ([(vgg_layer_study(cfg, cfg.ablation_vgg), True)] if cfg.ablation_vgg else [])
+    for c, vgg in grids:
+        bb = get_backbone(c.train.backbone)
+        extra_store = layer_conditions(c, profile_layer_grid(c, bb, vgg), dataset, bb)[1]
+        if extra_store is not None:
+            extra.append(extra_store)
+    out: dict[Path, tuple[StoreSpec, list[str]]] = {}
+    ordered = [cfg.train, cfg.main_train, *(t for r in runs.values() for t in r.values())]
+    specs = [spec for t in ordered for spec in run_stores(t, dataset)]
+    # a store extracted here first (a layer condition names its store as its feature_path: given)
+    for spec in [*(s for s in specs if not s.given), *extra, *(s for s in specs if s.given)]:
+        out.setdefault(spec.path, (spec, []))
+    for t in ordered:
+        for path in (s.path for s in run_stores(t, dataset)):
+            if t.run not in out[path][1]:
+                out[path][1].append(t.run)
+    return out
+
+
+def extract_stores(cfg: StudyConfig, dataset, stores=None, progress: bool = True) -> list[Path]:
+    """Extract (or find complete) every store of :func:`feature_stores` (or of ``stores``), one
+    backbone at a time; the paths."""
+    stores = feature_stores(cfg, dataset) if stores is None else stores
+    specs = [spec for spec, _ in stores.values()] if isinstance(stores, dict) else list(stores)
+    first = {}
+    for spec in specs:
+        first.setdefault(spec.backbone, len(first))
+    return [spec.extract(dataset, device=cfg.train.device, progress=progress)
+            for spec in sorted(specs, key=lambda s: first[s.backbone])]   # stable: one backbone at a time
 
 
 def train_conditions(cfgs: dict[str, TrainConfig], dataset=None) -> dict[str, Path]:
@@ -157,46 +271,75 @@ def load_dataset(cfg: StudyConfig):
     return run_store.load_dataset(cfg.train)
 
 
+def profile_layer_grid(cfg: StudyConfig, backbone, vgg: bool = False) -> dict[str, list[str]]:
+    """Notebook 03's layer grid for ``cfg`` on ``backbone``: the profile's ``ablation_layers`` (for
+    the VGG-19 grid beside it, ``vgg=True``: the VGG default), short for the smoke profile."""
+    return layer_grid(backbone, None if vgg else cfg.ablation_layers, tiny=cfg.profile == "smoke")
+
+
+def layer_conditions(cfg: StudyConfig, grid: dict[str, list[str]], dataset, backbone
+                     ) -> tuple[dict[str, TrainConfig], "StoreSpec | None"]:
+    """({condition: its run's configuration}, the ablation store or None) of :func:`run_layer_ablation`.
+
+    Every condition reads one store: the reference's if it holds all the condition's layers, else
+    the ablation store, which holds all layers of all such conditions (so some layers may be stored
+    twice; for VGG-19 pooled onto the conv5 grid, :data:`VGG_POOL_STRIDE`).
+    """
+    t = cfg.train
+    ref_layers = list(t.layers) if t.layers else list(backbone.default_layers)
+    ref_store = run_store.feature_path(t, dataset)
+    if ref_store.exists():
+        try:
+            with features.FeatureStore(ref_store) as store:
+                have = set(store.layers)
+        except DataError:       # damaged: preflight moves it aside; extraction makes it again
+            have = set(ref_layers)
+    else:                       # not extracted yet: it will hold the reference's layers
+        have = set(ref_layers)
+    extra = sorted({layer for ls in grid.values() if not set(ls) <= have for layer in ls})
+    extra_store = None
+    if extra:
+        pool = VGG_POOL_STRIDE if is_vgg(backbone) else None
+        extra_store = StoreSpec(features.default_store_path(dataset, backbone, t.downsample, layers=extra,
+                                                            dtype=t.feature_dtype, pool_stride=pool),
+                                backbone.name, tuple(extra), t.downsample, t.feature_dtype, pool_stride=pool)
+    cfgs = {}
+    for cond, layers in grid.items():
+        if list(layers) == ref_layers:
+            cfgs[cond] = t
+            continue
+        store = ref_store if set(layers) <= have else extra_store.path
+        cfgs[cond] = cfg.with_train(run=f"{t.run}-layers-{cond}", layers=list(layers),
+                                    feature_path=str(store))
+    return cfgs, extra_store
+
+
 def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=None, backbone=None) -> dict:
     """Train every condition of ``grid``; returns {condition: run directory}.
 
     Layers missing from the reference run's feature store are extracted once into a store of their own
     (``features.default_store_path(..., layers=<those layers>)``, named by a hash of the layers;
     for VGG-19 pooled onto the conv5 grid, :data:`VGG_POOL_STRIDE`, so that every condition is
-    read out at the paper's resolution and conv1_2 does not take gigabytes);
+    read out at the paper's resolution and conv1_2 does not take gigabytes): :func:`layer_conditions`;
     the condition whose layers equal the reference run's reuses the reference run.
     """
     t = cfg.train
     dataset = dataset or load_dataset(cfg)
     backbone = backbone or backbones.get(t.backbone, device=t.device)
     ensure_features(dataset, t, backbone)
-    ref_layers = list(t.layers) if t.layers else list(backbone.default_layers)
-    ref_store = Path(t.feature_path) if t.feature_path else features.default_store_path(
-        dataset, backbone, t.downsample, layers=t.layers, dtype=t.feature_dtype)
-    if ref_store.exists():
-        with features.FeatureStore(ref_store) as store:
-            have = set(store.layers)
-    else:   # training will say that the reference store is missing
-        have = set(ref_layers)
-    # every condition reads one store: the reference's if it has all its layers, else the ablation
-    # store, which holds all layers of all such conditions (so some layers may be stored twice)
-    extra = sorted({layer for ls in grid.values() if not set(ls) <= have for layer in ls})
-    extra_store = None
-    if extra:
-        pool = VGG_POOL_STRIDE if is_vgg(backbone) else None
-        extra_store = features.default_store_path(dataset, backbone, t.downsample, layers=extra,
-                                                  dtype=t.feature_dtype, pool_stride=pool)
-        features.extract(dataset, backbone, layers=extra, downsample=t.downsample,
-                         dtype=t.feature_dtype, device=t.device, out=extra_store, pool_stride=pool)
-    cfgs = {}
-    for cond, layers in grid.items():
-        if list(layers) == ref_layers:
-            cfgs[cond] = t
-            continue
-        store = ref_store if set(layers) <= have else extra_store
-        cfgs[cond] = cfg.with_train(run=f"{t.run}-layers-{cond}", layers=list(layers),
-                                    feature_path=str(store))
+    cfgs, extra_store = layer_conditions(cfg, grid, dataset, backbone)
+    if extra_store is not None:
+        extra_store.extract(dataset, device=t.device, backbone=backbone)
     return train_conditions(cfgs, dataset=dataset)
+
+
+def center_bias_conditions(cfg: StudyConfig, conditions: dict | None = None) -> dict[str, TrainConfig]:
+    """{condition: its run's configuration} of :func:`run_center_bias_ablation`."""
+    cfgs = {}
+    for cond, overrides in (conditions or CENTER_BIAS_CONDITIONS).items():
+        run = cfg.train.run if not overrides else f"{cfg.train.run}-cb-{cond}"
+        cfgs[cond] = cfg.with_train(run=run, **overrides)
+    return cfgs
 
 
 def run_center_bias_ablation(cfg: StudyConfig, conditions: dict | None = None) -> dict:
@@ -204,11 +347,11 @@ def run_center_bias_ablation(cfg: StudyConfig, conditions: dict | None = None) -
 
     ``learned`` (no overrides) is the reference run itself.
     """
-    cfgs = {}
-    for cond, overrides in (conditions or CENTER_BIAS_CONDITIONS).items():
-        run = cfg.train.run if not overrides else f"{cfg.train.run}-cb-{cond}"
-        cfgs[cond] = cfg.with_train(run=run, **overrides)
-    return train_conditions(cfgs, dataset=load_dataset(cfg))
+    dataset = load_dataset(cfg)
+    cfgs = center_bias_conditions(cfg, conditions)
+    for t in cfgs.values():
+        ensure_features(dataset, t)
+    return train_conditions(cfgs, dataset=dataset)
 
 
 def vgg_layer_study(cfg: StudyConfig, backbone: str = "vgg19_random") -> StudyConfig:
@@ -271,26 +414,37 @@ def run_training_ablation(cfg: StudyConfig, grid: dict[str, dict] | None = None,
     the main run), extracting what a condition reads first (:func:`ensure_features`: e.g. another
     ``downsample``, or the mirrored images' features); returns {condition: run directory}."""
     dataset = dataset or load_dataset(cfg)
+    cfgs = training_conditions(cfg, grid)
+    for t in cfgs.values():
+        ensure_features(dataset, t)
+    return train_conditions(cfgs, dataset=dataset)
+
+
+def training_conditions(cfg: StudyConfig, grid: dict[str, dict] | None = None) -> dict[str, TrainConfig]:
+    """{condition: its run's configuration} of :func:`run_training_ablation`."""
     grid = training_grid(cfg) if grid is None else grid
     cfgs = {}
     for cond, overrides in grid.items():
         if not overrides:
-            t = cfg.train
+            cfgs[cond] = cfg.train
         elif cfg.main and overrides == dict(cfg.main):
-            t = cfg.main_train
+            cfgs[cond] = cfg.main_train
         else:
-            t = cfg.with_train(run=f"{cfg.train.run}-train-{cond}", **overrides)
-        ensure_features(dataset, t)
-        cfgs[cond] = t
-    return train_conditions(cfgs, dataset=dataset)
+            cfgs[cond] = cfg.with_train(run=f"{cfg.train.run}-train-{cond}", **overrides)
+    return cfgs
+
+
+def instance_conditions(t: TrainConfig, n: int) -> dict[str, TrainConfig]:
+    """{"init0": ``t``, "init1": ``<run>-init1`` with ``init_seed=1``, ...}: :func:`run_instances`."""
+    return {f"init{k}": t if k == 0 else dataclasses.replace(t, run=f"{t.run}-init{k}", init_seed=k)
+            for k in range(int(n))}
 
 
 def run_instances(t: TrainConfig, n: int, dataset=None) -> dict:
     """Run ``t`` trained ``n`` times, instance ``k`` with ``init_seed=k`` (another initialisation
     and batch order, the same fold split): {"init0": ``t``'s run, "init1": ``<run>-init1``, ...}.
     Their spread is the run-to-run noise every difference is read against."""
-    cfgs = {f"init{k}": t if k == 0 else dataclasses.replace(t, run=f"{t.run}-init{k}", init_seed=k)
-            for k in range(int(n))}
+    cfgs = instance_conditions(t, n)
     dataset = dataset or run_store.load_dataset(t)
     ensure_features(dataset, t)
     return train_conditions(cfgs, dataset=dataset)
@@ -408,15 +562,21 @@ def run_backbone_ablation(cfg: StudyConfig, names, dataset=None) -> dict:
     each with its default layers and otherwise the reference run's settings; returns {backbone: run
     directory}. The reference backbone's condition is the reference run itself (with its layers)."""
     dataset = dataset or load_dataset(cfg)
+    cfgs = backbone_conditions(cfg, names)
+    for t in cfgs.values():
+        ensure_features(dataset, t)
+    return train_conditions(cfgs, dataset=dataset)
+
+
+def backbone_conditions(cfg: StudyConfig, names) -> dict[str, TrainConfig]:
+    """{backbone: its run's configuration} of :func:`run_backbone_ablation`."""
     cfgs = {}
     for name in names:
         is_main = name == cfg.train.backbone
-        t = cfg.with_train(backbone=name, run=backbone_run_name(cfg, name),
-                           layers=cfg.train.layers if is_main else None,
-                           feature_path=cfg.train.feature_path if is_main else None)
-        ensure_features(dataset, t)
-        cfgs[name] = t
-    return train_conditions(cfgs, dataset=dataset)
+        cfgs[name] = cfg.with_train(backbone=name, run=backbone_run_name(cfg, name),
+                                    layers=cfg.train.layers if is_main else None,
+                                    feature_path=cfg.train.feature_path if is_main else None)
+    return cfgs
 
 
 def backbone_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:

@@ -6,7 +6,8 @@
 ``dgstudy evaluate [--model RUN] --images DIR --fixations CSV``  a run on another data set
   (:mod:`dgstudy.transfer`)
 ``dgstudy serve [--model RUN]``  the web service: a page and an HTTP API for one image at a time
-``dgstudy preflight --profile osie``  are the profile's data and weights there? (make reproduce)
+``dgstudy preflight --profile osie``  are the profile's data and weights there, are its stores and folds
+  intact (damaged ones moved aside to be rebuilt)? (make reproduce)
 ``dgstudy tag --profile osie``  the folder of the profile's tables and figures (the Makefile's)
 ``dgstudy clean-notebook NB...``  strip volatile content from executed notebooks (the Makefile's)
 """
@@ -359,7 +360,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
 
 
 # -- preflight and tag (used by the Makefile) -------------------------------------------------------
-def preflight(cfg: StudyConfig, download: bool = False) -> list[str]:
+def preflight(cfg: StudyConfig, download: bool = False, check: bool = False, log=print) -> list[str]:
     """Check that the profile's data set and backbone weights are reachable; return the problems.
 
     Uses the loaders' own errors (which name the missing file and how to provide it); an empty
@@ -368,21 +369,40 @@ def preflight(cfg: StudyConfig, download: bool = False) -> list[str]:
     downloaded too, each file verified (VGG-19's published hash prefix, MIT1003's MD5s) before it
     is renamed into place; where: ``$DGSTUDY_VGG19_URL``, ``$DGSTUDY_MIT1003_URL`` or the published
     addresses. With ``download=False`` (default) the VGG-19 weights must already be on disk.
+
+    ``check=True`` (the command line's default) then lists the feature stores the chain reads
+    (:func:`dgstudy.ablations.feature_stores`) and checks them and the finished folds it uses,
+    moving damaged ones aside so that the chain rebuilds them (:func:`dgstudy.repair.check`; each
+    with a line through ``log``).
     """
     t = cfg.train
     problems = []
+    dataset = None
     try:
-        datasets.load(t.dataset, n_images=t.n_images, **(t.dataset_options or {}))
+        dataset = datasets.load(t.dataset, n_images=t.n_images, **(t.dataset_options or {}))
     except Exception as e:  # noqa: BLE001 -- reported, with the loader's message
         problems.append(f"dataset {t.dataset!r}: {type(e).__name__}: {e}")
-    for name in dict.fromkeys([t.backbone, *cfg.ablation_backbones]):
+    built = {}
+    for name in dict.fromkeys([t.backbone, *cfg.ablation_backbones, *([cfg.ablation_vgg] if cfg.ablation_vgg else [])]):
         try:
             try:
-                backbones.get(name, download=download)
+                built[name] = backbones.get(name, download=download)
             except TypeError:   # this backbone's builder has no download option
-                backbones.get(name)
+                built[name] = backbones.get(name)
         except Exception as e:  # noqa: BLE001
             problems.append(f"backbone {name!r}: {type(e).__name__}: {e}")
+    if check and not problems and dataset is not None:
+        from . import repair
+
+        def get_backbone(name):
+            if built.get(name) is None:
+                built[name] = backbones.get(name)
+            return built[name]
+
+        try:
+            repair.check(cfg, dataset, get_backbone, log=log)
+        except Exception as e:  # noqa: BLE001 -- reported; the chain would fail on it too
+            problems.append(f"checking the feature stores and folds: {type(e).__name__}: {e}")
     return problems
 
 
@@ -396,8 +416,16 @@ def _profile_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_preflight_command(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("preflight", help="check data and weights for a profile, in seconds")
+    p = subparsers.add_parser(
+        "preflight", help="check data, weights, feature stores and finished folds for a profile",
+        description="Check that the profile's data set and backbone weights are there, list the feature "
+                    "stores its notebook chain reads, and check them and every finished fold it uses: "
+                    "a damaged store or fold (failing its SHA-256 or unreadable) is moved aside to "
+                    "*.damaged and the executed notebook that makes it marked out of date, so that "
+                    "make reproduce rebuilds exactly that (dgstudy.repair).")
     _profile_arguments(p)
+    p.add_argument("--no-check", action="store_true",
+                   help="only data and weights: neither list nor check the stores and folds")
     p.add_argument("--download", action="store_true",
                    help="download missing weights too (verified; $DGSTUDY_VGG19_URL overrides the address)")
     p.set_defaults(func=run_preflight_command)
@@ -405,7 +433,8 @@ def add_preflight_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_preflight_command(args: argparse.Namespace) -> int:
-    problems = preflight(StudyConfig.load(args.profile, backbone=args.backbone or None), download=args.download)
+    problems = preflight(StudyConfig.load(args.profile, backbone=args.backbone or None), download=args.download,
+                         check=not args.no_check)
     if problems:
         print(f"preflight for profile {args.profile!r} FAILED:", file=sys.stderr)
         for prob in problems:

@@ -7,6 +7,12 @@ so a shard exists under its final name only when complete. :func:`consolidate` m
 any) and every shard into a temporary file that atomically replaces ``<out>``, then deletes the
 shards; :func:`scan` lists the images already finished and removes stray temporary files of killed
 writers. One writer at a time: :func:`writer_lock` (an exclusive ``flock`` on ``<out>.lock``).
+
+Every merged store gets a checksum beside it, ``<out>.sha256`` (``sha256sum`` format: ``sha256sum -c``
+checks it), written after the store is in place; the old one is removed before, so a checksum never
+describes another file than the store beside it. :func:`verify` checks a store against it, or, for
+a store without one (written before it existed, or killed between the rename and the checksum), reads
+every dataset (each chunk's fletcher32 checksum).
 What the root attributes mean is the caller's (:mod:`dgstudy.features`); here they are written,
 read back as plain values, and handed to the caller's check.
 """
@@ -22,7 +28,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from .io import DataError, atomic_path, file_lock
+from .io import DataError, atomic_path, file_lock, read_sha256sums, sha256_file
 
 
 def parts_dir(out: str | os.PathLike) -> Path:
@@ -69,7 +75,8 @@ def fsync(path: Path) -> None:
 
 
 def write_part(pdir: Path, attrs: dict, results: dict[int, tuple], compression) -> Path:
-    """Write {image: (features, image_size, input_size)} to the next shard, atomically."""
+    """Write {image: (features, image_size, input_size, image_attrs)} to the next shard, atomically
+    (``image_attrs``: more attributes of the image's group, e.g. where its layers' cells lie)."""
     pdir.mkdir(parents=True, exist_ok=True)
     taken = [int(p.stem.split("-")[1]) for p in pdir.glob("part-*.h5")]
     final = pdir / f"part-{max(taken, default=-1) + 1:05d}.h5"
@@ -77,20 +84,30 @@ def write_part(pdir: Path, attrs: dict, results: dict[int, tuple], compression) 
         with h5py.File(tmp, "w") as f:
             write_attrs(f, attrs)
             grp = f.create_group("images")
-            for i, (feats, image_size, in_size) in sorted(results.items()):
+            for i, (feats, image_size, in_size, image_attrs) in sorted(results.items()):
                 g = grp.create_group(image_key(i))
                 g.attrs["image_size"] = np.asarray(image_size, dtype=np.int64)
                 g.attrs["input_size"] = np.asarray(in_size, dtype=np.int64)
+                for k, v in image_attrs.items():
+                    g.attrs[k] = v
                 for layer, arr in feats.items():
                     g.create_dataset(layer, data=arr, compression=compression, fletcher32=True)
         fsync(tmp)
     return final
 
 
+def checksum_path(out: str | os.PathLike) -> Path:
+    """``<out>.sha256``: the SHA-256 of the merged store ``out`` (:func:`consolidate`)."""
+    out = Path(out)
+    return out.with_name(out.name + ".sha256")
+
+
 def consolidate(out: Path, pdir: Path, attrs: dict) -> None:
-    """Merge ``out`` (if present) and every shard into a new file that atomically replaces ``out``."""
+    """Merge ``out`` (if present) and every shard into a new file that atomically replaces ``out``,
+    then write its checksum (:func:`checksum_path`)."""
     parts = sorted(pdir.glob("part-*.h5"))
     if parts:
+        sidecar = checksum_path(out)
         with atomic_path(out, suffix=".h5") as tmp:
             if out.exists():
                 shutil.copyfile(out, tmp)
@@ -106,7 +123,50 @@ def consolidate(out: Path, pdir: Path, attrs: dict) -> None:
                                 src.copy(src["images"][key], f["images"], name=key)
                                 have.add(int(key))
             fsync(tmp)
+            digest = sha256_file(tmp)
+            sidecar.unlink(missing_ok=True)      # the old store's, never left beside the new one
+        with atomic_path(sidecar) as tmp:
+            tmp.write_text(f"{digest}  {out.name}\n")
     shutil.rmtree(pdir, ignore_errors=True)
+
+
+def verify(out: str | os.PathLike) -> str | None:
+    """None if the store ``out`` is intact, else what is wrong with it: its SHA-256 against
+    :func:`checksum_path`, or, without one, whether HDF5 opens it and every dataset reads back (each
+    chunk passes its fletcher32 checksum). Incompleteness is not damage (extraction resumes)."""
+    out = Path(out)
+    sidecar = checksum_path(out)
+    if sidecar.exists():
+        try:
+            want = read_sha256sums(sidecar).get(out.name)
+        except (OSError, UnicodeDecodeError) as e:
+            want, why = None, f"{type(e).__name__}: {e}"
+        else:
+            why = f"it names no {out.name}"
+        if want is None:
+            return f"its checksum file {sidecar.name} is unreadable ({why})"
+        got = sha256_file(out)
+        if got != want:
+            return (f"SHA-256 {got[:12]}... differs from the {want[:12]}... recorded in {sidecar.name} "
+                    f"({out.stat().st_size} bytes): truncated or corrupt")
+        return None
+    try:
+        with h5py.File(out, "r") as f:
+            read_attrs(f)
+            bad = []
+
+            def read(name, obj):
+                if isinstance(obj, h5py.Dataset):
+                    try:
+                        obj[()]
+                    except (OSError, ValueError) as e:
+                        bad.append(f"{name} ({e})")
+            f.visititems(read)
+    except (OSError, KeyError, ValueError) as e:
+        return f"not a readable HDF5 store, truncated or corrupt ({type(e).__name__}: {e})"
+    if bad:
+        return f"{len(bad)} datasets fail to read (first: {bad[0]}): corrupt"
+    return None
 
 
 def scan(out: Path, pdir: Path, attrs: dict, check: Callable[[Path, dict, dict], None]) -> set[int]:

@@ -100,3 +100,57 @@ def test_full_disk_keeps_the_finished_images(data_root, tmp_path, monkeypatch):
     assert a.images == b.images == list(range(8))
     for i in range(8):
         assert all(np.array_equal(a.read(i)[l], b.read(i)[l]) for l in ("p1", "p2"))
+
+
+def test_a_merged_store_has_its_checksum_and_verify_names_damage(store, tmp_path):
+    """consolidate writes <store>.sha256 (sha256sum format) beside the store; feature_shards.verify
+    checks against it, and a store without one by reading every dataset back."""
+    from dgstudy import feature_shards
+    from dgstudy.io import sha256_file
+
+    _, path = store
+    sidecar = feature_shards.checksum_path(path)
+    assert sidecar.read_text() == f"{sha256_file(path)}  {path.name}\n"
+    assert feature_shards.verify(path) is None
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(path.read_bytes()[:-1000])
+    feature_shards.checksum_path(cut).write_text(sidecar.read_text().replace(path.name, cut.name))
+    assert "differs from the" in feature_shards.verify(cut)
+    feature_shards.checksum_path(cut).unlink()                   # a store from before the checksum
+    assert "not a readable HDF5 store" in feature_shards.verify(cut)
+    bad = tmp_path / "bad.h5"
+    shutil.copyfile(path, bad)
+    with h5py.File(bad, "r") as f:
+        d = f["images"]["00003"]["p1"]
+        offset, size = d.id.get_chunk_info(0).byte_offset, d.id.get_chunk_info(0).size
+    raw = bytearray(bad.read_bytes())
+    raw[offset:offset + size // 2] = bytes(size // 2)
+    bad.write_bytes(bytes(raw))
+    assert "datasets fail to read" in feature_shards.verify(bad)   # found by fletcher32 alone
+    shutil.copyfile(path, tmp_path / "good.h5")
+    assert feature_shards.verify(tmp_path / "good.h5") is None
+
+
+def test_a_damaged_fold_is_moved_aside_and_retrained_alone(data_root, tmp_path, monkeypatch):
+    """repair.fold_problem names a checkpoint that fails its recorded SHA-256; moved aside, the
+    fold is unfinished and training redoes exactly it, to the same bytes."""
+    from dgstudy import repair
+
+    monkeypatch.setenv("DGSTUDY_RESULTS", str(tmp_path / "results"))
+    ds = datasets.load("synthetic", n_images=12, size=(48, 64), seed=1)
+    cfg = small_config(run="repair", folds=3, max_epochs=1)
+    feats = synthetic_features(ds)
+    run = training.train_crossval(cfg, dataset=ds, features=feats, progress=False)
+    assert all(repair.fold_problem(run / f"fold_{k:02d}") is None for k in range(3))
+    d = run / "fold_01"
+    sha = json.loads((d / "config.json").read_text())["model_sha256"]
+    other = (run / "fold_00" / "config.json").stat().st_mtime_ns
+    (d / "model.pt").write_bytes((d / "model.pt").read_bytes()[:-10])
+    assert "checkpoint is corrupt or cut short" in repair.fold_problem(d)
+    for name in ("model.pt", "config.json"):
+        assert repair.move_aside(d / name) == d / f"{name}.damaged"
+    assert not runs.fold_done(d)
+    training.train_crossval(cfg, dataset=ds, features=feats, progress=False)
+    assert json.loads((d / "config.json").read_text())["model_sha256"] == sha
+    assert (run / "fold_00" / "config.json").stat().st_mtime_ns == other
+    assert repair.move_aside(d / "model.pt") == d / "model.pt.damaged.1"    # an earlier one is kept

@@ -1,7 +1,7 @@
-"""The whole notebook chain 01-08 at toy scale (the ``smoke`` profile), through papermill.
-
-Results and figures go to a temporary folder (``DGSTUDY_RESULTS``, ``DGSTUDY_FIGURES``); the data
-root stays the repository's ``data/`` so the OSIE cache and the smoke feature store are reused.
+"""The whole notebook chain 01-09 at toy scale (the ``smoke`` profile), through papermill, from
+scratch as on a fresh clone: an empty data root (no feature stores), results and figures in a
+temporary folder (``DGSTUDY_DATA``, ``DGSTUDY_RESULTS``, ``DGSTUDY_FIGURES``). Then the damage
+repair of ``dgstudy preflight`` on the chain's own stores and folds.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     results, figures = tmp_path / "results", tmp_path / "figures"
     monkeypatch.setenv("DGSTUDY_RESULTS", str(results))
     monkeypatch.setenv("DGSTUDY_FIGURES", str(figures))
+    monkeypatch.setenv("DGSTUDY_DATA", str(tmp_path / "data"))   # no store left by an earlier run
     monkeypatch.setenv("PYTHONHASHSEED", "0")
     out = results / "smoke"
     out.mkdir(parents=True)
@@ -54,8 +55,19 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
                   for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, f"{nb.name}: {errors[:1]}"
 
+    # notebook 01 extracted every store of the one rule, the main run's ds1 store among them
+    from dgstudy import ablations
+    from dgstudy.config import StudyConfig
+
+    cfg = StudyConfig.load("smoke")
+    ds = ablations.load_dataset(cfg)
+    stores = ablations.feature_stores(cfg, ds)
+    main_store = next(p for p, (spec, used) in stores.items() if cfg.main_train.run in used)
+    assert main_store.name.endswith("-ds1.h5") and len(stores) >= 5
+    assert all(p.exists() and p.with_name(p.name + ".sha256").exists() for p in stores)
+
     # the report table: every metric, the paper's column, finite IG within its interval; the main
-    # run (smoke: the reference with the authors' readout), then the reference and DeepGaze I
+    # run (smoke: the reference at full resolution), then the reference and DeepGaze I
     table = pd.read_csv(out / "results.csv")
     assert list(dict.fromkeys(table.model)) == ["DeepGaze II", "DeepGaze II (reference)", "DeepGaze I (reference)"]
     assert {"model", "metric", "unit", "this_run", "ci_low", "ci_high", "paper", "paper_source",
@@ -106,13 +118,13 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     assert vgg.loc["default", "IG_diff"] == pytest.approx(0.0, abs=1e-12)
 
     # training choices: the smoke grid and the instances' averages; the default row is the
-    # reference run, softplus_ln (= the profile's main changes) the main run; val_diff is relative
+    # reference run, ds1 (= the profile's main changes) the main run; val_diff is relative
     # to the reference; each spread is over two seeds, of the main run and of the reference
     tc = pd.read_csv(out / "ablation_training.csv").set_index("condition")
-    assert list(tc.index) == ["default", "flip", "softplus_ln", "main_instances2", "instances2"]
+    assert list(tc.index) == ["default", "flip", "ds1", "main_instances2", "instances2"]
     assert tc.loc["default", "IG"] == pytest.approx(main, rel=1e-9)
     main_run = table.set_index(["model", "metric"]).loc[("DeepGaze II", "IG"), "this_run"]
-    assert tc.loc["softplus_ln", "IG"] == pytest.approx(main_run, rel=1e-9) and main_run != pytest.approx(main)
+    assert tc.loc["ds1", "IG"] == pytest.approx(main_run, rel=1e-9) and main_run != pytest.approx(main)
     assert tc.loc["default", "val_diff"] == 0
     assert np.isfinite(tc.val_LL.drop(index=["main_instances2", "instances2"])).all()
     for name, init0 in (("seed_spread", main_run), ("seed_spread_reference", main)):
@@ -152,6 +164,64 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     assert first == second
     text = json.dumps(first)
     assert str(REPO) not in text and "start_time" not in text and "stderr" not in text
+
+    check_damage_is_repaired(cfg, stores, main_store, out, params)
+
+
+def check_damage_is_repaired(cfg, stores, store, out, params):
+    """On the finished chain: preflight finds everything intact and touches nothing; then a truncated
+    store (the main run's) and a truncated fold (of the main run) are moved aside with a line each,
+    notebook 01 is marked out of date for make, and rerunning 01 and 02 rebuilds exactly those two,
+    bit for bit."""
+    import contextlib
+    import io
+    import subprocess
+
+    import papermill
+
+    from dgstudy import cli, repair
+    from dgstudy.paths import results_dir
+
+    executed = sorted(out.glob("[0-9][0-9]_*.ipynb"))
+    mtimes = {p: p.stat().st_mtime_ns for p in executed}
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        assert cli.main(["preflight", "--profile", "smoke"]) == 0
+    text = log.getvalue()
+    assert f"feature stores of profile 'smoke' ({len(stores)};" in text and "DAMAGED" not in text
+    assert all(f"  ok        {p.name}" in text for p in stores), text
+    assert {p: p.stat().st_mtime_ns for p in executed} == mtimes          # nothing touched
+
+    run_dir = results_dir() / cfg.main_train.run
+    fold = run_dir / "fold_01"
+    digest = store.with_name(store.name + ".sha256").read_text().split()[0]
+    model_sha = json.loads((fold / "config.json").read_text())["model_sha256"]
+    others = {d: (d / "config.json").stat().st_mtime_ns for d in (run_dir / "fold_00", run_dir / "fold_02")}
+    store.write_bytes(store.read_bytes()[: store.stat().st_size // 3])
+    (fold / "model.pt").write_bytes((fold / "model.pt").read_bytes()[:-64])
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        assert cli.main(["preflight", "--profile", "smoke"]) == 0
+    text = log.getvalue()
+    assert f"DAMAGED   {store}: SHA-256" in text and f"moved aside to {store.name}.damaged" in text, text
+    assert f"DAMAGED   {fold}: checkpoint is corrupt or cut short" in text and "notebook 02 trains the fold again" in text
+    assert not store.exists() and store.with_name(store.name + ".damaged").exists()
+    assert (fold / "model.pt.damaged").exists() and not (fold / "config.json").exists()
+    assert not (run_dir / "metrics.json").exists()                        # scored again after retraining
+    first = out / "01_extract_features.ipynb"
+    assert first.stat().st_mtime == repair.OUT_OF_DATE and f"{first}: marked out of date" in text
+    # make reruns notebook 01 (and so every notebook after it)
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "notebooks", "PROFILE=smoke", "OUT_TAG=smoke"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "papermill notebooks/01_extract_features.ipynb" in dry
+
+    for name in ("01_extract_features", "02_train_readout"):                # what make runs first
+        papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
+                                   parameters=params, cwd=str(REPO), kernel_name="python3", progress_bar=False)
+    assert store.with_name(store.name + ".sha256").read_text().split()[0] == digest    # the same store
+    assert json.loads((fold / "config.json").read_text())["model_sha256"] == model_sha  # the same fold
+    assert {d: (d / "config.json").stat().st_mtime_ns for d in others} == others        # only that fold
+    assert (run_dir / "metrics.json").exists()
 
 @pytest.mark.slow
 def test_chain_on_a_folder_data_set_of_mixed_sizes(tmp_path, monkeypatch):

@@ -202,11 +202,11 @@ def test_config_and_output_tag(monkeypatch, tmp_path, capsys):
     # the main run: the reference with the profile's `main` changes, a run of its own; the
     # reference is what the ablations vary; without changes the two are one run
     smoke = StudyConfig.load("smoke")
-    assert smoke.main == {"nonlinearity": "softplus_layernorm"}
+    assert smoke.main == {"downsample": 1}          # features of its own, as osie's main run
     m = smoke.main_train
-    assert m.run == "smoke-efficientnet_lite0-main" and m.nonlinearity == "softplus_layernorm"
-    assert smoke.train.nonlinearity == "relu" and smoke.train.run == "smoke-efficientnet_lite0"
-    assert dataclasses.replace(m, run=smoke.train.run, nonlinearity="relu") == smoke.train
+    assert m.run == "smoke-efficientnet_lite0-main" and m.downsample == 1
+    assert smoke.train.downsample == 2 and smoke.train.run == "smoke-efficientnet_lite0"
+    assert dataclasses.replace(m, run=smoke.train.run, downsample=2) == smoke.train
     plain = StudyConfig.load("smoke", main={})
     assert plain.main_train is plain.train
     scaled = StudyConfig.load("smoke", feature_path="/elsewhere.h5", main={"downsample": 1})
@@ -216,7 +216,7 @@ def test_config_and_output_tag(monkeypatch, tmp_path, capsys):
         with pytest.raises(KeyError, match="main"):
             StudyConfig.load("smoke", main=bad)
     # the training grid holds the main changes as a condition (named `main` unless one has them)
-    assert ablations.training_grid(smoke)["softplus_ln"] == smoke.main and "main" not in ablations.training_grid(smoke)
+    assert ablations.training_grid(smoke)["ds1"] == smoke.main and "main" not in ablations.training_grid(smoke)
     other_main = StudyConfig.load("smoke", main={"l1": 0.001})
     assert ablations.training_grid(other_main)["main"] == {"l1": 0.001}
     # instances: the main run's, and the reference's when it is another run (their own count)
@@ -321,3 +321,32 @@ def test_a_profile_draws_the_committed_vgg_table_of_another():
     assert table.set_index("condition").loc[reference, "IG_diff"] == 0
     with pytest.raises(ValueError, match="runs no VGG-19 layer grid"):
         ablations.committed_vgg_table("osie")
+
+
+def test_one_rule_for_the_stores_a_profile_reads():
+    """ablations.feature_stores: the reference's store, the main run's (osie: ds1, a store of its
+    own), every condition's (osie_extended: the mirrored images', the other backbones', the layer
+    grids' stores of layers the reference's store lacks); the runs that read each; notebook 01
+    extracts exactly these and preflight lists them."""
+    from dgstudy import datasets
+
+    ds = datasets.load("osie")
+    osie = StudyConfig.load("osie")
+    stores = ablations.feature_stores(osie, ds)
+    names = [p.name for p in stores]
+    assert names[0].endswith("-efficientnet_lite0-a4f370e07-ds2.h5") and names[1].endswith("-ds1.h5")
+    assert stores[next(iter(stores))][1][0] == osie.train.run
+    assert list(stores.values())[1][1] == [osie.main_train.run]
+    assert len(stores) == 3 and "-ds2-L" in names[2]          # block2 and head, not in blocks 3-6
+    assert not any(spec.given for spec, _ in stores.values())
+    runs_by_nb = ablations.profile_runs(osie, ds)
+    assert list(runs_by_nb["02"]) == [osie.main_train.run] and osie.train.run in runs_by_nb["03"]
+    assert {r for rs in runs_by_nb.values() for r in rs} == {r for _, used in stores.values() for r in used}
+
+    ext = ablations.feature_stores(StudyConfig.load("osie_extended"), ds)
+    specs = [spec for spec, _ in ext.values()]
+    assert [s.mirror for s in specs].count(True) == 1
+    assert {s.backbone for s in specs} == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+                                           "vgg19_random"}
+    assert [s.pool_stride for s in specs if s.backbone == "vgg19_random"] == [None, 16]
+    assert set(stores) < set(ext)                                # osie's runs are shared
