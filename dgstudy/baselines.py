@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from .datasets.pixels import fixation_cells
 from .io import DataError, write_json
 from .paths import cache_dir
 from .util import single_threaded_blas
 
 BANDWIDTH_RANGE = (0.003, 0.5)       # search range of the relative bandwidths
-EDGE_EPS = 1e-9
 SIZE_CACHE = 4                       # image sizes whose maps a CenterBias keeps (bounded memory)
 
 
@@ -53,15 +53,9 @@ def _bounded_put(cache: dict, key, value, keep: int = SIZE_CACHE):
 
 
 def _pixels(u, v, h, w):
-    """Grid cells (row, col) of normalised positions on an h x w grid.
-
-    ``floor(u * w)``, except that positions within 1e-9 px below a cell edge count as on the edge:
-    this undoes the rounding of ``(x / W) * W`` so that on the original grid the cell is exactly
-    the fixation's pixel ``floor(x)``.
-    """
-    rows = np.clip(np.floor(np.asarray(v) * h + EDGE_EPS).astype(np.int64), 0, h - 1)
-    cols = np.clip(np.floor(np.asarray(u) * w + EDGE_EPS).astype(np.int64), 0, w - 1)
-    return rows, cols
+    """Grid cells (row, col) of normalised positions (``x / W``, ``y / H``) on an h x w grid
+    (:func:`dgstudy.datasets.pixels.fixation_cells` over an image of extent 1 x 1)."""
+    return fixation_cells(u, v, 1.0, 1.0, grid=(h, w), what="centre-bias fixations")
 
 
 def _log_mix(kde_density: np.ndarray, weight_uniform: float, n_pixels: int) -> np.ndarray:
@@ -69,14 +63,19 @@ def _log_mix(kde_density: np.ndarray, weight_uniform: float, n_pixels: int) -> n
         return np.log((1.0 - weight_uniform) * kde_density + weight_uniform / n_pixels)
 
 
+def uniform_log_density(h: int, w: int) -> np.ndarray:
+    """The uniform log density over an h x w image (float64)."""
+    return np.full((int(h), int(w)), -math.log(int(h) * int(w)), dtype=np.float64)
+
+
 class Uniform:
-    """The uniform density over the pixels of each image."""
+    """The uniform density over the pixels of each image (:func:`uniform_log_density`)."""
 
     def __init__(self, dataset=None):
         self.dataset = dataset
 
     def log_density_for_size(self, h: int, w: int) -> np.ndarray:
-        return np.full((int(h), int(w)), -math.log(int(h) * int(w)))
+        return uniform_log_density(h, w)
 
     def log_density(self, i: int) -> np.ndarray:
         if self.dataset is None:
@@ -273,7 +272,6 @@ class GoldStandard:
         if not data:
             raise DataError(f"{dataset.name}: no fixations to fit the gold standard on")
         cb = np.concatenate([d["cb"] for d in data])       # CB density / uniform density
-        n_fix = len(cb)
 
         def fitted(bw):
             kde = np.concatenate([gold._loso_kde(d, bw) for d in data])   # NaN: no other subject
@@ -285,7 +283,6 @@ class GoldStandard:
             bandwidth = math.exp(res.x)
         ll, weights = fitted(bandwidth)
         gold.bandwidth, gold.weights, gold.heldout_ll = float(bandwidth), weights, float(ll / math.log(2))
-        gold.n_fit_fixations = n_fix
         return gold
 
     # ---- pieces ----
@@ -297,8 +294,8 @@ class GoldStandard:
             if len(g) == 0:
                 return None
             h, w = (int(s) for s in self.dataset.sizes[i])
-            rows = np.floor(g["y"].to_numpy()).astype(np.int64)
-            cols = np.floor(g["x"].to_numpy()).astype(np.int64)
+            rows, cols = fixation_cells(g["x"].to_numpy(), g["y"].to_numpy(), h, w,
+                                        what=f"{self.dataset.name} image {i}")
             log_cb = self.center_bias.log_density(i)
             self._cache[key] = {"i": i, "h": h, "w": w, "rows": rows, "cols": cols,
                                 "subject": g["subject"].to_numpy(),

@@ -31,6 +31,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
 from . import metrics_fast
+from .datasets.pixels import fixation_cells, flat_index
 from .io import DataError
 from .util import single_threaded_blas
 
@@ -72,8 +73,9 @@ def auc_per_positive(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray
 class ShuffledNegatives:
     """The sAUC negatives of each image: the fixations on all *other* evaluated images.
 
-    Rescaled to the image's size (``x * W_n / W_other``, then truncated to a pixel, as pysaliency's
-    ``FullShuffledNonfixationProvider``); the sAUC of a fixation is :func:`auc_per_positive` of
+    Rescaled to the image's size: the cell of an ``H_n x W_n`` grid laid over the other image
+    (:func:`dgstudy.datasets.pixels.fixation_cells`, ``floor(x * W_n / W_other)``, as pysaliency's
+    ``FullShuffledNonfixationProvider`` truncates ``x * W_n / W_other``); the sAUC of a fixation is :func:`auc_per_positive` of
     ``log p - log p_baseline`` there against the same at these pixels. (Pixels are computed once
     per image size.)
     """
@@ -85,10 +87,9 @@ class ShuffledNegatives:
 
     def _flat_for_size(self, h: int, w: int) -> np.ndarray:
         if (h, w) not in self._flat:
-            hs, ws = self.sizes[self.image, 0].astype(float), self.sizes[self.image, 1].astype(float)
-            cols = np.minimum((self.x * (w / ws)).astype(np.int64), w - 1)
-            rows = np.minimum((self.y * (h / hs)).astype(np.int64), h - 1)
-            self._flat[(h, w)] = rows * w + cols
+            rows, cols = fixation_cells(self.x, self.y, self.sizes[self.image, 0], self.sizes[self.image, 1],
+                                        grid=(h, w), what="sAUC negatives")
+            self._flat[(h, w)] = flat_index(rows, cols, w)
         return self._flat[(h, w)]
 
     def indices(self, h: int, w: int, n: int) -> np.ndarray:
@@ -226,14 +227,9 @@ def checked_log_density(logp, shape: tuple[int, int], image: int, norm_tol: floa
 
 
 def fixation_pixels(xs, ys, shape, image: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of each fixation (floor convention); DataError if any lies outside."""
-    rows = np.floor(np.asarray(ys, dtype=np.float64)).astype(np.int64)
-    cols = np.floor(np.asarray(xs, dtype=np.float64)).astype(np.int64)
-    h, w = shape
-    bad = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
-    if bad.any():
-        raise DataError(f"image {image}: {int(bad.sum())} fixations lie outside the {w}x{h} image")
-    return rows, cols
+    """Row and column of each fixation on an image of ``shape`` (H, W):
+    :func:`dgstudy.datasets.pixels.fixation_cells`, DataError if any lies outside."""
+    return fixation_cells(xs, ys, shape[0], shape[1], what=f"image {image}")
 
 
 # -- evaluation -----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .datasets.pixels import round_half_up
 from .model_fast import PointwiseConv, replicate_blur_matrix  # 1x1 conv and blur as matmuls
 
 READOUT_CHANNELS = (16, 32, 2, 1)   # the paper's readout network
@@ -160,8 +161,8 @@ class CenterBiasTerm(nn.Module):
 class Finalizer(nn.Module):
     """Resolution handling and normalisation: reduced grid size, resizing, log-softmax.
 
-    The reduced grid is ``(max(1, round(H / f)), max(1, round(W / f)))`` for ``f =
-    saliency_map_factor``; maps are resized bilinearly (``align_corners=False``), the log centre
+    The reduced grid is ``(round_half_up(H / f), round_half_up(W / f))`` for ``f =
+    saliency_map_factor`` (:func:`dgstudy.datasets.pixels.round_half_up`); maps are resized bilinearly (``align_corners=False``), the log centre
     bias is area-averaged onto it. ``forward`` upsamples a (B, 1, h', w') map to (H, W) and
     returns its log-softmax over all pixels, shape (B, H, W).
     """
@@ -174,7 +175,7 @@ class Finalizer(nn.Module):
 
     def reduced_size(self, height: int, width: int) -> tuple[int, int]:
         f = self.saliency_map_factor
-        return max(1, round(height / f)), max(1, round(width / f))
+        return round_half_up(height / f), round_half_up(width / f)
 
     @staticmethod
     def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -285,7 +286,3 @@ def DeepGazeI(in_channels: int, **kw) -> DeepGazeII:
     kw.setdefault("readout", "deepgaze1")
     return DeepGazeII(in_channels, **kw)
 
-
-def build(hparams: dict) -> DeepGazeII:
-    """Rebuild a model from its ``hparams`` (as saved next to the state dict)."""
-    return DeepGazeII(**hparams)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from . import backbones, features, pretrained
+from .baselines import uniform_log_density
 from .ensemble import average_log_densities
 from .imageio import read_rgb
 from .io import DataError
@@ -43,10 +44,6 @@ from .runs import FeatureSpec, feature_spec, find_fold_dirs, load_fold, training
 
 SCALES = ("training", "native")
 CB_CACHE_SIZES = 2        # image sizes whose fold centre biases a Predictor keeps
-
-
-def uniform_log_density(h: int, w: int) -> np.ndarray:
-    return np.full((h, w), -math.log(h * w), dtype=np.float64)
 
 
 def parse_scale(scale):

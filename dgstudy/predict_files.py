@@ -24,7 +24,7 @@ from .figures import save_density_plot
 from .fixation_csv import check_fixations, read_fixation_csv
 from .imageio import read_rgb
 from .io import DataError, atomic_path, write_json
-from .predict import uniform_log_density
+from .baselines import uniform_log_density
 
 
 @dataclass

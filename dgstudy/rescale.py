@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .datasets.pixels import round_half_up
+
 
 TRAINING_SCALE_KEY = "training_pixel_area"     # in fold_XX/config.json, written by training
 
@@ -40,7 +42,7 @@ def working_size(height: int, width: int, pixel_area: float | None) -> tuple[int
     if not pixel_area > 0:
         raise ValueError(f"a pixel area must be positive, got {pixel_area!r}")
     s = math.sqrt(float(pixel_area) / (height * width))
-    return max(1, int(math.floor(height * s + 0.5))), max(1, int(math.floor(width * s + 0.5)))
+    return round_half_up(height * s), round_half_up(width * s)
 
 
 def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from . import metrics, statistics
 from .baselines import CenterBias, GoldStandard
 from .datasets import FixationDataset
+from .datasets.pixels import round_half_up
 from .io import DataError, atomic_path, write_json
 from .predict_files import SavedPredictions
 from .rescale import resize_image
@@ -213,8 +214,7 @@ def rescaled(dataset: FixationDataset, width: int | None, images=None) -> Rescal
     if width is None:
         sizes = sub.sizes.copy()
     else:
-        sizes = np.column_stack([np.maximum(1, np.floor(H * width / W + 0.5)),
-                                 np.full(len(W), width)]).astype(np.int64)
+        sizes = np.array([[round_half_up(h * width / w), width] for h, w in zip(H, W)], dtype=np.int64)
     fx = sub.fixations.copy()
     img = fx["image"].to_numpy()
     sy, sx = sizes[img, 0] / H[img], sizes[img, 1] / W[img]

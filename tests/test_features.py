@@ -145,15 +145,21 @@ def test_store_of_another_architecture_is_never_reused(ds, tmp_path, data_root):
     out = features.extract(ds, old, out=tmp_path / "f.h5", progress=False)
     with pytest.raises(DataError, match="architecture: file has 'toy conv-pool stack, symmetric padding'"):
         features.extract(ds, new, out=out, progress=False)
-    # a store as dgstudy 0.1 wrote it: no architecture, no network id, format 1
+    # a store as dgstudy 0.2 wrote it (format 2: layers stretched over the image) is refused
+    with h5py.File(out, "a") as f:
+        del f.attrs["geometry_version"]
+        f.attrs["format_version"] = 2
+    with pytest.raises(DataError, match="written before dgstudy placed each layer's cells"):
+        features.FeatureStore(out)
+    with pytest.raises(DataError, match="format_version: file has 2.*outdated"):
+        features.extract(ds, new, out=out, progress=False)
+    # as dgstudy 0.1 wrote it: no architecture, no network id, format 1
     with h5py.File(out, "a") as f:
         for k in ("architecture", "network_id"):
             del f.attrs[k]
         f.attrs["format_version"] = 1
-    with pytest.raises(DataError, match="written before dgstudy 0.2"):
+    with pytest.raises(DataError, match="format 1.*outdated"):
         features.FeatureStore(out)
-    with pytest.raises(DataError, match="must be rebuilt"):
-        features.extract(ds, new, out=out, progress=False)
 
 
 def test_default_store_path(ds, data_root):
@@ -170,17 +176,26 @@ def test_default_store_path(ds, data_root):
 
 
 def test_stack_layers():
+    """Layers resampled by their cell centres onto the image-aligned grid of the finest layer."""
+    from dgstudy.backbones.geometry import Axis, image_aligned
     rng = np.random.default_rng(0)
     feats = {"a": rng.normal(size=(2, 4, 6)).astype(np.float16), "b": rng.normal(size=(3, 2, 3)),
              "c": np.full((1, 2, 3), 7.0)}
-    st = features.stack_layers(feats, ["b", "a", "c"])
+    input_hw = (16, 24)
+    aligned = (image_aligned(4, 16), image_aligned(6, 24))          # a: centres 2, 6, 10, 14 (rows)
+    axes = {"a": aligned, "b": (Axis(2, 8.0, 6.0), Axis(3, 8.0, 6.0)),   # b: centres 6, 14
+            "c": (Axis(2, 8.0, 4.0), Axis(3, 8.0, 4.0))}
+    st = features.stack_layers(feats, axes, input_hw, ["b", "a", "c"])
     assert st.shape == (6, 4, 6) and st.dtype == np.float32
-    assert np.array_equal(st[3:5], feats["a"].astype(np.float32))     # the largest grid is untouched
+    assert np.array_equal(st[3:5], feats["a"].astype(np.float32))     # an image-aligned grid is untouched
     assert np.allclose(st[5], 7.0)                                      # constants stay constant
-    # 2x bilinear upsampling, align_corners=False: interior values interpolate 1/4 : 3/4
     b = feats["b"][0]
-    assert np.isclose(st[0, 1, 1], 0.75 * (0.75 * b[0, 0] + 0.25 * b[1, 0]) + 0.25 * (0.75 * b[0, 1] + 0.25 * b[1, 1]))
-    assert np.isclose(st[0, 0, 0], b[0, 0])                             # edges clamp
+    # target row 1 (centre 6) is b's row 0; row 2 (centre 10) halfway between b's rows 0 and 1;
+    # target column 3 (centre 14) is b's column 1; edges keep the edge value
+    assert np.isclose(st[0, 1, 3], b[0, 1]) and np.isclose(st[0, 2, 3], (b[0, 1] + b[1, 1]) / 2)
+    assert np.isclose(st[0, 0, 0], b[0, 0]) and np.isclose(st[0, 3, 5], b[1, 2])
+    with pytest.raises(ValueError, match="layer b"):
+        features.stack_layers({"b": feats["b"]}, {"b": aligned}, input_hw)
 
 
 def test_stacked_and_compression(ds, tmp_path):
@@ -194,7 +209,8 @@ def test_stacked_and_compression(ds, tmp_path):
         s = packed.stacked(i)
         assert s.shape == (10, 7, 11) and s.dtype == np.float32
         assert np.array_equal(s, plain.stacked(i))
-        assert np.array_equal(s, features.stack_layers(plain.read(i), ["p1", "p2"]))
+        assert np.array_equal(s, features.stack_layers(plain.read(i), plain.axes(i), plain.input_size(i),
+                                                       ["p1", "p2"]))
 
 
 def test_float16_overflow_raises(ds, tmp_path):

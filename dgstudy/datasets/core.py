@@ -91,11 +91,6 @@ class FixationDataset:
         fx = self.fixations
         return fx[fx["image"].to_numpy() == i]
 
-    def xy_int(self) -> tuple[np.ndarray, np.ndarray]:
-        """Pixel indices (column, row) of every fixation, per the convention above."""
-        return (np.floor(self.fixations["x"].to_numpy()).astype(np.int64),
-                np.floor(self.fixations["y"].to_numpy()).astype(np.int64))
-
     def subset(self, images) -> "FixationDataset":
         """A dataset of only ``images`` (in that order), re-indexed 0..len-1.
 

@@ -7,7 +7,9 @@ over the image cuts each axis into equal cells, so cell ``k`` of ``n`` along an 
 
 - :func:`cells` (one axis) and :func:`fixation_cells` (both): the cell of each position,
   ``floor(pos * n / N)``. On the image's own grid (``n == N``) that is exactly ``floor(pos)``,
-  the pixel. One edge rule: a position outside ``[0, N)`` is an error (loaders drop fixations
+  the pixel; on another grid a position within 1e-9 of a cell below a cell edge counts as on the
+  edge (so that normalised positions ``x / W`` on a grid of ``W`` cells give back ``floor(x)``,
+  undoing the rounding of the division). One edge rule: a position outside ``[0, N)`` is an error (loaders drop fixations
   outside the image, so none reaches here); a position inside never lands outside the grid
   (float rounding at the far edge is clamped to the last cell).
 - :func:`flat_index`: ``row * w + col``, the index into a flattened ``(h, w)`` map.
@@ -23,6 +25,8 @@ import math
 import numpy as np
 
 from ..io import DataError
+
+EDGE_EPS = 1e-9       # in cells: see the module docstring
 
 
 def round_half_up(v: float) -> int:
@@ -46,7 +50,7 @@ def cells(pos, extent, n, what: str = "positions") -> np.ndarray:
         k = int(np.flatnonzero(bad.ravel())[0])
         raise DataError(f"{what}: {int(bad.sum())} positions lie outside their image "
                         f"(e.g. {pos.ravel()[k]:.3f} on an axis of {extent.ravel()[k]:g} px)")
-    scaled = np.where(extent == n, pos, pos * (n / extent))
+    scaled = np.where(extent == n, pos, pos * (n / extent) + EDGE_EPS)
     return np.minimum(np.floor(scaled).astype(np.int64), n - 1)
 
 
