@@ -25,7 +25,7 @@ import numpy as np
 from .evaluation import fold_health, score_cross_validated, write_scores
 from .io import DataError, write_json
 from .runs import CrossValModel
-from .training import fixation_pixels
+from .datasets import image_fixation_index
 
 LN2 = math.log(2.0)
 
@@ -80,7 +80,7 @@ def validation_log_likelihoods(models: dict[str, CrossValModel], fold: int) -> d
     per_member = {name: [] for name in models}        # log p at each validation fixation
     log_area = []
     for i in first.fold_images(fold, "val"):
-        pix = fixation_pixels(ds, int(i))
+        pix = image_fixation_index(ds, int(i))
         if not len(pix):
             continue
         for name, m in models.items():

@@ -6,10 +6,12 @@
 any Dask cluster); :func:`train_runs` submits the folds of several runs at once (an ablation's
 grid); :func:`train_fold` fits one fold. Per fold k (``datasets.fold_split``: test fold k, validation
 fold k+1, training the rest) the centre bias, the feature standardisation and the readout see
-the training images only, early stopping the validation images only. Loss: mean NLL in bits per
-fixation plus ``l1 * sum|w|`` over the readout's convolution weights. Reported log-likelihoods
-(``log.csv``) are bits/fixation relative to a uniform density; ``*_ig`` columns relative to the
-fold's centre bias. A dead readout restarts from the next seed; a fold not above its centre bias
+the training images only, early stopping the validation images only. Loss: NLL in bits per
+fixation, every fixation of an epoch weighing the same whatever the batch sizes, plus
+``l1 * sum|w|`` over the readout's convolution weights; the features standardised once per fold
+and held as :mod:`dgstudy.training_fast` lays them out. Reported log-likelihoods (``log.csv``)
+are bits/fixation relative to a uniform density on the grid the model is scored on (reduced-grid
+cells or pixels); ``*_ig`` columns relative to the fold's centre bias on that same grid. A dead readout restarts from the next seed; a fold not above its centre bias
 is warned about. What happens step by step, and the choices not fixed by the paper:
 ``docs/training.md``.
 """
@@ -35,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import datasets, tasks
+from .backbones.geometry import GEOMETRY_VERSION
 from .baselines import CenterBias
 from .config import TrainConfig
 from .features import FeatureStore
@@ -43,9 +46,7 @@ from .model import DeepGazeII
 from .paths import results_dir
 from .rescale import TRAINING_SCALE_KEY, training_pixel_area
 from .runs import check_run_config, check_trained_on, fold_dir, fold_done, load_dataset, open_store
-from .util import to_device
-
-LN2 = math.log(2.0)
+from .training_fast import LN2, FoldData, flip_batch  # noqa: F401 (LN2, flip_batch: re-exported)
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -57,18 +58,6 @@ def read_features(store, images, layers=None, dtype=np.float32, progress=True) -
     for i in tqdm(list(images), desc="reading features", disable=not progress, leave=False):
         out[int(i)] = np.asarray(store.stacked(int(i), layers), dtype=dtype)
     return out
-
-
-def fixation_pixels(dataset, i: int, grid: tuple[int, int] | None = None) -> np.ndarray:
-    """Flat index ``row * w + col`` of the pixel of every fixation of image ``i`` (order of
-    ``fixations_of``). With ``grid=(h, w)``: the cell of an h x w grid laid over the image
-    (row = floor(y * h / H), col = floor(x * w / W))."""
-    fx = dataset.fixations_of(i)
-    H, W = (int(v) for v in dataset.sizes[i])
-    h, w = (H, W) if grid is None else grid
-    col = np.clip(np.floor(fx["x"].to_numpy() * (w / W)).astype(np.int64), 0, w - 1)
-    row = np.clip(np.floor(fx["y"].to_numpy() * (h / H)).astype(np.int64), 0, h - 1)
-    return row * w + col
 
 
 def fit_center_bias(dataset, images):
@@ -89,47 +78,6 @@ def make_batches(images, sizes, batch_size: int, rng: np.random.Generator | None
     if rng is not None:
         batches = [batches[j] for j in rng.permutation(len(batches))]
     return batches
-
-
-class _Batcher:
-    """Turns a list of images into tensors: features, log centre bias, fixation indices."""
-
-    def __init__(self, features: Mapping[int, np.ndarray], dataset, log_cb_for_size: Callable,
-                 device: str, grid_of: Callable | None = None):
-        self.features, self.dataset, self.device = features, dataset, device
-        self.grid_of = grid_of            # (H, W) -> grid the likelihood is computed on (None: pixels)
-        self.log_cb_for_size = log_cb_for_size
-        self._cb: dict[tuple, torch.Tensor] = {}
-        self._fix: dict[int, np.ndarray] = {}
-
-    def center_bias(self, size) -> torch.Tensor:
-        if size not in self._cb:
-            cb = np.asarray(self.log_cb_for_size(*size), dtype=np.float32)
-            if cb.shape != size:
-                raise ValueError(f"centre bias for size {size} has shape {cb.shape}")
-            self._cb[size] = torch.from_numpy(cb).to(self.device)
-        return self._cb[size]
-
-    def fixations(self, i: int, grid=None) -> np.ndarray:
-        if (i, grid) not in self._fix:
-            self._fix[i, grid] = fixation_pixels(self.dataset, i, grid)
-        return self._fix[i, grid]
-
-    def __call__(self, batch):
-        size = tuple(int(v) for v in self.dataset.sizes[batch[0]])
-        x = to_device(torch.from_numpy(np.stack([self.features[int(i)] for i in batch])), self.device, torch.float32)
-        cb = self.center_bias(size).expand(len(batch), *size)
-        grid = None if self.grid_of is None else self.grid_of(*size)
-        fix = [self.fixations(int(i), grid) for i in batch]
-        b_idx = to_device(torch.from_numpy(np.repeat(np.arange(len(batch)), [len(f) for f in fix])), self.device)
-        p_idx = to_device(torch.from_numpy(np.concatenate(fix)), self.device)
-        return x, cb, b_idx, p_idx, (size if grid is None else grid)
-
-
-def fixation_log_likelihoods(model, x, cb, b_idx, p_idx, reduced: bool = False) -> torch.Tensor:
-    """Natural-log probability of each fixation's pixel (or reduced-grid cell) under the model."""
-    logd = model(x, cb, reduced=reduced)
-    return logd.reshape(logd.shape[0], -1)[b_idx, p_idx]
 
 
 def feature_normalization(features: Mapping[int, np.ndarray], images) -> tuple[np.ndarray, np.ndarray]:
@@ -160,44 +108,16 @@ def l1_weights(model: DeepGazeII, which: str = "all") -> list[torch.Tensor]:
     return weights[:1] if which == "first" else weights
 
 
-def flip_batch(x: torch.Tensor, cb: torch.Tensor, p_idx: torch.Tensor, grid: tuple[int, int],
-               mirrored_x: torch.Tensor | None = None):
-    """The batch mirrored left-right: features (B, C, h, w), log centre bias (B, H, W) and the
-    fixations' flat indices ``row * w + col`` on ``grid`` (h, w), column ``col -> w - 1 - col``.
-    ``mirrored_x``: the features of the mirrored images, used instead of ``x.flip(-1)``.
-
-    With the stored features mirrored, the batch's likelihood under a 1x1-conv readout is the
-    original batch's up to the grids' rounding (readout, blur and softmax commute with the
-    mirror), so that augmentation can change little; the mirrored images' features differ
-    (a CNN is not mirror-equivariant) and are the real augmentation."""
-    w = int(grid[1])
-    p_idx = (p_idx // w) * w + (w - 1 - p_idx % w)
-    return (x.flip(-1) if mirrored_x is None else mirrored_x), cb[:1].flip(-1).expand_as(cb), p_idx
-
-
-def center_bias_log_likelihood(batcher: _Batcher, images) -> float:
-    """Mean log-likelihood of the fixations on ``images`` under the centre-bias input alone
-    (bits/fixation relative to uniform): the reference for the IG columns of ``log.csv``."""
-    total, n = 0.0, 0
-    for i in images:
-        size = tuple(int(v) for v in batcher.dataset.sizes[i])
-        pix = batcher.fixations(int(i))
-        cb = batcher.center_bias(size).reshape(-1)[torch.from_numpy(pix).to(batcher.device)]
-        total += float(cb.double().sum()) / LN2 + len(pix) * math.log2(size[0] * size[1])
-        n += len(pix)
-    return total / max(n, 1)
-
-
 @torch.no_grad()
-def mean_log_likelihood(model, batcher: _Batcher, images, batch_size: int) -> float:
+def mean_log_likelihood(model, data: FoldData, images, batch_size: int) -> float:
     """Mean log-likelihood of the fixations on ``images``, bits/fixation relative to uniform
-    (over the batcher's grid: pixels, or reduced-grid cells)."""
+    over the grid ``data`` scores on (pixels, or reduced-grid cells), every fixation weighing the
+    same; ``data.center_bias_log_likelihood(images)`` is the centre bias's on the same grid."""
     total, n = 0.0, 0
     model.eval()
-    for batch in make_batches(images, batcher.dataset.sizes, batch_size, None):
-        x, cb, b_idx, p_idx, size = batcher(batch)
-        ll = fixation_log_likelihoods(model, x, cb, b_idx, p_idx, batcher.grid_of is not None).double() / LN2
-        total += float(ll.sum()) + len(ll) * math.log2(size[0] * size[1])
+    for batch in make_batches(images, data.dataset.sizes, batch_size, None):
+        ll, grid = data.log_likelihoods(model, batch, reduced=data.grid_of is not None)
+        total += float(ll.double().sum()) / LN2 + len(ll) * math.log2(grid[0] * grid[1])
         n += len(ll)
     return total / max(n, 1)
 
@@ -239,18 +159,29 @@ def train_fold(cfg: TrainConfig, features: Mapping[int, np.ndarray], dataset, tr
     """Fit one model on ``train``, early-stopped on ``val``; returns (best model, per-epoch log,
     attempts record). ``mirrored``: the mirrored images' features (``cfg.flip_source='images'``).
 
+    The features are standardised once (:func:`feature_normalization` of the training images)
+    and held with the centre bias and the fixations as a :class:`~dgstudy.training_fast.FoldData`.
+    Each batch's loss is the sum of its fixations' NLL (bits) divided by the epoch's mean number
+    of fixations per batch, plus the L1 term: over an epoch every fixation weighs the same,
+    whatever the sizes of the batches.
+
     A readout that is constant after the first epoch, or whose best state is constant
     (:func:`readout_is_constant`: a dead ReLU layer), is thrown away and the fold starts again
     from the next seed (``seed + a * RESTART_SEED_STEP`` for attempt ``a``), at most
     ``MAX_ATTEMPTS`` times (then :class:`DeadReadout`). The record says which seed was used and
     which were abandoned: ``{"seed": used, "dead_seeds": [...]}``.
     """
+    if cfg.train_resolution not in ("reduced", "full"):
+        raise ValueError(f"train_resolution must be 'reduced' or 'full', got {cfg.train_resolution!r}")
+    if cfg.flip and cfg.flip_source == "images" and mirrored is None:
+        raise ValueError("flip_source='images' needs the mirrored images' features (mirrored=...)")
+    fold = {"normalization": feature_normalization(features, train)}   # FoldData: built by attempt 0
     dead = []
     for attempt in range(MAX_ATTEMPTS):
         s = seed + attempt * RESTART_SEED_STEP
         try:
             model, log = _fit_fold(cfg, features, dataset, train, val, log_cb_for_size, s, progress,
-                                   desc if not attempt else f"{desc} (restart {attempt})", mirrored)
+                                   desc if not attempt else f"{desc} (restart {attempt})", mirrored, fold)
             return model, log, {"seed": s, "dead_seeds": dead}
         except DeadReadout as e:
             warnings.warn(f"{desc}: {e}; restarting from seed {seed + (attempt + 1) * RESTART_SEED_STEP}")
@@ -258,54 +189,62 @@ def train_fold(cfg: TrainConfig, features: Mapping[int, np.ndarray], dataset, tr
     raise DeadReadout(f"{desc}: the readout was dead for every one of seeds {dead}")
 
 
-def _fit_fold(cfg, features, dataset, train, val, log_cb_for_size, seed, progress, desc, mirrored=None):
+def train_epoch(model, opt, data: FoldData, batches, cfg: TrainConfig, epoch: int) -> tuple[float, torch.Tensor]:
+    """One optimiser step per batch of ``batches`` (one epoch); returns (the epoch's mean
+    log-likelihood in bits/fixation relative to uniform on the scoring grid, the last L1 term).
+
+    A batch's loss is the sum of its fixations' NLL (bits) divided by the epoch's mean number of
+    fixations per batch, plus ``cfg.l1`` times the L1 term, so the gradient summed over the epoch
+    is ``len(batches)`` times that of the mean NLL over all its fixations: every fixation weighs
+    the same, whatever the sizes of the batches. With ``cfg.flip`` every other batch is mirrored."""
+    model.train()
+    reduced = data.grid_of is not None
+    per_batch = data.n_fixations(np.concatenate(batches)) / len(batches)
+    tot_ll, n = 0.0, 0
+    for j, batch in enumerate(batches):
+        flip = bool(cfg.flip and (epoch + j) % 2)       # every other batch (batches are shuffled)
+        ll, grid = data.log_likelihoods(model, batch, reduced, flip=flip)
+        l1 = sum(w.abs().sum() for w in l1_weights(model, cfg.l1_layers))
+        loss = -ll.sum() / (LN2 * per_batch) + cfg.l1 * l1
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        tot_ll += float(ll.detach().double().sum()) / LN2 + len(ll) * math.log2(grid[0] * grid[1])
+        n += len(ll)
+    return tot_ll / max(n, 1), l1
+
+
+def _fit_fold(cfg, features, dataset, train, val, log_cb_for_size, seed, progress, desc, mirrored, fold):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     in_channels = next(iter(features.values())).shape[0]
     model = build_model(cfg, in_channels).to(cfg.device)
-    model.set_feature_normalization(*feature_normalization(features, train))
+    model.set_feature_normalization(*fold["normalization"])
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     schedule = (torch.optim.lr_scheduler.MultiStepLR(opt, cfg.lr_milestones, cfg.lr_gamma)
                 if cfg.lr_milestones else None)
-    if cfg.train_resolution not in ("reduced", "full"):
-        raise ValueError(f"train_resolution must be 'reduced' or 'full', got {cfg.train_resolution!r}")
-    reduced = cfg.train_resolution == "reduced"
-    batcher = _Batcher(features, dataset, log_cb_for_size, cfg.device,
-                       grid_of=model.finalizer.reduced_size if reduced else None)
-    if cfg.flip and cfg.flip_source == "images" and mirrored is None:
-        raise ValueError("flip_source='images' needs the mirrored images' features (mirrored=...)")
-    mirror_x = (lambda b: to_device(torch.from_numpy(np.stack([mirrored[int(i)] for i in b])),
-                                    cfg.device, torch.float32)) if cfg.flip_source == "images" else None
-
-    cb_train = center_bias_log_likelihood(batcher, train)
-    cb_val = center_bias_log_likelihood(batcher, val)
+    if "data" not in fold:           # the same for every attempt: standardised with the same buffers
+        fold["data"] = FoldData(features, dataset, np.concatenate([train, val]), model.feature_mean.cpu(),
+                                model.feature_std.cpu(), log_cb_for_size, cfg.device,
+                                grid_of=model.finalizer.reduced_size if cfg.train_resolution == "reduced" else None,
+                                mirrored=mirrored if cfg.flip and cfg.flip_source == "images" else None,
+                                batch_size=cfg.batch_size)
+    data = fold["data"]
+    cb_train = data.center_bias_log_likelihood(train)      # on the grid the model is scored on
+    cb_val = data.center_bias_log_likelihood(val)
     rows, best, best_state, waited = [], -np.inf, None, 0
     bar = tqdm(range(1, cfg.max_epochs + 1), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
-        model.train()
-        tot_ll, tot_n = 0.0, 0
-        for j, batch in enumerate(make_batches(train, dataset.sizes, cfg.batch_size, rng)):
-            x, cb, b_idx, p_idx, size = batcher(batch)
-            if cfg.flip and (epoch + j) % 2:     # every other batch mirrored (batches are shuffled)
-                x, cb, p_idx = flip_batch(x, cb, p_idx, size, mirror_x(batch) if mirror_x else None)
-            ll = fixation_log_likelihoods(model, x, cb, b_idx, p_idx, reduced)
-            nll_bits = -ll.mean() / LN2
-            l1 = sum(w.abs().sum() for w in l1_weights(model, cfg.l1_layers))
-            loss = nll_bits + cfg.l1 * l1
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot_ll += float(ll.detach().double().sum()) / LN2 + len(ll) * math.log2(size[0] * size[1])
-            tot_n += len(ll)
+        batches = make_batches(train, dataset.sizes, cfg.batch_size, rng)
+        train_ll, l1 = train_epoch(model, opt, data, batches, cfg, epoch)
         lr = opt.param_groups[0]["lr"]
         if schedule is not None:
             schedule.step()
         if epoch == 1 and readout_is_constant(model, features, train, cfg.device):
             bar.close()
             raise DeadReadout(f"seed {seed}: the readout output is constant after the first epoch")
-        val_ll = mean_log_likelihood(model, batcher, val, cfg.batch_size)
-        train_ll = tot_ll / max(tot_n, 1)
+        val_ll = mean_log_likelihood(model, data, val, cfg.batch_size)
         rows.append(dict(epoch=epoch, train_LL=train_ll, val_LL=val_ll,
                          train_ig=train_ll - cb_train, val_ig=val_ll - cb_val,
                          l1=float(l1.detach()), sigma=float(model.blur.sigma.detach()),
@@ -465,8 +404,10 @@ def run_fold(cfg: TrainConfig, run_dir, fold: int, dataset, features=None, store
             "optimizer": {"name": "Adam", "lr": cfg.lr, "betas": [0.9, 0.999],
                           **({"lr_milestones": cfg.lr_milestones, "lr_gamma": cfg.lr_gamma}
                              if cfg.lr_milestones else {})},
-            "loss": "mean NLL in bits/fixation + l1 * sum|readout conv weights|"
+            "loss": "NLL in bits/fixation (per batch: its sum / the epoch's mean fixations per batch)"
+                    " + l1 * sum|readout conv weights|"
                     + (" (first conv only)" if cfg.l1_layers == "first" else ""),
+            "geometry_version": GEOMETRY_VERSION,   # of the features it was trained on (runs.py checks)
             "model_sha256": model_sha256, "executed_by": tasks.where(),
         }
         write_json(d / "config.json", record)

@@ -48,3 +48,16 @@ def test_state_dict_keys_of_saved_runs():
     assert list(DeepGazeII(8, readout="deepgaze1").state_dict()) == [
         "feature_mean", "feature_std", "readout.conv0.weight", "readout.conv0.bias", "blur.sigma",
         "center_bias.weight"]
+
+
+
+def test_pointwise_conv_on_a_channels_last_view_makes_no_copy():
+    """Features held (B, h, w, C), as training holds them, viewed as (B, C, h, w): the 1x1 conv
+    reads them in place (no transpose copy) and gives the same bits as on contiguous features."""
+    torch.manual_seed(3)
+    conv = PointwiseConv(6, 4)
+    held = torch.randn(2, 3, 5, 6)
+    view = held.permute(0, 3, 1, 2)
+    assert view.reshape(2, 6, 15).mT.is_contiguous()          # what matmul multiplies: no copy
+    assert view.reshape(2, 6, 15).mT.data_ptr() == held.data_ptr()
+    assert torch.equal(conv(view), conv(view.contiguous()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -245,3 +246,170 @@ def test_fold_health_flags_failed_folds(tmp_path):
     assert health["folds_low_test_ig"] == [1, 3]            # below 0.5 x the median 1.25
     assert health["folds_restarted"] == {2: [3]}
     assert len(health["problems"]) == 3
+
+
+# -- the fast path, the epoch's weights, one grid for val_ig -----------------------------------------
+def plain_batch(model, feats, ds, batch, cb_fn, reduced, flip=False):
+    """A batch as the plain model sees it: raw float32 features (B, C, h, w) through ``forward``
+    (which standardises them), the fixations' pixels or cells; natural-log p of each fixation."""
+    from dgstudy.training_fast import flip_batch
+
+    H_, W_ = (int(v) for v in ds.sizes[batch[0]])
+    grid = model.finalizer.reduced_size(H_, W_) if reduced else (H_, W_)
+    x = torch.from_numpy(np.stack([np.asarray(feats[i], dtype=np.float32) for i in batch]))
+    cb = torch.from_numpy(np.asarray(cb_fn(H_, W_), dtype=np.float32)).expand(len(batch), H_, W_)
+    fix = [datasets.image_fixation_index(ds, int(i), grid if reduced else None) for i in batch]
+    b_idx = torch.from_numpy(np.repeat(np.arange(len(batch)), [len(f) for f in fix]))
+    p_idx = torch.from_numpy(np.concatenate(fix))
+    if flip:
+        x, cb, p_idx = flip_batch(x, cb, p_idx, grid)
+    logd = model(x, cb, reduced=reduced)
+    return logd.reshape(len(batch), -1)[b_idx, p_idx]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(train_resolution="full"), dict(flip=True),
+                                dict(nonlinearity="softplus_layernorm", l1_layers="first")])
+def test_fast_path_gives_the_plain_paths_losses(synthetic, kw):
+    """Same seed, same batches, up to eight Adam steps: the fast path (features standardised once,
+    (N*h*w, C) layout, reused buffers) and the plain model on raw features give the same
+    per-fixation log-likelihoods and losses: the same bits (the authors' layer norm: to 1e-5 bit),
+    and training.train_epoch is that loop."""
+    from dgstudy.training_fast import FoldData
+
+    ds, feats = synthetic
+    cfg = small_config(batch_size=2, **kw)
+    reduced = cfg.train_resolution == "reduced"
+    # the same products on the same values: equal bits; the layer norm's mean and variance are
+    # reduced over the (h, w, C) layout in another order (a float32 ulp of log p ~ 1e-6 here)
+    tol = 1e-5 if cfg.nonlinearity == "softplus_layernorm" else 0.0
+    train, val, _ = datasets.fold_split(len(ds), 0, 3, 0)
+    cb_fn = CenterBias.fit(ds, images=train).log_density_for_size
+    norm = training.feature_normalization(feats, train)
+    models, opts = {}, {}
+    for k in ("plain", "fast"):
+        torch.manual_seed(3)
+        models[k] = training.build_model(cfg, 9)
+        models[k].set_feature_normalization(*norm)
+        opts[k] = torch.optim.Adam(models[k].parameters(), lr=cfg.lr)
+    data = FoldData(feats, ds, np.concatenate([train, val]), models["fast"].feature_mean,
+                    models["fast"].feature_std, cb_fn, grid_of=models["fast"].finalizer.reduced_size
+                    if reduced else None, batch_size=cfg.batch_size)
+    batches = training.make_batches(train, ds.sizes, cfg.batch_size, np.random.default_rng(0))[:8]
+    assert len(batches) >= 3
+    per_batch = data.n_fixations(np.concatenate(batches)) / len(batches)
+    for j, batch in enumerate(batches):
+        flip = bool(cfg.flip and (1 + j) % 2)
+        lls = {"plain": plain_batch(models["plain"], feats, ds, batch, cb_fn, reduced, flip),
+               "fast": data.log_likelihoods(models["fast"], batch, reduced, flip=flip)[0]}
+        losses = {}
+        for k, ll in lls.items():
+            l1 = sum(w.abs().sum() for w in training.l1_weights(models[k], cfg.l1_layers))
+            losses[k] = -ll.sum() / (training.LN2 * per_batch) + cfg.l1 * l1
+            opts[k].zero_grad()
+            losses[k].backward()
+            opts[k].step()
+        diff = (lls["fast"] - lls["plain"]).abs().max().item() / training.LN2
+        assert diff <= tol, (j, diff)
+        assert abs(losses["fast"].item() - losses["plain"].item()) <= tol, j
+    # the library's epoch is the loop above: the same parameters after it
+    torch.manual_seed(3)
+    again = training.build_model(cfg, 9)
+    again.set_feature_normalization(*norm)
+    training.train_epoch(again, torch.optim.Adam(again.parameters(), lr=cfg.lr), data, batches, cfg, 1)
+    for k, v in again.state_dict().items():
+        torch.testing.assert_close(v, models["fast"].state_dict()[k], rtol=0, atol=0)
+
+
+class MixedSizes:
+    """Two image sizes, fixation counts varying from 1 to 30 per image."""
+
+    def __init__(self, seed=0):
+        rng = np.random.default_rng(seed)
+        self.name = "mixed"
+        self.sizes = np.array([(48, 64)] * 7 + [(32, 40)] * 4)
+        self._fix = []
+        for (h, w), n in zip(self.sizes, rng.integers(1, 31, len(self.sizes))):
+            self._fix.append(pd.DataFrame({"x": rng.uniform(0, w, n), "y": rng.uniform(0, h, n)}))
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def fixations_of(self, i):
+        return self._fix[i]
+
+
+class SumOfGradients:
+    """An 'optimiser' that leaves the parameters alone and adds up the gradient of every step."""
+
+    def __init__(self, params):
+        self.params = [p for p in params if p.requires_grad]
+        self.total = [torch.zeros_like(p) for p in self.params]
+        self.param_groups = [{"lr": 0.0}]
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        for t, p in zip(self.total, self.params):
+            if p.grad is not None:
+                t += p.grad
+
+
+def test_every_fixation_of_an_epoch_weighs_the_same():
+    """Mixed image sizes, partial batches, 1 to 30 fixations per image: the gradient summed over
+    the epoch's steps is len(batches) times the gradient of the mean NLL over all its fixations
+    (issue 23, item 5); the per-batch mean it replaces is not."""
+    from dgstudy.training_fast import FoldData
+
+    ds = MixedSizes()
+    rng = np.random.default_rng(1)
+    feats = {i: rng.normal(size=(5, h // 4, w // 4)).astype(np.float32) for i, (h, w) in enumerate(ds.sizes)}
+    cfg = small_config(batch_size=3, l1=0.0)
+    images = np.arange(len(ds))
+    torch.manual_seed(0)
+    model = training.build_model(cfg, 5)
+    model.set_feature_normalization(*training.feature_normalization(feats, images))
+    cb_fn = lambda h, w: np.full((h, w), -np.log(h * w))
+    data = FoldData(feats, ds, images, model.feature_mean, model.feature_std, cb_fn,
+                    grid_of=model.finalizer.reduced_size, batch_size=cfg.batch_size)
+    batches = training.make_batches(images, ds.sizes, cfg.batch_size, np.random.default_rng(0))
+    assert sorted(len(b) for b in batches) == [1, 1, 3, 3, 3]          # partial batches of both sizes
+    opt = SumOfGradients(model.parameters())
+    training.train_epoch(model, opt, data, batches, cfg, epoch=2)
+    n_all = data.n_fixations(images)
+    target = [torch.zeros_like(p) for p in opt.params]        # gradient of the mean NLL over all
+    old = [torch.zeros_like(p) for p in opt.params]           # of the sum of per-batch means
+    for b in batches:         # one batch at a time: the next batch reuses the feature buffer
+        ll = data.log_likelihoods(model, b, reduced=True)[0]
+        grads = torch.autograd.grad(-ll.sum() / training.LN2, opt.params)
+        for t, o, g in zip(target, old, grads):
+            t += g / n_all
+            o += g / len(ll)
+    for got, want in zip(opt.total, target):
+        torch.testing.assert_close(got, len(batches) * want, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(old[0], len(batches) * target[0], rtol=1e-2)
+
+
+def test_val_ig_compares_like_with_like(synthetic):
+    """A fold trained on the reduced grid: its validation LL and IG over the centre bias scored on
+    the reduced grid (the centre bias's probability of each cell) agree with the full-resolution
+    ones within 0.01 bit/fix (issue 23, item 4)."""
+    from dgstudy.training_fast import FoldData
+
+    ds, feats = synthetic
+    cfg = small_config(max_epochs=15)
+    train, val, _ = datasets.fold_split(len(ds), 0, 3, 0)
+    cb_fn = CenterBias.fit(ds, images=train).log_density_for_size
+    model, log, _ = training.train_fold(cfg, feats, ds, train, val, cb_fn, seed=0, progress=False)
+    best = log.loc[log["val_LL"].idxmax()]
+    on = {}
+    for name, grid_of in (("reduced", model.finalizer.reduced_size), ("full", None)):
+        data = FoldData(feats, ds, val, model.feature_mean, model.feature_std, cb_fn, grid_of=grid_of)
+        ll = training.mean_log_likelihood(model, data, val, cfg.batch_size)
+        on[name] = (ll, ll - data.center_bias_log_likelihood(val))
+    assert on["reduced"][0] == pytest.approx(best["val_LL"], abs=1e-9)      # what the log holds
+    assert on["reduced"][1] == pytest.approx(best["val_ig"], abs=1e-9)
+    assert best["val_ig"] > 0.3
+    assert abs(on["reduced"][0] - on["full"][0]) <= 0.01, on
+    assert abs(on["reduced"][1] - on["full"][1]) <= 0.01, on
