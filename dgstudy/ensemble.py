@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .datasets import image_fixation_index
 from .evaluation import fold_health, score_cross_validated, write_scores
 from .io import DataError, write_json
 from .runs import CrossValModel
-from .datasets import image_fixation_index
+from .training_fast import LN2
 
-LN2 = math.log(2.0)
 
 
 def average_log_densities(log_densities) -> np.ndarray:

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from . import datasets, pretrained
+from .backbones.geometry import GEOMETRY_VERSION
 from .baselines import CenterBias
 from .config import TrainConfig
 from .features import NETWORK_KEYS, FeatureStore, default_store_path
@@ -110,12 +111,15 @@ def check_run_config(run_dir: Path, cfg: TrainConfig) -> None:
 
 def check_trained_on(fold_dirs, store) -> None:
     """DataError unless every finished fold among ``fold_dirs`` was trained on features of the
-    network that made ``store`` (``features.NETWORK_KEYS``: backbone, architecture, weights);
-    folds trained before dgstudy 0.2 recorded no architecture and fail too."""
+    network that made ``store`` (``features.NETWORK_KEYS``: backbone, architecture, weights) and
+    with the current geometry (:func:`check_geometry`); folds trained before dgstudy 0.2 recorded
+    no architecture and fail too."""
     for d in fold_dirs:
         if not fold_done(d):
             continue
-        rec = json.loads((Path(d) / "config.json").read_text()).get("store_attrs")
+        info = json.loads((Path(d) / "config.json").read_text())
+        check_geometry(Path(d), info)
+        rec = info.get("store_attrs")
         if rec is None:        # trained on features handed in directly (tests, notebooks)
             continue
         diff = [f"{k}: fold has {rec.get(k)!r}, store has {store.attrs.get(k)!r}"
@@ -124,6 +128,17 @@ def check_trained_on(fold_dirs, store) -> None:
             raise DataError(f"{d}: this fold was trained on features of another network than the one "
                             f"that wrote {store.path} ({'; '.join(diff)}); delete the run folder "
                             f"{Path(d).parent} and train again")
+
+
+def check_geometry(d: Path, info: dict) -> None:
+    """DataError unless fold ``d`` (its ``config.json`` record ``info``) was trained on features
+    placed by the current geometry (``geometry_version``, :mod:`dgstudy.backbones.geometry`)."""
+    have = info.get("geometry_version")
+    if have != GEOMETRY_VERSION:
+        raise DataError(f"{d}: this fold was trained on features of geometry version {have} "
+                        f"(this dgstudy places them by version {GEOMETRY_VERSION}: each layer's cells "
+                        "where their receptive fields are); its numbers are outdated: delete the run "
+                        f"folder {Path(d).parent} and train again (make reproduce retrains it)")
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -137,6 +152,7 @@ def load_fold(d) -> tuple[DeepGazeII, TrainConfig, object]:
     if not fold_done(d):
         raise DataError(f"{d}: fold is not finished (config.json or model.pt missing)")
     info = _read_json(d / "config.json")
+    check_geometry(d, info)
     saved = load_checkpoint(d / "model.pt", info.get("model_sha256"))
     model = DeepGazeII(**saved["hparams"])
     model.load_state_dict(saved["state_dict"])

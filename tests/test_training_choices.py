@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dgstudy import ablations, ensemble, evaluation, runs, training
+from dgstudy import ablations, datasets, ensemble, evaluation, runs, training
 from dgstudy.baselines import CenterBias
 from dgstudy.config import StudyConfig, TrainConfig
 from dgstudy.model import DeepGazeII, LayerNorm, make_readout
@@ -60,7 +60,7 @@ def test_flip_batch_mirrors_features_centre_bias_and_fixations(synthetic):
     ds, feats = synthetic
     i = 3
     grid = (H // 2, W // 2)
-    pix = training.fixation_pixels(ds, i, grid)
+    pix = datasets.image_fixation_index(ds, i, grid)
     fx = ds.fixations_of(i)
     # the cell of the mirrored fixation x -> W - x (no fixation sits exactly on a cell border)
     mirrored = (np.floor(fx["y"].to_numpy() * grid[0] / H).astype(int) * grid[1]
