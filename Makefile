@@ -54,6 +54,10 @@ smoke: env
 # committed OSIE outputs change in git only where a result changed.
 # <tag> is the library's (`dgstudy tag`: PROFILE, or PROFILE-BACKBONE for another backbone); the
 # reproduce recipe asks for it and hands it to the sub-make that runs the notebooks.
+# Damage: `dgstudy preflight` runs first and checks every feature store and finished fold the chain
+# uses (dgstudy.repair); a damaged one is moved aside to *.damaged and the executed notebook that
+# makes it gets a 1970 modification time, so this make reruns it and the notebooks after it, which
+# rebuild exactly what was moved aside. With nothing damaged it touches nothing: a rerun does nothing.
 PROFILE_YAML = dgstudy/profiles/$(PROFILE).yaml
 OUT_TAG ?= $(PROFILE)
 OUT_DIR = $(or $(DGSTUDY_RESULTS),results)/$(OUT_TAG)
