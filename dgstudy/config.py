@@ -75,8 +75,9 @@ class TrainConfig:
     lr_milestones: list[int] | None = None   # epochs after which lr *= lr_gamma (None: constant lr)
     lr_gamma: float = 0.5
     flip: bool = False                       # every other batch mirrored: features, fixations, centre bias
-    flip_source: str = "features"            # mirrored batches: the stored features mirrored, or the
-                                             # features of the mirrored 'images' (a store of its own)
+    flip_source: str = "features"            # mirrored batches: the stored features mirrored (the same
+                                             # likelihood: changes nothing but rounding), or the features
+                                             # of the mirrored 'images' (a store of its own)
     init_seed: int = 0                       # an instance: seeds the init and batch order, not the split
     patience: int = 5
     device: str = "cpu"

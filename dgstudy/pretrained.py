@@ -99,12 +99,16 @@ class CenterBiasGrid:
         return cls(ld, size, bw, uw)
 
 
+PATH_KEYS = ("feature_path", "mirror_feature_path")    # kept as file names only in a shipped fold
+
+
 def export(run_dir, out_dir, dataset, why: str, summary_keys=None) -> Path:
     """Write run ``run_dir`` (trained and evaluated: ``metrics.json``) as a shipped model folder.
 
     ``dataset``: the run's data set (the training image size of each fold's centre bias, the
     checksum in the provenance). ``why``: one paragraph on why this run is the shipped one.
-    """
+    Nothing written names a path of this machine (the feature stores by file name only, the data
+    set by name and checksum)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():
@@ -129,6 +133,9 @@ def export(run_dir, out_dir, dataset, why: str, summary_keys=None) -> Path:
         shutil.copy2(d / "model.pt", out_dir / d.name / "model.pt")
         # the fold's record, with its training scale (scale-aware prediction must not need the data set)
         info.setdefault(TRAINING_SCALE_KEY, training_pixel_area(dataset.sizes[np.asarray(info["train_images"])]))
+        for key in PATH_KEYS:          # no path of the machine that trained it ships
+            if info.get(key):
+                info[key] = Path(info[key]).name
         write_json(out_dir / d.name / "config.json", info)
         CenterBiasGrid.from_center_bias(cb, image_size).save(out_dir / d.name / GRID_FILE)
         folds.append({"fold": int(info["fold"]), "image_size": list(image_size), "best_epoch": info.get("best_epoch"),
@@ -139,8 +146,7 @@ def export(run_dir, out_dir, dataset, why: str, summary_keys=None) -> Path:
                             "n_images", "n_fixations"]
     write_json(out_dir / "provenance.json", {
         "name": out_dir.name, "dgstudy_version": __version__, "source_run": run_dir.name, "why": why,
-        "dataset": {"name": dataset.name, "checksum": dataset.checksum, "n_images": len(dataset),
-                    "source": dataset.source},
+        "dataset": {"name": dataset.name, "checksum": dataset.checksum, "n_images": len(dataset)},
         "backbone": {k: (store_attrs or {}).get(k) for k in
                      ("backbone", "architecture", "weights_sha256", "layers", "downsample", "dtype")},
         "train_config": run_cfg,

@@ -273,3 +273,12 @@ def test_stimuli_are_read_as_stored_but_user_images_follow_exif(tmp_path):
     assert stored[:, :10].mean() > 200 and shown[:10].mean() > 200   # band moved to the top
     with pytest.raises(DataError, match="rot.jpg: image is 30x20 px, expected 20x30"):
         read_image(path, expected_size=(30, 20))
+
+
+def test_summary_names_no_folder_of_the_machine():
+    from dgstudy.datasets.core import _without_machine_paths
+    assert _without_machine_paths("workplace mirror /work/shared/datasets/osie") == "workplace mirror .../datasets/osie"
+    assert _without_machine_paths("https://github.com/a/b and /x") == "https://github.com/a/b and /x"
+    ds = datasets.load("synthetic", n_images=3)
+    ds.source = "folder /home/someone/photos/set + fix.csv"
+    assert "/home" not in repr(ds) and ".../photos/set" in repr(ds)

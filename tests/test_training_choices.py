@@ -91,7 +91,12 @@ def test_choices_change_training_and_instance_zero_is_the_old_seed(synthetic, re
     fit = lambda c, seed=0: training.train_fold(c, feats, ds, train, val, cb, seed=seed, progress=False)[1]
     base = fit(cfg)
     assert fit(cfg)["val_LL"].tolist() == base["val_LL"].tolist()          # deterministic
-    for change in (dict(flip=True), dict(l1_layers="first", l1=1e-2), dict(init_seed=1),
+    # mirroring the stored features (with the fixations and the centre bias) leaves the likelihood
+    # of every batch as it is: the readout, resize, blur and softmax commute with the mirror, and the
+    # stacked grid is image-aligned (symmetric), so training is the same up to rounding
+    flipped = fit(small_config(max_epochs=3, folds=3, flip=True))
+    assert np.allclose(flipped["val_LL"], base["val_LL"], atol=1e-4, rtol=0)
+    for change in (dict(l1_layers="first", l1=1e-2), dict(init_seed=1),
                    dict(nonlinearity="softplus_layernorm"), dict(readout_channels=[8, 1])):
         c = small_config(max_epochs=3, folds=3, **change)
         log = fit(c, seed=training.fold_seed(c, 0))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -74,7 +75,7 @@ class FixationDataset:
                  f"{len(self.subjects)} subjects, {self.n_fixations} fixations "
                  f"({self.n_fixations / max(self.n_images, 1):.1f} per image)"]
         if self.source:
-            lines.append(f"  source: {self.source}")
+            lines.append(f"  source: {_without_machine_paths(self.source)}")
         for k, v in self.notes.items():
             if np.isscalar(v) or isinstance(v, str):
                 lines.append(f"  {k}: {v}")
@@ -108,6 +109,12 @@ class FixationDataset:
         return replace(self, stimuli=[self.stimuli[i] for i in images], sizes=self.sizes[images],
                        fixations=fx, checksum="",
                        notes={**self.notes, "parent_images": parent})
+
+
+def _without_machine_paths(text: str) -> str:
+    """``text`` with each absolute path cut to its last two parts (``.../datasets/osie``): a summary
+    printed in a committed notebook names no folder of the machine that ran it."""
+    return re.sub(r"(?<![\w.:/])/(?:[^\s/]+/)*([^\s/]+/[^\s/]+)", r".../\1", text)
 
 
 def content_checksum(stimuli, fixations: pd.DataFrame) -> str:
