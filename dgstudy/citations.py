@@ -17,7 +17,9 @@ text is the number and whose title says where in the file it is::
 Tables are cited whole: a Markdown table between ``<!-- table: PATH -->`` and ``<!-- end table
 -->`` must equal the table in the ``.md`` file PATH (:func:`fill_tables` copies them in).
 
-:func:`check_markdown` returns the problems (an empty list: every citation holds). Paths are
+:func:`check_markdown` returns the problems (an empty list: every citation holds);
+:func:`fill_citations` rewrites every cited number from its file (after a rerun; the prose around
+the numbers is the author's to re-read). Paths are
 relative to ``base`` (for REPORT.md the repository root; for a notebook, the folder its executed
 copy lives in, ``results/<tag>/``).
 """
@@ -94,6 +96,35 @@ def fill_tables(text: str, base: str | Path) -> str:
         lines = _table_lines((Path(base) / m.group("path")).read_text())
         return f"<!-- table: {m.group('path')} -->\n" + "\n".join(lines) + "\n<!-- end table -->"
     return TABLE.sub(fill, text)
+
+
+def _shown(value: float, like: str, pct: bool) -> str:
+    """``value`` written as the cited number ``like`` was: its decimals, a ``+`` if it had one,
+    ``−`` (U+2212) if it used that minus."""
+    if pct:
+        value *= 100
+    decimals = len(like.split(".")[1]) if "." in like else 0
+    text = f"{value:.{decimals}f}"
+    if text.startswith("-") and float(text) == 0:
+        text = text[1:]
+    if text.startswith("-") and "−" in like:
+        text = "−" + text[1:]
+    elif not text.startswith("-") and like.startswith("+"):
+        text = "+" + text
+    return text
+
+
+def fill_citations(text: str, base: str | Path) -> str:
+    """``text`` with every cited number replaced by its file's current value, written as before
+    (:func:`_shown`); a citation whose value cannot be read is left as it is."""
+    def fill(m):
+        try:
+            value = float(_value(Path(base) / m.group("path"), m.group("where")))
+        except (OSError, KeyError, LookupError, ValueError, TypeError):
+            return m.group(0)
+        number = _shown(value, m.group("text"), bool(m.group("pct")))
+        return f"[{number}{m.group('pct') or ''}]({m.group('path')} \"{m.group('where')}\")"
+    return CITATION.sub(fill, text)
 
 
 def citations(text: str) -> list[str]:

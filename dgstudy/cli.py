@@ -147,7 +147,7 @@ def format_table(table, summary) -> str:
 # -- predict ------------------------------------------------------------------------------------
 PREDICT_HELP = """\
 Predict fixation densities with a trained run (the average of its fold models' densities); without
---model, with the model shipped in the package (OSIE, EfficientNet-Lite2: dgstudy.pretrained).
+--model, with the model shipped in the package (OSIE main run, EfficientNet-Lite0: dgstudy.pretrained).
 
 For each IMAGE (a folder stands for the image files in it) writes into --out:
   <stem>.npy   natural-log density over the pixels, float32 (H, W); exp sums to 1

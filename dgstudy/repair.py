@@ -145,7 +145,7 @@ def check(cfg: StudyConfig, dataset, get_backbone: Callable | None = None, log: 
                 damaged_folds.append((d, why, nb))
                 stale.add(nb)
     n_runs = sum(len(c) for c in runs.values())
-    say(f"finished folds of profile {cfg.profile!r}: {rep.folds} of {n_runs} runs checked, "
+    say(f"finished folds of profile {cfg.profile!r}: {rep.folds} folds of {n_runs} runs checked, "
         f"{len(damaged_folds)} damaged")
     for d, why, nb in damaged_folds:
         say(f"  DAMAGED   {d}: {why}; moved aside (model.pt{SUFFIX}, config.json{SUFFIX}) and the run's "

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conftest import REPO
-from dgstudy.citations import check_markdown, citations, fill_tables, notebook_markdown
+from dgstudy.citations import check_markdown, citations, fill_citations, fill_tables, notebook_markdown
 
 REPORT = REPO / "REPORT.md"
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -32,6 +32,17 @@ def test_checker_accepts_correct_citations(files):
             '<!-- end table -->\n')
     assert check_markdown(text, files) == []
     assert citations(text) == ["1.894", "−0.026", "81", "1.91", "82.3", "+2.04"]
+
+
+def test_fill_citations_rewrites_each_number_as_it_was_written(files):
+    text = ('[1.9](t.csv "model=A, metric=IG: value") [+0.1](t.csv "model=A: lo") '
+            '[−0.03](t.csv "model=A: lo") [80 %](t.csv "model=B: value") [2.0](p.json ": m.IG") '
+            '[9](missing.csv "a=b: c")')
+    out = fill_citations(text, files)
+    assert out == ('[1.9](t.csv "model=A, metric=IG: value") [+0.0](t.csv "model=A: lo") '
+                   '[−0.03](t.csv "model=A: lo") [81 %](t.csv "model=B: value") [1.9](p.json ": m.IG") '
+                   '[9](missing.csv "a=b: c")')
+    assert [p for p in check_markdown(out, files) if "missing" not in p] == []
 
 
 @pytest.mark.parametrize("bad, why", [
