@@ -70,37 +70,15 @@ def small_grid(root: Path):
 
 def osie_grid():
     """(dataset, [TrainConfig]) of the osie profile's trainings: the main run (notebook 02) and the
-    layer and centre-bias grids around the reference (notebooks 03, 04)."""
-    from dgstudy import ablations, backbones, features
+    layer and centre-bias grids around the reference (notebooks 03, 04), their stores extracted."""
+    from dgstudy import ablations
     from dgstudy.config import StudyConfig
 
     cfg = StudyConfig.load("osie")
-    t = cfg.train
     ds = ablations.load_dataset(cfg)
-    bb = backbones.get(t.backbone, device=t.device)
-    features.extract(ds, bb, layers=t.layers, downsample=t.downsample, dtype=t.feature_dtype, device=t.device)
-    grid = ablations.layer_grid(bb, cfg.ablation_layers)
-    main = list(t.layers or bb.default_layers)
-    extra = sorted({layer for ls in grid.values() if not set(ls) <= set(main) for layer in ls})
-    extra_store = features.default_store_path(ds, bb, t.downsample, layers=extra, dtype=t.feature_dtype)
-    if extra:
-        features.extract(ds, bb, layers=extra, downsample=t.downsample, dtype=t.feature_dtype, device=t.device,
-                         out=extra_store)
-    main_store = features.default_store_path(ds, bb, t.downsample, layers=t.layers, dtype=t.feature_dtype)
-    cfgs = {t.run: t}
-    if cfg.main_train.run != t.run:
-        ablations.ensure_features(ds, cfg.main_train, bb)
-        cfgs[cfg.main_train.run] = cfg.main_train
-    for cond, layers in grid.items():
-        if list(layers) != main:
-            store = main_store if set(layers) <= set(main) else extra_store
-            c = cfg.with_train(run=f"{t.run}-layers-{cond}", layers=list(layers), feature_path=str(store))
-            cfgs[c.run] = c
-    for cond, overrides in ablations.CENTER_BIAS_CONDITIONS.items():
-        if overrides:
-            c = cfg.with_train(run=f"{t.run}-cb-{cond}", **overrides)
-            cfgs[c.run] = c
-    return ds, list(cfgs.values())
+    ablations.extract_stores(cfg, ds)
+    runs = ablations.profile_runs(cfg, ds)
+    return ds, [t for nb in ("02", "03", "04") for t in runs[nb].values()]
 
 
 def same_folds(a_dirs, b_dirs) -> bool:

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import backbones, baselines, ensemble, features
+from . import backbones, baselines, ensemble, features, grids
 from .backbones.vgg19 import PAPER_LAYERS
 from .config import StudyConfig, TrainConfig
 from .evaluation import evaluate_runs, load_run_metrics
+from .grids import backbone_grid, training_grid
 from .io import DataError
 from .metrics import evaluate
 from .paths import results_dir
@@ -74,32 +75,34 @@ VGG19_GRID = {
 VGG_POOL_STRIDE = 16   # VGG layers finer than conv5 are stored average-pooled onto its grid
 
 
-def layer_grid(backbone, ablation_layers=None, tiny: bool = False) -> dict[str, list[str]]:
+def layer_grid(backbone, ablation_layers=None, size: str = "full", extra=None) -> dict[str, list[str]]:
     """{condition name: layer list} for the layer ablation (the default grids: ``docs/ablations.md``).
 
     ``backbone``: an object with ``.name``, ``.layer_names``, ``.default_layers`` and ``.strides``.
-    ``ablation_layers``: None (the documented default), a list of layer names (one single-layer
-    condition each, plus ``default``), or a dict {name: [layers]} used as given.
-    Every named layer is checked against ``backbone.layer_names``.
+    ``ablation_layers``: None (the documented default grid of ``size``: ``full``, or ``small``:
+    the default set and one other layer), a list of layer names (one single-layer condition each,
+    plus ``default``), or a dict {name: [layers]} used as given. ``extra``: conditions added to
+    the grid, in the same forms (:func:`dgstudy.grids.layer_conditions`). Every named layer is
+    checked against ``backbone.layer_names``.
     """
     default = list(backbone.default_layers)
-    if ablation_layers is not None:
-        if isinstance(ablation_layers, dict):
-            grid = {str(k): list(v) if isinstance(v, (list, tuple)) else [v] for k, v in ablation_layers.items()}
-        else:
-            grid = {str(layer): [layer] for layer in ablation_layers}
-            grid["default"] = default
-    elif tiny:   # for VGG-19 a layer outside the default set, so the pooled store is made too
+    given = grids.layer_conditions("ablation_layers", ablation_layers)
+    if given is not None:
+        grid = given if isinstance(ablation_layers, dict) else {**given, "default": default}
+    elif size == "small":   # for VGG-19 a layer outside the default set, so the pooled store is made too
         single = "conv1_2" if is_vgg(backbone) else _deepest_single(backbone)
         grid = {"default": default, single: [single]}
     elif is_vgg(backbone):
         grid = {k: list(v) for k, v in VGG19_GRID.items()}
     else:
         grid = _stride_grid(backbone)
-    unknown = sorted({layer for ls in grid.values() for layer in ls} - set(backbone.layer_names))
+    grid = grids.with_extra("ablation_layers", grid, grids.layer_conditions("ablation_layers_extra", extra))
+    unknown = {name: sorted(set(ls) - set(backbone.layer_names)) for name, ls in grid.items()}
+    unknown = {name: bad for name, bad in unknown.items() if bad}
     if unknown:
-        raise ValueError(f"backbone {backbone.name!r} has no layers {unknown}; "
-                         f"its layers are {list(backbone.layer_names)}")
+        raise ValueError("; ".join(f"condition {name!r}: backbone {backbone.name!r} has no layers {bad}"
+                                   for name, bad in unknown.items())
+                         + f"; its layers are {list(backbone.layer_names)}")
     return grid
 
 
@@ -124,15 +127,6 @@ def _stride_grid(backbone, min_stride: int = 8) -> dict[str, list[str]]:
     grid = {layers[-1]: [layers[-1]] for _, layers in sorted(groups.items())}
     grid["default"] = list(backbone.default_layers)
     return grid
-
-
-CENTER_BIAS_CONDITIONS = {
-    # name: TrainConfig overrides ({} = the reference run itself)
-    "none": {"center_bias": "none"},
-    "fixed": {"center_bias": "fixed"},
-    "learned": {},
-    "deepgaze1": {"readout": "deepgaze1"},
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,12 +185,16 @@ def profile_runs(cfg: StudyConfig, dataset, get_backbone=None) -> dict[str, dict
     (the main run under 02, the reference under 03, ...). ``get_backbone(name)``: a backbone
     object (default ``backbones.get``; the layer grids need its layers and strides)."""
     get_backbone = get_backbone or (lambda name: _backbone(name, cfg.train.device))
-    grids = [(cfg, get_backbone(cfg.train.backbone), False)]
+    check_conditions({"reference": cfg.train, "main": cfg.main_train,
+                      **{f"ablation_backbones: {n}": t for n, t in backbone_conditions(cfg, backbone_grid(cfg)).items()},
+                      **({"ablation_vgg": vgg_layer_study(cfg, cfg.ablation_vgg).train} if cfg.ablation_vgg else {})},
+                     get_backbone)
+    layer_grids = [(cfg, get_backbone(cfg.train.backbone), False)]
     if cfg.ablation_vgg:
         vcfg = vgg_layer_study(cfg, cfg.ablation_vgg)
-        grids.append((vcfg, get_backbone(vcfg.train.backbone), True))
+        layer_grids.append((vcfg, get_backbone(vcfg.train.backbone), True))
     layer_runs = []
-    for c, bb, vgg in grids:
+    for c, bb, vgg in layer_grids:
         layer_runs += list(layer_conditions(c, profile_layer_grid(c, bb, vgg), dataset, bb)[0].values())
     names = backbone_grid(cfg)
     grid = training_grid(cfg)
@@ -208,6 +206,8 @@ def profile_runs(cfg: StudyConfig, dataset, get_backbone=None) -> dict[str, dict
         "09": [*(training_conditions(cfg, grid).values() if len(grid) > 1 else []),
                *(t for _, _, inst, n in instance_sets(cfg) for t in instance_conditions(inst, n).values())],
     }
+    for nb, cfgs in by_notebook.items():
+        check_conditions({f"notebook {nb}: {t.run}": t for t in cfgs}, get_backbone)
     seen, out = set(), {}
     for nb, cfgs in by_notebook.items():
         out[nb] = {}
@@ -227,8 +227,8 @@ def feature_stores(cfg: StudyConfig, dataset, get_backbone=None) -> dict[Path, t
     get_backbone = get_backbone or (lambda name: _backbone(name, cfg.train.device))
     runs = profile_runs(cfg, dataset, get_backbone)
     extra = []
-    grids = [(cfg, False)] + ([(vgg_layer_study(cfg, cfg.ablation_vgg), True)] if cfg.ablation_vgg else [])
-    for c, vgg in grids:
+    layer_grids = [(cfg, False)] + ([(vgg_layer_study(cfg, cfg.ablation_vgg), True)] if cfg.ablation_vgg else [])
+    for c, vgg in layer_grids:
         bb = get_backbone(c.train.backbone)
         extra_store = layer_conditions(c, profile_layer_grid(c, bb, vgg), dataset, bb)[1]
         if extra_store is not None:
@@ -258,6 +258,25 @@ def extract_stores(cfg: StudyConfig, dataset, stores=None, progress: bool = True
             for spec in sorted(specs, key=lambda s: first[s.backbone])]   # stable: one backbone at a time
 
 
+def check_conditions(cfgs: dict[str, TrainConfig], get_backbone=None) -> None:
+    """GridError naming the condition and its run unless every condition's backbone is registered
+    and its layers (if given) are layers of that backbone; the values themselves were checked when
+    the profile was loaded (``StudyConfig.load``). ``get_backbone(name)``: default ``backbones.get``
+    (cached)."""
+    known = backbones.available()
+    for cond, t in cfgs.items():
+        if t.backbone not in known:
+            raise grids.GridError(f"condition {cond!r} (run {t.run!r}): backbone {t.backbone!r} is not one of "
+                                  f"{', '.join(known)}")
+    for cond, t in cfgs.items():
+        if t.layers:
+            names = (get_backbone or (lambda n: _backbone(n, t.device)))(t.backbone).layer_names
+            unknown = sorted(set(t.layers) - set(names))
+            if unknown:
+                raise grids.GridError(f"condition {cond!r} (run {t.run!r}): backbone {t.backbone!r} has no "
+                                      f"layers {unknown}; its layers are {list(names)}")
+
+
 def train_conditions(cfgs: dict[str, TrainConfig], dataset=None) -> dict[str, Path]:
     """Train (or resume / reuse) every condition's run, all folds submitted at once
     (``training.train_runs``); {condition: run folder}. Conditions sharing a run train it once."""
@@ -272,9 +291,14 @@ def load_dataset(cfg: StudyConfig):
 
 
 def profile_layer_grid(cfg: StudyConfig, backbone, vgg: bool = False) -> dict[str, list[str]]:
-    """Notebook 03's layer grid for ``cfg`` on ``backbone``: the profile's ``ablation_layers`` (for
-    the VGG-19 grid beside it, ``vgg=True``: the VGG default), short for the smoke profile."""
-    return layer_grid(backbone, None if vgg else cfg.ablation_layers, tiny=cfg.profile == "smoke")
+    """Notebook 03's layer grid for ``cfg`` on ``backbone``: the profile's ``ablation_layers`` and
+    ``ablation_layers_extra`` (for the VGG-19 grid beside it, ``vgg=True``: ``ablation_vgg_layers``
+    and ``ablation_vgg_layers_extra``), the default grids as large as ``ablation_size``."""
+    key = "ablation_vgg_layers" if vgg else "ablation_layers"
+    try:
+        return layer_grid(backbone, getattr(cfg, key), cfg.ablation_size, getattr(cfg, f"{key}_extra"))
+    except ValueError as e:
+        raise grids.GridError(f"{key}: {e}") from None
 
 
 def layer_conditions(cfg: StudyConfig, grid: dict[str, list[str]], dataset, backbone
@@ -334,21 +358,22 @@ def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=Non
 
 
 def center_bias_conditions(cfg: StudyConfig, conditions: dict | None = None) -> dict[str, TrainConfig]:
-    """{condition: its run's configuration} of :func:`run_center_bias_ablation`."""
+    """{condition: its run's configuration} of :func:`run_center_bias_ablation` (``conditions``:
+    {condition: TrainConfig changes}, default the profile's grid, :func:`dgstudy.grids.center_bias_grid`);
+    the condition without changes is the reference run, the others ``<run>-cb-<condition>``."""
     cfgs = {}
-    for cond, overrides in (conditions or CENTER_BIAS_CONDITIONS).items():
+    for cond, overrides in (grids.center_bias_grid(cfg) if conditions is None else conditions).items():
         run = cfg.train.run if not overrides else f"{cfg.train.run}-cb-{cond}"
         cfgs[cond] = cfg.with_train(run=run, **overrides)
     return cfgs
 
 
 def run_center_bias_ablation(cfg: StudyConfig, conditions: dict | None = None) -> dict:
-    """Train the centre-bias / readout conditions; returns {condition: run directory}.
-
-    ``learned`` (no overrides) is the reference run itself.
-    """
+    """Train the centre-bias / readout conditions (:func:`center_bias_conditions`); returns
+    {condition: run directory}. The condition without changes is the reference run itself."""
     dataset = load_dataset(cfg)
     cfgs = center_bias_conditions(cfg, conditions)
+    check_conditions(cfgs)
     for t in cfgs.values():
         ensure_features(dataset, t)
     return train_conditions(cfgs, dataset=dataset)
@@ -383,31 +408,6 @@ def committed_vgg_table(profile: str) -> tuple[pd.DataFrame, str, str]:
 
 
 # -- training choices ------------------------------------------------------------------------
-TRAINING_CONDITIONS = {
-    # name: TrainConfig overrides of the reference run (the default grid; docs/ablations.md)
-    "ds1": {"downsample": 1},
-    "flip": {"flip": True},
-    "flip_images": {"flip": True, "flip_source": "images"},
-    "l1_first": {"l1_layers": "first"},
-    "adam_step": {"lr": 0.001, "lr_milestones": [3, 6, 9, 12, 15, 18, 21, 24]},
-    "softplus_ln": {"nonlinearity": "softplus_layernorm"},
-}
-
-
-def training_grid(cfg: StudyConfig) -> dict[str, dict]:
-    """{condition: TrainConfig overrides of the reference run}: ``default`` (the reference run, no
-    overrides), the profile's ``ablation_training`` (None: :data:`TRAINING_CONDITIONS`) and, when
-    the profile has ``main`` overrides that no condition has already, ``main``."""
-    grid = TRAINING_CONDITIONS if cfg.ablation_training is None else cfg.ablation_training
-    unknown = sorted({k for v in grid.values() for k in v} - {f.name for f in dataclasses.fields(TrainConfig)})
-    if unknown:
-        raise KeyError(f"ablation_training: {unknown} are not TrainConfig keys")
-    grid = {"default": {}, **{str(k): dict(v) for k, v in grid.items()}}
-    if cfg.main and dict(cfg.main) not in grid.values():
-        grid["main"] = dict(cfg.main)
-    return grid
-
-
 def run_training_ablation(cfg: StudyConfig, grid: dict[str, dict] | None = None, dataset=None) -> dict:
     """Train every condition of ``grid`` (default :func:`training_grid`) as ``<run>-train-<name>``
     (``default`` is the reference run; the condition equal to the profile's ``main`` overrides is
@@ -415,6 +415,7 @@ def run_training_ablation(cfg: StudyConfig, grid: dict[str, dict] | None = None,
     ``downsample``, or the mirrored images' features); returns {condition: run directory}."""
     dataset = dataset or load_dataset(cfg)
     cfgs = training_conditions(cfg, grid)
+    check_conditions(cfgs)
     for t in cfgs.values():
         ensure_features(dataset, t)
     return train_conditions(cfgs, dataset=dataset)
@@ -524,12 +525,6 @@ def validation_scores(runs: dict) -> pd.DataFrame:
 
 
 # -- backbones -------------------------------------------------------------------------------------
-def backbone_grid(cfg: StudyConfig) -> list[str]:
-    """The backbones compared: the reference's first, then the profile's ``ablation_backbones``."""
-    others = [b for b in cfg.ablation_backbones if b != cfg.train.backbone]
-    return [cfg.train.backbone, *others]
-
-
 def fold_table(runs: dict) -> pd.DataFrame:
     """One row per (condition, test fold) of evaluated runs ({condition: run folder}): the fold's
     test IG (bit/fix over the centre bias) and its ratio to the run's median fold."""
@@ -563,6 +558,7 @@ def run_backbone_ablation(cfg: StudyConfig, names, dataset=None) -> dict:
     directory}. The reference backbone's condition is the reference run itself (with its layers)."""
     dataset = dataset or load_dataset(cfg)
     cfgs = backbone_conditions(cfg, names)
+    check_conditions(cfgs)
     for t in cfgs.values():
         ensure_features(dataset, t)
     return train_conditions(cfgs, dataset=dataset)

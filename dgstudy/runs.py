@@ -21,6 +21,7 @@ import dataclasses
 
 import inspect
 import json
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,10 @@ def _train_defaults() -> dict:
 
 
 def check_run_config(run_dir: Path, cfg: TrainConfig) -> None:
-    """Write the run's config.json, or ValueError if the run was started with other settings."""
+    """Write the run's config.json, or ValueError if the run was started with other settings and
+    has a finished fold. A run started with other settings that finished no fold (e.g. one that
+    failed on a typo) is replaced: its unfinished folds are removed and the new settings written,
+    with a warning that says so."""
     path = run_dir / "config.json"
     new = cfg.to_dict()
     if path.exists():
@@ -102,11 +106,17 @@ def check_run_config(run_dir: Path, cfg: TrainConfig) -> None:
         # a setting added to TrainConfig after the run started is the same setting at its default
         old = {**{k: v for k, v in _train_defaults().items() if k not in old}, **old}
         diff = {k for k in (set(old) | set(new)) - set(RUNTIME_KEYS) if old.get(k) != new.get(k)}
-        if diff:
-            raise ValueError(f"{path}: this run was started with different settings ({sorted(diff)}); "
-                             "choose another run name or delete the folder")
-    else:
-        write_json(path, new)
+        if not diff:
+            return
+        folds = sorted(Path(run_dir).glob("fold_*"))
+        if any(fold_done(d) for d in folds):
+            raise ValueError(f"{path}: this run was started with different settings ({sorted(diff)}) and has "
+                             "finished folds; choose another run name or delete the folder")
+        for d in folds:
+            shutil.rmtree(d)
+        warnings.warn(f"{run_dir}: replaced a run started with other settings ({sorted(diff)}) that had "
+                      "finished no fold", stacklevel=2)
+    write_json(path, new)
 
 
 def check_trained_on(fold_dirs, store) -> None:

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from conftest import REPO
-from dgstudy import ablations, cli, figures, report, runs, statistics
+from dgstudy import ablations, cli, figures, grids, report, runs, statistics
 from dgstudy.backbones.vgg19 import PAPER_LAYERS
 from dgstudy.config import StudyConfig
 from dgstudy.io import DataError
@@ -171,7 +171,7 @@ def test_layer_grids():
     assert all(g[b] == [b] for b in blocks) and len(g) == 11
     assert [vgg.strides[b] for b in blocks] == [1, 2, 4, 8, 16]
     assert all(vgg.strides[layer] <= ablations.VGG_POOL_STRIDE for ls in g.values() for layer in ls)
-    assert ablations.layer_grid(vgg, tiny=True) == {"default": PAPER_LAYERS, "conv1_2": ["conv1_2"]}
+    assert ablations.layer_grid(vgg, size="small") == {"default": PAPER_LAYERS, "conv1_2": ["conv1_2"]}
     vs = ablations.vgg_layer_study(StudyConfig.load("osie_extended"), "vgg19_random")
     assert vs.train.run == "osie-vgg19_random" and vs.train.backbone == "vgg19_random" and vs.train.layers is None
     with pytest.raises(ValueError, match="not a VGG"):
@@ -216,9 +216,9 @@ def test_config_and_output_tag(monkeypatch, tmp_path, capsys):
         with pytest.raises(KeyError, match="main"):
             StudyConfig.load("smoke", main=bad)
     # the training grid holds the main changes as a condition (named `main` unless one has them)
-    assert ablations.training_grid(smoke)["ds1"] == smoke.main and "main" not in ablations.training_grid(smoke)
+    assert grids.training_grid(smoke)["ds1"] == smoke.main and "main" not in grids.training_grid(smoke)
     other_main = StudyConfig.load("smoke", main={"l1": 0.001})
-    assert ablations.training_grid(other_main)["main"] == {"l1": 0.001}
+    assert grids.training_grid(other_main)["main"] == {"l1": 0.001}
     # instances: the main run's, and the reference's when it is another run (their own count)
     sets = ablations.instance_sets(StudyConfig.load("smoke", reference_instances=3))
     assert [(name, stem, t.run, n) for name, stem, t, n in sets] == [
@@ -232,7 +232,7 @@ def test_config_and_output_tag(monkeypatch, tmp_path, capsys):
     # backbone runs: the main run's name with the backbone swapped
     assert ablations.backbone_run_name(osie, "vgg19_random") == "osie-vgg19_random"
     assert ablations.backbone_run_name(osie, "efficientnet_lite0") == "osie-efficientnet_lite0"
-    assert ablations.backbone_grid(ext) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+    assert grids.backbone_grid(ext) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
                                             "vgg19_random"]
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dgstudy import ablations, datasets, ensemble, evaluation, runs, training
+from dgstudy import ablations, datasets, ensemble, evaluation, grids, runs, training
 from dgstudy.baselines import CenterBias
 from dgstudy.config import StudyConfig, TrainConfig
 from dgstudy.model import DeepGazeII, LayerNorm, make_readout
@@ -114,17 +114,33 @@ def test_a_run_started_before_a_setting_existed_resumes(results_root):
         del old[key]
     (d / "config.json").write_text(json.dumps(old))
     runs.check_run_config(d, cfg)                                # same settings: accepted
+    fold = d / "fold_00"
+    fold.mkdir()
+    (fold / "config.json").write_text("{}")
+    (fold / "model.pt").write_bytes(b"")                         # a finished fold
     with pytest.raises(ValueError, match="flip"):
         runs.check_run_config(d, small_config(run="old-run", flip=True))
+
+
+def test_a_run_with_other_settings_and_no_finished_fold_is_replaced(results_root):
+    # e.g. a condition that failed on its first fold: rerunning it corrected needs no rm -r
+    d = results_root / "typo-run"
+    runs.check_run_config(d.mkdir(parents=True) or d, small_config(run="typo-run", lr=0.5))
+    (d / "fold_00").mkdir()
+    (d / "fold_00" / "log.csv").write_text("epoch\n")             # started, not finished
+    with pytest.warns(UserWarning, match=r"replaced a run started with other settings \(\['lr'\]\)"):
+        runs.check_run_config(d, small_config(run="typo-run", lr=0.01))
+    assert not (d / "fold_00").exists()
+    assert json.loads((d / "config.json").read_text())["lr"] == 0.01
 
 
 def test_training_grid_and_instances(synthetic, results_root):
     ds, feats = synthetic
     cfg = StudyConfig.load("smoke")
-    grid = ablations.training_grid(cfg)
+    grid = grids.training_grid(cfg)
     assert grid["default"] == {} and set(grid) > {"default"}
-    with pytest.raises(KeyError, match="not TrainConfig keys"):
-        ablations.training_grid(StudyConfig.load("smoke", ablation_training={"x": {"flipp": True}}))
+    with pytest.raises(ValueError, match="ablation_training: condition 'x': .'flipp'. are not TrainConfig keys"):
+        StudyConfig.load("smoke", ablation_training={"x": {"flipp": True}})
     # instances: the same split, other seeds; their average is scored like a run
     base = small_config(max_epochs=3, run="inst")
     folders = training.train_runs([base, small_config(max_epochs=3, run="inst-init1", init_seed=1)],
