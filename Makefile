@@ -6,9 +6,11 @@ SHELL := bash
 PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
+# A profile's name (dgstudy/profiles/<name>.yaml) or the path of a YAML file of your own (README)
 PROFILE ?= paper
 BACKBONE ?=
-# Other profile keys to change, as YAML mapping entries, e.g. OVERRIDES="device: cuda, seed: 1"
+# Other profile keys to change, as YAML mapping entries, e.g. OVERRIDES="device: cuda, seed: 1".
+# With overrides the outputs go to results/<profile>+<hash>/ (`dgstudy tag`), never the profile's own.
 OVERRIDES ?=
 # Extra papermill arguments. The default shows every cell's output in the terminal as it runs
 # (progress bars of extraction, training and evaluation refresh every TQDM_MININTERVAL seconds).
@@ -20,13 +22,15 @@ export TQDM_MININTERVAL ?= 10
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 STAMP := $(VENV)/.dgstudy-installed
+# written when this Makefile creates $(VENV): `make lab` installs only into an environment it built
+MADE  := $(VENV)/.dgstudy-made
 
 .PHONY: help env test smoke reproduce clean distclean bench lab
 help:
 	@echo "make env        build .venv (idempotent)"
 	@echo "make test       run the test suite (includes the smoke chain of notebooks)"
 	@echo "make smoke      the whole notebook chain at toy scale (CPU, offline, < 5 min)"
-	@echo "make reproduce  the whole study (PROFILE=paper|osie|osie_extended|smoke, BACKBONE=..., OVERRIDES=...)"
+	@echo "make reproduce  the whole study (PROFILE=paper|osie|osie_extended|smoke|path.yaml, BACKBONE=..., OVERRIDES=...)"
 	@echo "make bench      run the benchmarks in benchmarks/"
 	@echo "make lab        JupyterLab on notebooks/ with this environment as the kernel (LAB_ARGS=...)"
 	@echo "make clean      remove results and figures; distclean also removes .venv and data caches"
@@ -34,7 +38,7 @@ help:
 env: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { $(PYTHON) -m venv $(VENV) && touch $(MADE); }
 	@if [ -n "$(strip $(TORCH_SPEC))" ]; then echo "installing $(TORCH_SPEC)"; $(PY) -m pip install -q $(TORCH_SPEC); fi
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
@@ -52,13 +56,16 @@ smoke: env
 # failed or interrupted notebook never counts as up to date; the failed copy keeps the error. The
 # finished copy is cleaned of what changes between identical runs (`dgstudy clean-notebook`), so the
 # committed OSIE outputs change in git only where a result changed.
-# <tag> is the library's (`dgstudy tag`: PROFILE, or PROFILE-BACKBONE for another backbone); the
-# reproduce recipe asks for it and hands it to the sub-make that runs the notebooks.
+# <tag> is the library's (`dgstudy tag`: the profile's name, -BACKBONE for another backbone,
+# +<hash> for other overrides); the reproduce recipe asks for it, and for the profile's YAML files
+# (`dgstudy tag --files`: the file and those it `extends`), and hands both to the sub-make that runs
+# the notebooks.
 # Damage: `dgstudy preflight` runs first and checks every feature store and finished fold the chain
 # uses (dgstudy.repair); a damaged one is moved aside to *.damaged and the executed notebook that
 # makes it gets a 1970 modification time, so this make reruns it and the notebooks after it, which
 # rebuild exactly what was moved aside. With nothing damaged it touches nothing: a rerun does nothing.
-PROFILE_YAML = dgstudy/profiles/$(PROFILE).yaml
+PROFILE_YAML = $(if $(or $(findstring /,$(PROFILE)),$(filter %.yaml %.yml,$(PROFILE))),$(PROFILE),dgstudy/profiles/$(PROFILE).yaml)
+PROFILE_FILES ?= $(PROFILE_YAML)
 OUT_TAG ?= $(PROFILE)
 OUT_DIR = $(or $(DGSTUDY_RESULTS),results)/$(OUT_TAG)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
@@ -66,18 +73,18 @@ DGSTUDY_SOURCES := $(wildcard dgstudy/*.py dgstudy/*/*.py)
 comma := ,
 OVERRIDE_MAP = {$(OVERRIDES)$(if $(BACKBONE),$(if $(strip $(OVERRIDES)),$(comma) )backbone: $(BACKBONE))}
 PAPERMILL_FLAGS = -p profile $(PROFILE) -y "overrides: $(OVERRIDE_MAP)" --cwd $(CURDIR) -k python3 $(PAPERMILL_ARGS)
-PROFILE_ARGS = --profile $(PROFILE) $(if $(BACKBONE),--backbone $(BACKBONE))
+PROFILE_ARGS = --profile $(PROFILE) --overrides "$(OVERRIDE_MAP)"
 
 reproduce: env
-	@test -f $(PROFILE_YAML) || { echo "unknown PROFILE=$(PROFILE): no $(PROFILE_YAML)"; exit 2; }
+	@test -f $(PROFILE_YAML) || { echo "unknown PROFILE=$(PROFILE): no file $(PROFILE_YAML) (a name in dgstudy/profiles/ or a YAML file's path)"; exit 2; }
 	$(PY) -m dgstudy preflight --download $(PROFILE_ARGS)
-	@tag=$$($(PY) -m dgstudy tag $(PROFILE_ARGS)); \
-	  $(MAKE) --no-print-directory notebooks PROFILE=$(PROFILE) BACKBONE=$(BACKBONE) OUT_TAG=$$tag && \
+	@tag=$$($(PY) -m dgstudy tag $(PROFILE_ARGS)) && files=$$($(PY) -m dgstudy tag --files $(PROFILE_ARGS)) && \
+	  $(MAKE) --no-print-directory notebooks PROFILE=$(PROFILE) BACKBONE=$(BACKBONE) OUT_TAG=$$tag PROFILE_FILES="$$files" && \
 	  echo "done: executed notebooks in $(or $(DGSTUDY_RESULTS),results)/$$tag/, figures in $(or $(DGSTUDY_FIGURES),figures)/$$tag/"
 
 # one rule per notebook, each depending on the one before it
 define NOTEBOOK_RULE
-$(OUT_DIR)/$(notdir $(1)): $(1) $(PROFILE_YAML) $(DGSTUDY_SOURCES) $(2)
+$(OUT_DIR)/$(notdir $(1)): $(1) $(PROFILE_FILES) $(DGSTUDY_SOURCES) $(2)
 	@mkdir -p $$(@D)
 	@rm -f $$@
 	@echo "== $$< -> $$@"
@@ -92,8 +99,21 @@ $(foreach nb,$(NOTEBOOKS),$(eval $(call NOTEBOOK_RULE,$(nb),$(if $(prev),$(OUT_D
 notebooks: $(addprefix $(OUT_DIR)/,$(notdir $(NOTEBOOKS)))
 
 # The notebooks' kernel "python3" is the interpreter of the Jupyter that runs them: here the .venv's.
+# An environment this Makefile did not create (VENV=<yours>) is used as it is: nothing is installed
+# into it. (A .venv from before $(MADE) existed counts as ours when make installed into it.)
 LAB_ARGS ?=
-lab: env
+lab:
+	@if [ ! -x $(PY) ] || [ -e $(MADE) ] || { [ "$(VENV)" = .venv ] && [ -e $(STAMP) ]; }; then \
+	  $(MAKE) --no-print-directory env; \
+	else \
+	  echo "make lab: $(VENV) was not built by this Makefile, so nothing is installed into it."; \
+	  if [ ! -x $(VENV)/bin/jupyter ]; then \
+	    echo "It has no JupyterLab. Install dgstudy and JupyterLab into it yourself ($(PY) -m pip install -e '.[test]'),"; \
+	    echo "then start it with: $(VENV)/bin/jupyter lab --notebook-dir=notebooks (or: make lab VENV=$(VENV))"; \
+	    exit 2; \
+	  fi; \
+	  echo "Starting its JupyterLab as it is: $(VENV)/bin/jupyter lab --notebook-dir=notebooks"; \
+	fi
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 bench: env

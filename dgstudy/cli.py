@@ -8,7 +8,7 @@
 ``dgstudy serve [--model RUN]``  the web service: a page and an HTTP API for one image at a time
 ``dgstudy preflight --profile osie``  are the profile's data and weights there, are its stores and folds
   intact (damaged ones moved aside to be rebuilt)? (make reproduce)
-``dgstudy tag --profile osie``  the folder of the profile's tables and figures (the Makefile's)
+``dgstudy tag --profile osie``  the folder of the profile's tables and figures (the Makefile's; ``--files``: its YAML files)
 ``dgstudy clean-notebook NB...``  strip volatile content from executed notebooks (the Makefile's)
 """
 from __future__ import annotations
@@ -20,19 +20,28 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
+import yaml
 
-from . import backbones, datasets, notebook_clean
-from .baselines import CenterBias, GoldStandard, Uniform
-from .config import StudyConfig
-from .imageio import expand_image_args
+from . import notebook_clean
+from .config import StudyConfig, profile_files
+from .grids import backbone_grid
 from .io import DataError, atomic_path, write_json
-from .metrics import MAIN_AVERAGE, evaluate
 from .paths import results_dir
-from .predict import load_model, parse_scale
-from .predict_files import predict_images
 
-TABLE_METRICS = tuple(MAIN_AVERAGE)
+# The modules that load torch (and scipy) are imported by the commands that use them, so that the
+# Makefile's `dgstudy tag` and `dgstudy preflight --no-check` answer in a fraction of a second.
+
+
+def load_model(*args, **kwargs):
+    """:func:`dgstudy.predict.load_model` (imported when first called)."""
+    from .predict import load_model as load
+    return load(*args, **kwargs)
+
+
+def parse_scale(text: str):
+    """:func:`dgstudy.predict.parse_scale` (imported when first called)."""
+    from .predict import parse_scale as parse
+    return parse(text)
 
 
 # -- baselines ------------------------------------------------------------------------------------
@@ -67,11 +76,18 @@ def _load_folder(args: argparse.Namespace, n_images=None):
     """The folder data set of --images/--fixations; DataError if only one is given."""
     if bool(args.images) != bool(args.fixations):
         raise DataError("give both --images DIR and --fixations CSV (a folder data set)")
+    from . import datasets
     return datasets.load("folder", n_images=n_images, images=args.images, fixations=args.fixations,
                          unknown_images=args.unknown_images)
 
 
 def run_baselines_command(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from . import datasets
+    from .baselines import CenterBias, GoldStandard, Uniform
+    from .metrics import MAIN_AVERAGE, evaluate
+
     t0 = time.perf_counter()
     if args.images or args.fixations:
         try:
@@ -108,7 +124,7 @@ def run_baselines_command(args: argparse.Namespace) -> int:
                                       kernel_size=args.kernel_size, progress=True)
         timings[f"evaluate_{name}_s"] = time.perf_counter() - t
         results[name] = summary
-        rows.append({"model": name, **{m: summary[m] for m in TABLE_METRICS}})
+        rows.append({"model": name, **{m: summary[m] for m in MAIN_AVERAGE}})
         with atomic_path(out / f"per_image_{name}.csv") as tmp:
             per_image.to_csv(tmp, index=False)
         print(f"  evaluated {name} [{timings[f'evaluate_{name}_s']:.1f} s]")
@@ -213,6 +229,9 @@ def _scale_argument(p: argparse.ArgumentParser) -> None:
 
 def run_predict_command(args: argparse.Namespace) -> int:
     """The ``dgstudy predict`` handler; returns the exit status."""
+    from .imageio import expand_image_args
+    from .predict_files import predict_images
+
     images = expand_image_args(args.images)
     if not images:
         print("dgstudy predict: no images found", file=sys.stderr)
@@ -242,11 +261,13 @@ def run_predict_command(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-SUMMARY_KEYS = ("n_images", "n_fixations", *(m for m in MAIN_AVERAGE if m != "explained_IG"))
+def format_summary(summary: dict, keys: Sequence[str] | None = None) -> str:
+    """The headline metrics as a text table (LL, IG in bits/fixation; averages as in metrics.py);
+    ``keys`` default: the counts and :data:`dgstudy.metrics.MAIN_AVERAGE` without explained IG."""
+    from .metrics import MAIN_AVERAGE
 
-
-def format_summary(summary: dict, keys: Sequence[str] = SUMMARY_KEYS) -> str:
-    """The headline metrics as a text table (LL, IG in bits/fixation; averages as in metrics.py)."""
+    if keys is None:
+        keys = ("n_images", "n_fixations", *(m for m in MAIN_AVERAGE if m != "explained_IG"))
     conv = summary.get("conventions", {}) if isinstance(summary.get("conventions"), dict) else {}
     lines = [f"  {'metric':<12} {'value':>10}  average"]
     for k in keys:
@@ -295,6 +316,7 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
 def run_evaluate_command(args: argparse.Namespace) -> int:
     """The ``dgstudy evaluate`` handler; returns the exit status."""
     from . import transfer
+    from .metrics import MAIN_AVERAGE
 
     try:
         ds = _load_folder(args)
@@ -375,6 +397,8 @@ def preflight(cfg: StudyConfig, download: bool = False, check: bool = False, log
     moving damaged ones aside so that the chain rebuilds them (:func:`dgstudy.repair.check`; each
     with a line through ``log``).
     """
+    from . import backbones, datasets
+
     t = cfg.train
     problems = []
     dataset = None
@@ -383,7 +407,7 @@ def preflight(cfg: StudyConfig, download: bool = False, check: bool = False, log
     except Exception as e:  # noqa: BLE001 -- reported, with the loader's message
         problems.append(f"dataset {t.dataset!r}: {type(e).__name__}: {e}")
     built = {}
-    for name in dict.fromkeys([t.backbone, *cfg.ablation_backbones, *([cfg.ablation_vgg] if cfg.ablation_vgg else [])]):
+    for name in dict.fromkeys([*backbone_grid(cfg), *([cfg.ablation_vgg] if cfg.ablation_vgg else [])]):
         try:
             try:
                 built[name] = backbones.get(name, download=download)
@@ -411,8 +435,30 @@ OFFLINE_STUDY = "make reproduce PROFILE=osie"
 
 
 def _profile_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="paper", help="profile name (dgstudy/profiles/<name>.yaml)")
+    p.add_argument("--profile", default="paper",
+                   help="a profile's name (dgstudy/profiles/<name>.yaml) or a YAML file's path")
     p.add_argument("--backbone", default=None, help="another backbone than the profile's")
+    p.add_argument("--overrides", default=None, metavar="YAML",
+                   help="other profile keys to change, as a YAML mapping (the notebooks' `overrides` "
+                        "parameter), e.g. '{seed: 1, ablation_layers_extra: {block5: [block5]}}'")
+
+
+def _load_profile(args: argparse.Namespace) -> StudyConfig:
+    """The profile of ``--profile`` with ``--overrides`` and ``--backbone``; SystemExit(2) with the
+    loader's message (which names the file, key and condition) when it does not load."""
+    try:
+        overrides = yaml.safe_load(args.overrides) if args.overrides else {}
+        if overrides is None:
+            overrides = {}
+        if not isinstance(overrides, dict):
+            raise ValueError(f"--overrides: expected a YAML mapping, got {args.overrides!r}")
+        if args.backbone:
+            overrides["backbone"] = args.backbone
+        return StudyConfig.load(args.profile, **overrides)
+    except (KeyError, ValueError, yaml.YAMLError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"dgstudy {args.command}: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def add_preflight_command(subparsers) -> argparse.ArgumentParser:
@@ -433,13 +479,13 @@ def add_preflight_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_preflight_command(args: argparse.Namespace) -> int:
-    problems = preflight(StudyConfig.load(args.profile, backbone=args.backbone or None), download=args.download,
-                         check=not args.no_check)
+    cfg = _load_profile(args)
+    problems = preflight(cfg, download=args.download, check=not args.no_check)
     if problems:
         print(f"preflight for profile {args.profile!r} FAILED:", file=sys.stderr)
         for prob in problems:
             print(f"  - {prob}", file=sys.stderr)
-        if args.profile not in OFFLINE_PROFILES:
+        if cfg.profile not in OFFLINE_PROFILES:
             print(f"Without a network, the study that runs here is: {OFFLINE_STUDY}", file=sys.stderr)
         return 1
     print(f"preflight for profile {args.profile!r}: data and weights found")
@@ -449,12 +495,15 @@ def run_preflight_command(args: argparse.Namespace) -> int:
 def add_tag_command(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("tag", help="print the folder name of a profile's tables and figures")
     _profile_arguments(p)
+    p.add_argument("--files", action="store_true",
+                   help="print the profile's YAML files instead (itself, then those it extends)")
     p.set_defaults(func=run_tag_command)
     return p
 
 
 def run_tag_command(args: argparse.Namespace) -> int:
-    print(StudyConfig.load(args.profile, backbone=args.backbone or None).output_tag)
+    cfg = _load_profile(args)
+    print(" ".join(map(str, profile_files(cfg.source))) if args.files else cfg.output_tag)
     return 0
 
 
