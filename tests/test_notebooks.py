@@ -8,11 +8,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shlex
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import REPO
 
@@ -87,7 +93,7 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     assert len(layers) >= 2 and np.isfinite(layers.IG).all()
     assert (layers.IG_lo <= layers.IG + 1e-12).all() and (layers.IG <= layers.IG_hi + 1e-12).all()
     cb = pd.read_csv(out / "ablation_centerbias.csv").set_index("condition")
-    assert list(cb.index) == ["centre bias alone", "none", "fixed", "learned", "DeepGaze I"]
+    assert list(cb.index) == ["centre bias alone", "none", "fixed", "learned", "deepgaze1"]
     assert cb.loc["centre bias alone", "IG"] == pytest.approx(0.0, abs=1e-9)
     assert cb.loc["centre bias alone", "LL"] > 0          # the centre bias beats a uniform density
     assert np.isfinite(cb.IG).all()
@@ -166,6 +172,7 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     assert str(REPO) not in text and "start_time" not in text and "stderr" not in text
 
     check_damage_is_repaired(cfg, stores, main_store, out, params)
+    check_worked_examples(tmp_path, results, figures)
 
 
 def check_damage_is_repaired(cfg, stores, store, out, params):
@@ -222,6 +229,70 @@ def check_damage_is_repaired(cfg, stores, store, out, params):
     assert json.loads((fold / "config.json").read_text())["model_sha256"] == model_sha  # the same fold
     assert {d: (d / "config.json").stat().st_mtime_ns for d in others} == others        # only that fold
     assert (run_dir / "metrics.json").exists()
+
+# docs/ablations.md "Add a condition": (table, new condition, its run) of each worked example
+WORKED_EXAMPLES = [("ablation_layers", "block5", "smoke-efficientnet_lite0-layers-block5"),
+                   ("ablation_centerbias", "dg1_none", "smoke-efficientnet_lite0-cb-dg1_none"),
+                   ("ablation_training", "l1_strong", "smoke-efficientnet_lite0-train-l1_strong")]
+
+
+def _files(*folders):
+    return {p: p.read_bytes() for d in folders for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def check_worked_examples(tmp_path, results, figures):
+    """On the finished smoke chain, each worked example of docs/ablations.md "Add a condition" is run
+    as its command is written there: it trains only its new condition (every other fold of every
+    run untouched), the condition is in its table with a paired interval, the table and figure go
+    to results/ and figures/ smoke+<hash>/, the profile's own outputs stay byte for byte, and the
+    other conditions' numbers are the profile's. The doc's parameters cell gives the same
+    parameters as its command."""
+    from dgstudy.config import StudyConfig
+
+    section = (REPO / "docs" / "ablations.md").read_text().split("## Add a condition", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(papermill [^\n]+)\n```", section)
+    cells = re.findall(r"```python\n(.+?)\n```", section, re.S)
+    assert len(commands) == len(cells) == len(WORKED_EXAMPLES), section
+    work = tmp_path / "work"            # the commands' cwd: a checkout's notebooks/ and results/
+    (work / "results").mkdir(parents=True)
+    (work / "notebooks").symlink_to(NOTEBOOK_DIR)
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    profile_outputs = _files(results / "smoke", figures / "smoke")
+    timings = {}
+    smoke_tables = {t: pd.read_csv(results / "smoke" / f"{t}.csv").set_index("condition") for t, _, _ in WORKED_EXAMPLES}
+    for command, cell, (table, condition, run) in zip(commands, cells, WORKED_EXAMPLES):
+        params = {}
+        exec(cell, {}, params)
+        argv = shlex.split(command)
+        assert argv[argv.index("-p") + 1:argv.index("-p") + 3] == ["profile", params["profile"]]
+        assert yaml.safe_load(argv[argv.index("-y") + 1]) == {"overrides": params["overrides"]}
+
+        folds = {p: p.stat().st_mtime_ns for p in results.glob("*/fold_*/model.pt")}
+        t0 = time.perf_counter()
+        done = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True)
+        timings[condition] = round(time.perf_counter() - t0, 1)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        trained = {p for p in results.glob("*/fold_*/model.pt") if folds.get(p) != p.stat().st_mtime_ns}
+        assert {p.parent.parent.name for p in trained} == {run} and len(trained) == 3, sorted(trained)
+
+        cfg = StudyConfig.load(params["profile"], **params["overrides"])
+        assert re.fullmatch(r"smoke\+[0-9a-f]{8}", cfg.output_tag)
+        out = results / cfg.output_tag
+        assert yaml.safe_load((out / "overrides.yaml").read_text()) == {"profile": "smoke",
+                                                                       "overrides": params["overrides"]}
+        assert (figures / cfg.output_tag / f"{table}.png").stat().st_size > 1000
+        got = pd.read_csv(out / f"{table}.csv").set_index("condition")
+        row = got.loc[condition]
+        assert np.isfinite(row[["IG", "IG_diff", "IG_diff_lo", "IG_diff_hi"]].astype(float)).all()
+        assert row.IG_diff_lo < row.IG_diff_hi and row.IG_diff_lo <= row.IG_diff <= row.IG_diff_hi
+        # every other condition is the profile's, with the profile's numbers (reused, not retrained)
+        before = smoke_tables[table]
+        assert set(got.index) == set(before.index) | {condition}
+        pd.testing.assert_frame_equal(got.loc[before.index, before.columns], before, rtol=1e-12)
+        assert json.loads((work / argv[2]).read_text())["cells"]          # the executed copy is there
+    print("worked examples seconds:", timings)
+    assert _files(results / "smoke", figures / "smoke") == profile_outputs
+
 
 @pytest.mark.slow
 def test_chain_on_a_folder_data_set_of_mixed_sizes(tmp_path, monkeypatch):
