@@ -322,5 +322,10 @@ def test_chain_on_a_folder_data_set_of_mixed_sizes(tmp_path, monkeypatch):
     assert metrics["config"]["dataset"] == "folder" and metrics["summary"]["n_images"] == 9
     info = json.loads((main / "fold_00" / "config.json").read_text())
     assert info["training_pixel_area"] in (6144.0, 6400.0)   # the median area of its training images
-    tr = pd.read_csv(out / "transfer.csv")
+    # overrides of smoke: the tables go under a tag of their own, never results/smoke/
+    from dgstudy.config import StudyConfig
+
+    tag = StudyConfig.load("smoke", **overrides).output_tag
+    assert tag.startswith("smoke+") and not (out / "transfer.csv").exists()
+    tr = pd.read_csv(results / tag / "transfer.csv")
     assert len(tr) == 6 and np.isfinite(tr["IG_run_cb"]).all()
