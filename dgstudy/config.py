@@ -205,7 +205,7 @@ class StudyConfig:
                                              # run (None: as many as the main run's)
     bootstrap: int = 1000                    # bootstrap resamples of every interval
     # not profile keys: where the profile came from and what the overrides changed (output_tag)
-    source: Path | None = field(default=None, compare=False, metadata=_DERIVED)
+    files: tuple[Path, ...] = field(default=(), compare=False, metadata=_DERIVED)   # read_profile's files
     changes: dict = field(default_factory=dict, compare=False, metadata=_DERIVED)
     profile_backbone: str | None = field(default=None, compare=False, metadata=_DERIVED)
 
@@ -224,7 +224,7 @@ class StudyConfig:
         base = cfg if not overrides else cls._build(name, params, str(files[0]))
         changes = {k: v for k, v in overrides.items()
                    if k != "backbone" and _value(base, k) != _value(cfg, k)}
-        return dataclasses.replace(cfg, source=files[0], changes=changes, profile_backbone=base.train.backbone)
+        return dataclasses.replace(cfg, files=tuple(files), changes=changes, profile_backbone=base.train.backbone)
 
     @classmethod
     def _build(cls, name: str, params: dict, where: str) -> "StudyConfig":
@@ -369,7 +369,3 @@ def read_profile(profile: str | Path) -> tuple[str, dict, list[Path]]:
     name = str(keys.pop("profile", None) or path.stem)
     return name, keys, files
 
-
-def profile_files(profile: str | Path) -> list[Path]:
-    """The YAML files a profile reads (itself, then those it extends): what its outputs depend on."""
-    return read_profile(profile)[2]

@@ -283,18 +283,21 @@ def fold_logs(run_dir) -> pd.DataFrame:
 
 
 def fold_parameters(run_dir: str | Path) -> pd.DataFrame:
-    """Per finished fold: learned blur width (reduced-grid px and stimulus px), centre-bias weight,
-    best epoch, epochs run, seconds (from ``fold_XX/config.json``)."""
+    """Per finished fold: learned blur width (reduced-grid px and stimulus px), centre-bias weight
+    (NaN for a run without a centre-bias term, ``center_bias='none'``), best epoch, epochs run,
+    seconds (from ``fold_XX/config.json``)."""
     rows = []
     for d in sorted(Path(run_dir).glob("fold_*")):
         f = d / "config.json"
         if not f.exists():
             continue
         info = json.loads(f.read_text())
-        factor = info.get("train_config", {}).get("saliency_map_factor", 1)
+        train = info.get("train_config", {})
+        factor = train.get("saliency_map_factor", 1)
+        weight = np.nan if train.get("center_bias") == "none" else info.get("center_bias_weight")
         rows.append({"fold": info.get("fold"), "sigma": info.get("sigma"),
                      "sigma_px": info.get("sigma", np.nan) * factor,
-                     "center_bias_weight": info.get("center_bias_weight"),
+                     "center_bias_weight": weight,
                      "best_epoch": info.get("best_epoch"), "epochs_run": info.get("epochs_run"),
                      "seconds": info.get("seconds")})
     return pd.DataFrame(rows)

@@ -185,7 +185,7 @@ def test_a_profile_given_as_a_path_extends_another(tmp_path, monkeypatch):
     cfg = StudyConfig.load(mine)
     smoke = StudyConfig.load("smoke")
     # the name is the file's (smoke's `profile:` key is not inherited); only what it names changes
-    assert cfg.profile == "my_smoke" and cfg.output_tag == "my_smoke" and cfg.source == mine
+    assert cfg.profile == "my_smoke" and cfg.output_tag == "my_smoke"
     assert cfg.train.run == "my_smoke-efficientnet_lite0"
     assert (cfg.train.seed, cfg.train.max_epochs) == (3, 8)
     assert cfg.ablation_training == {} and cfg.ablation_layers_extra == {"block5": ["block5"]}
@@ -194,8 +194,7 @@ def test_a_profile_given_as_a_path_extends_another(tmp_path, monkeypatch):
         (smoke.main, smoke.ablation_size, smoke.instances, smoke.ablation_backbones)
     monkeypatch.chdir(tmp_path)                              # a relative path, as in a notebook's cwd
     assert StudyConfig.load("my_smoke.yaml").train == cfg.train
-    from dgstudy.config import profile_files
-    assert profile_files(mine) == [mine, base, REPO / "dgstudy" / "profiles" / "smoke.yaml"]
+    assert cfg.files == (mine, base, REPO / "dgstudy" / "profiles" / "smoke.yaml")     # this file first
     # the profile's own `profile:` key names it
     named = tmp_path / "x.yaml"
     named.write_text("profile: pilot\nextends: osie\nfolds: 5\n")

@@ -302,6 +302,11 @@ def test_fold_parameters_and_example_images(tmp_path):
     fp = runs.fold_parameters(tmp_path)
     assert list(fp.fold) == [0, 1] and list(fp.sigma_px) == [30.0, 34.0]
     assert list(fp.center_bias_weight) == [0.9, 1.1]
+    for d in (tmp_path / "fold_00", tmp_path / "fold_01"):       # a run without a centre-bias term
+        info = json.loads((d / "config.json").read_text())
+        info["train_config"]["center_bias"] = "none"
+        (d / "config.json").write_text(json.dumps(info))
+    assert runs.fold_parameters(tmp_path).center_bias_weight.isna().all()
 
     per_image = pd.DataFrame({"image": [10, 11, 12, 13, 14, 15], "n_fix": [5, 5, 5, 5, 5, 0],
                               "IG": [0.1, 0.9, 2.0, -0.3, 0.4, 9.0]})
