@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .datasets.pixels import round_half_up
-from .model_fast import PointwiseConv, replicate_blur_matrix  # 1x1 conv and blur as matmuls
+from .model_fast import PointwiseConv, bilinear_matrix, replicate_blur_matrix  # as matmuls
 
 READOUT_CHANNELS = (16, 32, 2, 1)   # the paper's readout network
 
@@ -121,12 +121,20 @@ class GaussianBlur(nn.Module):
         """(n, n) matrix M with ``blur_1d(v) = v @ M`` for a length-n signal, borders replicated."""
         return replicate_blur_matrix(self.kernel(n, dtype, device), n)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, resize: tuple | None = None) -> torch.Tensor:
         """:meth:`reference` as two small matrix products (rows, then columns): much faster on
-        CPU than convolutions, in particular their backward pass (equal to rounding, tested)."""
-        h, w = x.shape[-2:]
-        x = x @ self.matrix(w, x.dtype, x.device)
-        return self.matrix(h, x.dtype, x.device).transpose(0, 1) @ x
+        CPU than convolutions, in particular their backward pass (equal to rounding, tested).
+
+        ``resize=(r_h, r_w)``: the blur of ``r_h @ x @ r_w.T`` (e.g. the bilinear resize of
+        :func:`~dgstudy.model_fast.bilinear_matrix`; None for an axis left as it is), computed as
+        one product per axis with the resize and blur matrices multiplied first."""
+        r_h, r_w = resize or (None, None)
+        h = x.shape[-2] if r_h is None else r_h.shape[0]
+        w = x.shape[-1] if r_w is None else r_w.shape[0]
+        m_w = self.matrix(w, x.dtype, x.device)
+        m_h = self.matrix(h, x.dtype, x.device).transpose(0, 1)
+        x = x @ (m_w if r_w is None else r_w.transpose(0, 1) @ m_w)
+        return (m_h if r_h is None else m_h @ r_h) @ x
 
     def extra_repr(self) -> str:
         return f"sigma={float(self.sigma):.3f}, learn_sigma={self.sigma.requires_grad}"
@@ -184,13 +192,22 @@ class Finalizer(nn.Module):
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     @staticmethod
+    def resize_matrices(size_in, size_out, dtype=torch.float32, device="cpu"):
+        """(r_h, r_w): the matrices of :meth:`resize` from ``size_in`` to ``size_out`` along each
+        axis (``r_h @ x @ r_w.T``; :func:`~dgstudy.model_fast.bilinear_matrix`), None where the
+        axis keeps its size."""
+        return tuple(None if a == b else bilinear_matrix(int(a), int(b), dtype, str(device))
+                     for a, b in zip(size_in, size_out))
+
+    @staticmethod
     def downscale(log_center_bias: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(B, H, W) -> (B, 1, h', w') by area averaging (of the log values)."""
+        """(B, H, W) -> (B, 1, h', w') by area averaging (of the log values); one map expanded
+        over the batch (stride 0) gives (1, 1, h', w'), which the centre-bias term broadcasts."""
         x = log_center_bias[:, None]
         if tuple(x.shape[-2:]) == tuple(size):
             return x
-        if x.shape[0] > 1 and x.stride(0) == 0:    # one map expanded over the batch: pool it once
-            return F.interpolate(x[:1], size=size, mode="area").expand(x.shape[0], -1, -1, -1)
+        if x.shape[0] > 1 and x.stride(0) == 0:    # one map expanded over the batch: pool it once,
+            return F.interpolate(x[:1], size=size, mode="area")   # (1, 1, h', w'), broadcast by the sum
         return F.interpolate(x, size=size, mode="area")
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -270,11 +287,20 @@ class DeepGazeII(nn.Module):
             size = tuple(out_size)
         else:
             raise ValueError("give log_center_bias (B, H, W) or out_size=(H, W)")
+        return self.density(self.saliency_logits(features), log_center_bias, size, reduced)
+
+    def density(self, logits: torch.Tensor, log_center_bias: torch.Tensor | None,
+                size: tuple[int, int], reduced: bool = False) -> torch.Tensor:
+        """The readout's map ``logits`` (B, 1, h, w) -> log-density over the (H, W) = ``size``
+        pixels (or, ``reduced``, over the reduced grid's cells): bilinear to the reduced grid,
+        blur, centre bias, finalizer (:meth:`forward` after the readout). The resize and the blur
+        are one product per axis (``GaussianBlur.forward(resize=...)``), equal to
+        ``blur.reference(finalizer.resize(logits))`` up to float rounding (tested)."""
         small = self.finalizer.reduced_size(*size)
-        x = self.finalizer.resize(self.saliency_logits(features), small)
-        x = self.blur(x)
+        x = self.blur(logits, resize=self.finalizer.resize_matrices(tuple(logits.shape[-2:]), small,
+                                                                     logits.dtype, logits.device))
         cb = None if log_center_bias is None or self.center_bias.mode == "none" \
-            else self.finalizer.downscale(log_center_bias, small)
+            else self.finalizer.downscale(log_center_bias.to(logits.dtype), small)
         x = self.center_bias(x, cb)
         if reduced:
             return self.finalizer(x, small)

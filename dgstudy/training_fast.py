@@ -11,24 +11,24 @@ mirrored, batch_size)`` holds, for the fold's ``images`` (training and validatio
   (``datasets.image_fixation_index``) on the grid the likelihood is scored on (``grid_of(H, W)``:
   the model's reduced grid; None: the image's pixels).
 
-:meth:`FoldData.log_likelihoods` ``(model, batch, reduced, flip)`` gathers a batch's rows with
-one ``index_select`` into a buffer reused from batch to batch (no per-batch copies in Python, no
-per-batch large allocation) and runs the model's own ``forward`` on it, skipping only the
-standardisation: the readout's 1x1 convs (``model_fast.PointwiseConv``) multiply the
-(B, h*w, C) rows in place, where on (B, C, h, w) features ``torch.matmul`` makes a transposed
-copy first. The same products on the same values: the losses are the plain path's (tested in
-tests/test_training.py: equal bits for the paper's readout).
+:meth:`FoldData.log_likelihoods` ``(model, batch, reduced, flip)`` runs the model on a batch
+without copying its features: the readout's first 1x1 conv (``model_fast.PointwiseConv.rows``)
+reads each image's (h*w, C) rows in place in the fold's tensor, the rest of the readout works on
+that channels-last output, and ``model.density`` (the model's ``forward`` after the readout) does
+the rest. The same products on the same values as the plain model on raw features: the losses
+are the plain path's bits (tests/test_training.py). A readout with a layer norm gathers the
+batch with one ``index_select`` into a buffer reused from batch to batch.
 Why this layout and dtype, and what it gains: docs/training.md.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 import torch
 
 from . import datasets
+from .model_fast import PointwiseConv
 from .util import to_device
 
 LN2 = math.log(2.0)      # the one: dgstudy.training re-exports it
@@ -97,7 +97,7 @@ class FoldData:
     def n_fixations(self, images) -> int:
         return int(sum(len(self.fixations(int(i))) for i in images))
 
-    def features(self, batch, flip: bool = False, mirrored: bool = False) -> torch.Tensor:
+    def _gather(self, batch, flip: bool, mirrored: bool) -> torch.Tensor:
         """The batch's standardised features, (B, C, h, w): a view of the reused (B, h, w, C)
         buffer. ``flip``: mirrored left-right (column ``j -> w - 1 - j``); ``mirrored``: the
         mirrored images' features instead."""
@@ -112,9 +112,32 @@ class FoldData:
         torch.index_select(src, 0, to_device(idx, self.device), out=out)
         return out.view(len(batch), h, w, -1).permute(0, 3, 1, 2)
 
+    def logits(self, readout, batch, flip: bool = False, mirrored: bool = False) -> torch.Tensor:
+        """``readout`` (the model's, :func:`dgstudy.model.make_readout`) on the batch's
+        standardised features: (B, 1, h, w), mirrored left-right if ``flip``; ``mirrored``: on
+        the mirrored images' features instead.
+
+        A readout of 1x1 convs and pointwise nonlinearities works on each position alone: its
+        first conv reads each image's rows in place in the fold's tensor
+        (``PointwiseConv.rows``, one product per image as its ``forward`` computes them) and the
+        rest runs on that conv's channels-last output. A readout with a layer norm, and a
+        mirrored batch, are gathered into the reused buffer first (the plain path's order of
+        the positions, so the same bits)."""
+        size = self.size(int(batch[0]))
+        h, w = self.grids[size]
+        first = readout[0]
+        if flip or not all(_per_position(m) for m in readout):
+            return readout(self._gather(batch, flip, mirrored))
+        src = (self.mirrored if mirrored else self.tensors)[size]
+        n = h * w
+        y = first.rows([src[self.row[int(i)] * n:(self.row[int(i)] + 1) * n] for i in batch])
+        return readout[1:](y.view(len(batch), h, w, -1).permute(0, 3, 1, 2))
+
     def log_likelihoods(self, model, batch, reduced: bool, flip: bool = False):
         """(natural-log probability of each fixation of ``batch``'s images at its pixel or cell,
-        the scoring grid): the model's ``forward`` on the batch, mirrored if ``flip``."""
+        the scoring grid): ``model.density`` of :meth:`logits`, mirrored if ``flip`` (the
+        mirrored images' features where the fold holds them, ``flip_source='images'``). Every
+        step but the readout's standardisation, done once per fold, is the model's ``forward``."""
         size = self.size(int(batch[0]))
         grid = self.grid(size)
         fix = [self.fixations(int(i)) for i in batch]
@@ -122,11 +145,10 @@ class FoldData:
         p_idx = to_device(torch.from_numpy(np.concatenate(fix)), self.device)
         cb = self.center_bias(size).expand(len(batch), *size)
         use_mirrored = flip and bool(self.mirrored)
-        x = self.features(batch, flip=flip and not use_mirrored, mirrored=use_mirrored)
+        x = self.logits(model.readout, batch, flip=flip and not use_mirrored, mirrored=use_mirrored)
         if flip:
             x, cb, p_idx = flip_batch(x, cb, p_idx, grid, mirrored_x=x)
-        with standardised_input(model):
-            logd = model(x, cb, reduced=reduced)
+        logd = model.density(x, cb, size, reduced=reduced)
         return logd.reshape(logd.shape[0], -1)[b_idx, p_idx], grid
 
     def center_bias_log_likelihood(self, images) -> float:
@@ -181,18 +203,6 @@ def cell_log_density(log_density: np.ndarray, grid: tuple[int, int]) -> np.ndarr
         return np.log(to_rows @ np.exp(log_density - top) @ to_cols) + top
 
 
-@contextlib.contextmanager
-def standardised_input(model):
-    """Within the block, ``model(x, ...)`` takes ``x`` already standardised, a (B, C, h, w) view of
-    a contiguous (B, h, w, C) tensor (:meth:`FoldData.features`): ``model.saliency_logits`` is the
-    model's readout alone (no standardisation); every other step is the model's ``forward``."""
-    def logits(x: torch.Tensor) -> torch.Tensor:
-        if not x.permute(0, 2, 3, 1).is_contiguous():
-            raise ValueError("standardised_input: features must be a view of a (B, h, w, C) tensor")
-        return model.readout(x)
-
-    model.saliency_logits = logits
-    try:
-        yield model
-    finally:
-        del model.saliency_logits
+def _per_position(module) -> bool:
+    """True for a readout piece that maps each position on its own (1x1 conv, pointwise nonlinearity)."""
+    return isinstance(module, (PointwiseConv, torch.nn.ReLU, torch.nn.Softplus))

@@ -386,8 +386,8 @@ def test_every_fixation_of_an_epoch_weighs_the_same():
         for t, o, g in zip(target, old, grads):
             t += g / n_all
             o += g / len(ll)
-    for got, want in zip(opt.total, target):
-        torch.testing.assert_close(got, len(batches) * want, rtol=1e-5, atol=1e-7)
+    for got, want in zip(opt.total, target):     # (atol: the centre-bias weight's gradient is 0
+        torch.testing.assert_close(got, len(batches) * want, rtol=1e-5, atol=1e-6)  # but for rounding)
     assert not torch.allclose(old[0], len(batches) * target[0], rtol=1e-2)
 
 
