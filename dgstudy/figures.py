@@ -2,6 +2,7 @@
 
 Every ``plot_*`` function takes plain data (arrays, DataFrames, a dataset and a model) and returns a
 matplotlib ``Figure``; :func:`save` writes it to ``<folder>/<name>.png`` and ``.pdf`` atomically.
+In a notebook the figure also shows inline, under the cell that drew it (the kernel's backend).
 Densities are shown as the natural-log density a model returns (``log_density(i)``, (H, W), image
 pixel grid); fixations are drawn at their continuous (x, y) positions, pixel centres at integer + 0.5,
 so ``imshow`` uses ``extent=(0, W, H, 0)`` to put pixel (row i, column j) on [j, j+1) x [i, i+1).
@@ -10,11 +11,13 @@ Information gain and log-likelihood are in bit/fixation.
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # figures are files; no display is needed (and none exists under papermill)
+if "ipykernel" not in sys.modules:   # outside a notebook figures are files (no display is needed);
+    matplotlib.use("Agg")            # in one (papermill's kernel too) they are also shown inline
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402

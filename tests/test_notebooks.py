@@ -60,6 +60,11 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
         errors = [o for c in executed["cells"] if c["cell_type"] == "code"
                   for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, f"{nb.name}: {errors[:1]}"
+        # every figure it saves is also shown inline, in the cell that draws it (issue 26)
+        for c in executed["cells"]:
+            if c["cell_type"] == "code" and "figures.save(" in "".join(c["source"]):
+                shown = [o for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+                assert shown, f"{nb.name}: a cell saves a figure but shows none: {''.join(c['source'])[:80]}"
 
     # notebook 01 extracted every store of the one rule, the main run's ds1 store among them
     from dgstudy import ablations
