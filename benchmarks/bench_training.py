@@ -11,9 +11,10 @@ uniformly placed fixations, a Gaussian centre bias: speed does not depend on the
 reduced-grid likelihood (150 x 200 cells), one torch thread. Each epoch is one pass over the
 training images (one Adam step per batch) and the validation pass.
 
-* old: the loop of dgstudy before the fast path (reproduced below from commit d36c378:
-  ``np.stack`` of the batch's float32 features, the model's own ``forward`` standardising every
-  batch, each batch's loss the mean over its fixations);
+* old: the loop of dgstudy before the fast path, and its model's forward (both reproduced below
+  from commit d36c378: ``np.stack`` of the batch's float32 features, standardised every batch,
+  each 1x1 conv one ``torch.matmul`` on (B, C, h*w), resize and blur as separate steps, each
+  batch's loss the mean over its fixations);
 * new: ``training.train_epoch`` and ``training.mean_log_likelihood`` on a
   ``training_fast.FoldData`` (built once per fold; its time is printed on its own).
 
@@ -80,11 +81,32 @@ class OldBatcher:
         return x, cb, b_idx, p_idx, self.data.grid(size)
 
 
+def old_forward(model, x, cb):
+    """``DeepGazeII.forward(x, cb, reduced=True)`` as dgstudy computed it at d36c378, with the
+    model's parameters: standardised per batch, each 1x1 conv ``torch.matmul(W, x.reshape(B, C,
+    h*w))``, bilinear resize (``F.interpolate``), then the blur's two dense products, the centre
+    bias pooled and added per image, log-softmax over the reduced grid."""
+    x = (x - model.feature_mean.view(1, -1, 1, 1)) / model.feature_std.view(1, -1, 1, 1)
+    for m in model.readout:
+        if isinstance(m, torch.nn.Conv2d):
+            b, c, h, w = x.shape
+            x = (torch.matmul(m.weight[:, :, 0, 0], x.reshape(b, c, h * w)) + m.bias[:, None]).reshape(b, -1, h, w)
+        else:
+            x = m(x)
+    small = model.finalizer.reduced_size(*cb.shape[-2:])
+    x = torch.nn.functional.interpolate(x, size=small, mode="bilinear", align_corners=False)
+    x = x @ model.blur.matrix(small[1], x.dtype, x.device)
+    x = model.blur.matrix(small[0], x.dtype, x.device).transpose(0, 1) @ x
+    pooled = torch.nn.functional.interpolate(cb[:1, None], size=small, mode="area").expand(x.shape[0], -1, -1, -1)
+    x = x + model.center_bias.weight * pooled
+    return torch.log_softmax(x.reshape(x.shape[0], -1), dim=1)
+
+
 def old_epoch(model, opt, batcher, batches, val_batches, cfg):
     model.train()
     for batch in batches:
         x, cb, b_idx, p_idx, grid = batcher(batch)
-        logd = model(x, cb, reduced=True)
+        logd = old_forward(model, x, cb)
         ll = logd.reshape(logd.shape[0], -1)[b_idx, p_idx]
         loss = -ll.mean() / LN2 + cfg.l1 * sum(w.abs().sum() for w in training.l1_weights(model))
         opt.zero_grad(set_to_none=True)
@@ -94,7 +116,7 @@ def old_epoch(model, opt, batcher, batches, val_batches, cfg):
     with torch.no_grad():
         for batch in val_batches:
             x, cb, b_idx, p_idx, grid = batcher(batch)
-            model(x, cb, reduced=True).reshape(len(batch), -1)[b_idx, p_idx].sum()
+            old_forward(model, x, cb)[b_idx, p_idx].sum()
 
 
 # -- measurement ----------------------------------------------------------------------------------
@@ -109,6 +131,20 @@ def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+def first_conv_gflops(c: int, h: int, w: int, repeats: int = 5) -> float:
+    """GFLOP/s of torch's product at the readout's first 1x1 conv of one image, (h*w, c) @ (c, 16):
+    what a narrow matrix product reaches here (the rate the epoch's main cost can run at)."""
+    x, wt = torch.randn(h * w, c), torch.randn(c, 16)
+    torch.mm(x, wt)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(8):
+            torch.mm(x, wt)
+        best = min(best, time.perf_counter() - t)
+    return 8 * 2 * h * w * c * 16 / best / 1e9
+
+
 def epoch_flops(c: int, h: int, w: int, cfg: TrainConfig, n_train: int, n_val: int) -> float:
     """Readout: 2 * h * w * sum(c_in * c_out) forward; backward the weight gradients of every conv
     and the input gradients of all but the first (the features need none). Blur (reduced grid
@@ -121,6 +157,15 @@ def epoch_flops(c: int, h: int, w: int, cfg: TrainConfig, n_train: int, n_val: i
     hs, ws = (max(1, round(v / cfg.saliency_map_factor)) for v in IMAGE)
     blur = 2 * hs * ws * (ws + hs)
     return n_train * (fwd + bwd + 3 * blur) + n_val * (fwd + blur)
+
+
+def readout_flops(c: int, h: int, w: int, n_train: int, n_val: int) -> float:
+    """The 1x1 convs alone (forward; backward as in :func:`epoch_flops`), without the blur."""
+    widths = [c, 16, 32, 2, 1]
+    pairs = list(zip(widths[:-1], widths[1:]))
+    fwd = 2 * h * w * sum(a * b for a, b in pairs)
+    bwd = fwd + 2 * h * w * sum(a * b for a, b in pairs[1:])
+    return n_train * (fwd + bwd) + n_val * fwd
 
 
 def bench(name: str, args, gflops: float):
@@ -166,10 +211,15 @@ def bench(name: str, args, gflops: float):
             times[k].append((wall, ru2.ru_stime - ru.ru_stime, ru2.ru_minflt - ru.ru_minflt))
     flops = epoch_flops(c, h, w, cfg, args.train, args.val)
     limit = flops / (gflops * 1e9)
+    readout = readout_flops(c, h, w, args.train, args.val)
+    narrow = first_conv_gflops(c, h, w)
     best = {k: min(v) for k, v in times.items()}
     print(f"\n== {name}: {c} channels on {h} x {w}, {IMAGE[0]} x {IMAGE[1]} images, "
           f"{args.train} + {args.val} images, batch {cfg.batch_size}")
     print(f"   epoch FLOPs {flops / 1e9:.1f} G; at {gflops:.1f} GFLOP/s the limit is {limit:.2f} s/epoch")
+    print(f"   of which the readout's 1x1 convs {readout / 1e9:.1f} G; torch.mm at the first conv's shape "
+          f"({h * w} x {c} @ {c} x 16) runs at {narrow:.1f} GFLOP/s here, so the convs alone take at "
+          f"least {readout / (narrow * 1e9):.2f} s/epoch at that rate")
     print(f"   once per fold: feature_normalization {t_norm:.1f} s, FoldData (standardise + lay out) {t_fold:.1f} s")
     for k in ("old", "new"):
         wall, sys_t, faults = best[k]

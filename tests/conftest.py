@@ -51,3 +51,10 @@ def osie_dir():
     if not (OSIE_DIR / "fixations.mat").exists():
         pytest.fail(f"the OSIE mirror is missing at {OSIE_DIR} (set DGSTUDY_OSIE_DIR)")
     return OSIE_DIR
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests marked ``slow`` (about 20 s or more each) run first: with ``make test``'s two
+    processes (pytest-xdist, one test handed out at a time), the longest start first and the
+    short ones fill in around them, so both cores stay busy to the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)   # stable

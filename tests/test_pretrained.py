@@ -93,6 +93,7 @@ def osie(osie_dir):
     return datasets.load("osie")
 
 
+@pytest.mark.slow
 def test_shipped_model_reproduces_its_cross_validated_metrics(osie):
     """A handful of OSIE images, each predicted by the one fold that held it out, give the per-image
     log-likelihood the source run's evaluation recorded (float16 features, centre-bias grid)."""

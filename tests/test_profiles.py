@@ -265,6 +265,7 @@ def _make(*args, env=None):
                           text=True, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_make_reproduce_with_overrides_never_targets_the_committed_outputs(tmp_path):
     # make -n prints the recipe; the sub-make that runs the notebooks is run (dry) with the tag
     # `dgstudy tag` gave, so its papermill lines name the folders the notebooks would write

@@ -145,6 +145,7 @@ def test_unreachable_scheduler_is_a_clear_error(monkeypatch):
 
 
 # -- equal results ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_local_cluster_equals_sync(study, monkeypatch, capsys):
     """A LocalCluster of two workers: the grid's folds equal the in-process ones bit for bit, with
     features read by the workers from the store, or handed in (scattered) as a dict."""
@@ -177,6 +178,7 @@ def test_local_cluster_equals_sync(study, monkeypatch, capsys):
         tasks.close()
 
 
+@pytest.mark.slow
 def test_two_workers_on_a_scheduler_equal_sync(study, dask_cluster, monkeypatch):
     """The done-when of issue 14 at small scale: a scheduler and two workers started as processes;
     every fold records the worker that trained it; the results equal the in-process ones."""
@@ -210,6 +212,7 @@ def holder_of(lock: Path, pids) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_fold_is_rerun(study, dask_cluster, monkeypatch):
     """SIGKILL of the worker training a fold: the scheduler reruns the fold on a live worker, and
     every fold equals an uninterrupted in-process run's."""
@@ -262,6 +265,7 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_whole_run_killed_and_rerun(study, dask_cluster, monkeypatch):
     """A run on a LocalCluster killed (client and workers, SIGKILL) after its first finished fold,
     then run again on the cluster: every fold equals an uninterrupted in-process run's."""
