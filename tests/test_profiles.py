@@ -320,3 +320,30 @@ def test_make_lab_installs_nothing_into_an_environment_it_did_not_build(tmp_path
     # the environment make builds is marked, so make lab keeps it up to date
     text = (REPO / "Makefile").read_text()
     assert "$(PYTHON) -m venv $(VENV) && touch $(MADE)" in text
+
+
+def test_make_reproduce_defaults_to_the_study_that_runs_anywhere(tmp_path):
+    """No PROFILE: the OSIE study (its data and weights can be had anywhere), into results/osie/."""
+    out = _make("reproduce", env={"DGSTUDY_RESULTS": str(tmp_path / "r")})
+    assert out.returncode == 0, out.stderr
+    assert "--profile osie " in out.stdout
+    assert f"{tmp_path}/r/osie/01_extract_features.ipynb" in out.stdout
+
+
+def test_make_clean_keeps_the_committed_study(tmp_path):
+    """make clean removes the runs and the outputs git does not track; the committed folders stay."""
+    import shutil
+
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    for d in ("results/osie", "figures/osie", "results/osie-efficientnet_lite0/fold_00", "results/osie+1234abcd",
+              "figures/smoke"):
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "x.txt").write_text("x")
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    git("add", "Makefile", "results/osie/x.txt", "figures/osie/x.txt")
+    out = subprocess.run(["make", "--no-print-directory", "clean"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    left = sorted(str(p.relative_to(tmp_path)) for p in [*tmp_path.glob("results/*"), *tmp_path.glob("figures/*")])
+    assert left == ["figures/osie", "results/osie"], left
+    assert "keeping results/osie/ (committed)" in out.stdout
