@@ -1,5 +1,5 @@
 """A fold's training data as :func:`dgstudy.training.train_fold` holds it: features standardised
-once, laid out for the 1x1 convolutions, batches gathered into reused buffers.
+once, laid out for the 1x1 convolutions, each batch read in place.
 
 :class:`FoldData` ``(features, dataset, images, mean, std, log_cb_for_size, device, grid_of,
 mirrored, batch_size)`` holds, for the fold's ``images`` (training and validation):
@@ -16,8 +16,9 @@ without copying its features: the readout's first 1x1 conv (``model_fast.Pointwi
 reads each image's (h*w, C) rows in place in the fold's tensor, the rest of the readout works on
 that channels-last output, and ``model.density`` (the model's ``forward`` after the readout) does
 the rest. The same products on the same values as the plain model on raw features: the losses
-are the plain path's bits (tests/test_training.py). A readout with a layer norm gathers the
-batch with one ``index_select`` into a buffer reused from batch to batch.
+are the plain path's bits (tests/test_training.py). A readout with a layer norm, and a mirrored
+batch (``flip``), gather the batch with one ``index_select`` into a buffer reused from batch to
+batch.
 Why this layout and dtype, and what it gains: docs/training.md.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ class FoldData:
 
     def __init__(self, features, dataset, images, mean, std, log_cb_for_size, device: str = "cpu",
                  grid_of=None, mirrored=None, batch_size: int = 8):
-        self.dataset, self.device, self.grid_of = dataset, device, grid_of
+        self.dataset, self.device, self.grid_of, self.batch_size = dataset, device, grid_of, batch_size
         self.log_cb_for_size = log_cb_for_size
         mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
         std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
@@ -56,7 +57,6 @@ class FoldData:
             self.tensors[size] = self._standardised(features, imgs, mean, std)
             if mirrored is not None:
                 self.mirrored[size] = self._standardised(mirrored, imgs, mean, std)
-            self._buffers[size] = torch.empty(batch_size * h * w, c, device=device)
 
     def _standardised(self, features, imgs, mean, std) -> torch.Tensor:
         """(len(imgs) * h * w, C) float32 on the device: image after image, each (h, w, C)."""
@@ -108,6 +108,8 @@ class FoldData:
         pos = (torch.arange(h)[:, None] * w + cols[None, :]).reshape(-1)
         rows = torch.tensor([self.row[int(i)] for i in batch])
         idx = (rows[:, None] * (h * w) + pos[None, :]).reshape(-1)
+        if size not in self._buffers:                      # allocated once, on first use
+            self._buffers[size] = torch.empty(self.batch_size * h * w, src.shape[1], device=self.device)
         out = self._buffers[size][:len(idx)]
         torch.index_select(src, 0, to_device(idx, self.device), out=out)
         return out.view(len(batch), h, w, -1).permute(0, 3, 1, 2)
