@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from . import datasets, tasks
 from .backbones.geometry import GEOMETRY_VERSION
-from .baselines import CenterBias
+from .baselines import CenterBias, fitted_center_bias
 from .config import TrainConfig
 from .features import FeatureStore
 from .io import atomic_path, file_lock, write_json
@@ -61,8 +61,9 @@ def read_features(store, images, layers=None, dtype=np.float32, progress=True) -
 
 
 def fit_center_bias(dataset, images):
-    """The centre-bias model of the training images (``dgstudy.baselines.CenterBias``)."""
-    return CenterBias.fit(dataset, images=np.asarray(images))
+    """The centre-bias model of the training images (``dgstudy.baselines.CenterBias``), searched
+    once per fold for all the runs that share it (:func:`dgstudy.baselines.fitted_center_bias`)."""
+    return fitted_center_bias(dataset, images)
 
 
 def make_batches(images, sizes, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:

@@ -49,7 +49,7 @@ class FoldData:
         for i in sorted({int(i) for i in images}):
             by_size.setdefault(self.size(i), []).append(i)
         self.tensors, self.mirrored, self.grids = {}, {}, {}
-        self._buffers, self._cb, self._fix = {}, {}, {}
+        self._buffers, self._cb, self._cell_cb, self._fix = {}, {}, {}, {}
         for size, imgs in by_size.items():
             c, h, w = np.shape(features[imgs[0]])
             self.grids[size] = (h, w)
@@ -162,7 +162,9 @@ class FoldData:
         for i in images:
             size, pix = self.size(int(i)), self.fixations(int(i))
             grid = self.grid(size)
-            total += float(cell_log_density(self.log_cb_for_size(*size), grid).reshape(-1)[pix].sum()) / LN2
+            if size not in self._cell_cb:              # one per image size, float64
+                self._cell_cb[size] = cell_log_density(self.log_cb_for_size(*size), grid).reshape(-1)
+            total += float(self._cell_cb[size][pix].sum()) / LN2
             total += len(pix) * math.log2(grid[0] * grid[1])
             n += len(pix)
         return total / max(n, 1)

@@ -87,6 +87,29 @@ def test_center_bias_dict_round_trip_and_errors(osie8, cb8):
         CenterBias.fit(osie8, images=[0])
 
 
+def test_a_subsets_fit_is_searched_once_and_rebuilt_exactly(osie8, data_root, monkeypatch):
+    from dgstudy import baselines
+
+    searches = []
+    real_fit = CenterBias.fit.__func__
+
+    def counting_fit(cls, dataset, images=None, bandwidth=None, uniform_weight=None):
+        searches.append(bandwidth is None)
+        return real_fit(cls, dataset, images, bandwidth, uniform_weight)
+
+    monkeypatch.setattr(CenterBias, "fit", classmethod(counting_fit))
+    fresh = baselines.fitted_center_bias(osie8, [5, 0, 1, 3, 2])
+    again = baselines.fitted_center_bias(osie8, [0, 1, 2, 3, 5])     # the same set, another order
+    other = baselines.fitted_center_bias(osie8, [0, 1, 2, 3, 4])
+    assert searches == [True, False, True]                           # the repeat did not search
+    assert (again.bandwidth, again.uniform_weight, again.heldout_ll) == \
+           (fresh.bandwidth, fresh.uniform_weight, fresh.heldout_ll)
+    np.testing.assert_array_equal(again.log_density_for_size(60, 80), fresh.log_density_for_size(60, 80))
+    assert other.heldout_ll != fresh.heldout_ll
+    direct = real_fit(CenterBias, osie8, [0, 1, 2, 3, 5])            # what training did before
+    assert (direct.bandwidth, direct.uniform_weight) == (fresh.bandwidth, fresh.uniform_weight)
+
+
 def test_uniform_model():
     lp = Uniform().log_density_for_size(3, 5)
     assert lp.shape == (3, 5) and np.allclose(lp, -math.log(15))
