@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -31,6 +32,11 @@ from .io import atomic_path  # noqa: E402
 
 PALETTE = "colorblind"
 DENSITY_CMAP = "magma"
+# axis and legend wording for the study's column names (dgstudy.transfer.scale_table)
+METRIC_LABELS = {"IG_run_cb": "IG over the run's centre bias (bit/fix)",
+                 "IG_own_cb": "IG over the data set's centre bias (bit/fix)"}
+SCALE_LABELS = {"training": "rescaled to the training scale (default)",
+                "native": "at the size shown (native)"}
 
 
 def set_style() -> None:
@@ -82,14 +88,15 @@ def plot_examples(dataset, models: dict, images, max_fixations: int | None = Non
     """Rows = images; columns = stimulus with its fixations, then each model's predicted density.
 
     ``models``: {column title: model with ``log_density(i)`` or a callable ``f(i)``}, e.g.
-    ``{"centre bias": cb, "DeepGaze II": crossval_model}``. Densities are shown relative to their
-    maximum on a linear scale (the way the paper shows them). ``labels``: one line per image, shown
-    under its number (e.g. its IG).
+    ``{"gold standard": gold, "DeepGaze II": crossval_model}``. Densities are shown relative to their
+    maximum on a linear scale (the way the paper shows them), with one colour bar for all of them.
+    ``labels``: one line per image, shown under its number (e.g. its IG).
     """
     set_style()
     images = list(images)
     ncols = 1 + len(models)
-    fig, axes = plt.subplots(len(images), ncols, figsize=(2.8 * ncols, 2.2 * len(images)), squeeze=False)
+    fig, axes = plt.subplots(len(images), ncols, figsize=(2.8 * ncols + 0.6, 2.2 * len(images)), squeeze=False)
+    im = None
     for r, i in enumerate(images):
         ax = axes[r, 0]
         img = dataset.image(i)
@@ -106,8 +113,11 @@ def plot_examples(dataset, models: dict, images, max_fixations: int | None = Non
                      fontsize=9)
         for c, (title, model) in enumerate(models.items(), start=1):
             f = model.log_density if hasattr(model, "log_density") else model
-            _density_image(axes[r, c], _as_numpy(f(i)), title if r == 0 else "")
+            im = _density_image(axes[r, c], _as_numpy(f(i)), title if r == 0 else "")
     fig.tight_layout()
+    if im is not None:
+        fig.colorbar(im, ax=axes[:, 1:].ravel().tolist(), shrink=0.6, pad=0.02,
+                     label="density / its maximum")
     return fig
 
 
@@ -137,10 +147,15 @@ def plot_center_bias(log_density, fixations_xy=None, title: str = "centre bias")
 
 def plot_ablation(table: pd.DataFrame, metric: str = "IG", title: str = "", order=None,
                   highlight: str | None = None):
-    """Bar chart of ``metric`` per condition with its bootstrap interval as error bar.
+    """Bar chart of ``metric`` per condition with its bootstrap interval as error bar and, where
+    the table has paired differences to a reference (``<metric>_diff``, ``_diff_lo``, ``_diff_hi``),
+    a second panel with those differences on their own scale: the comparisons the text makes.
 
     ``table``: from :func:`dgstudy.ablations.ablation_table` (columns ``condition``, ``<metric>``,
-    ``<metric>_lo``, ``<metric>_hi``). ``highlight``: a condition drawn in the accent colour.
+    ``<metric>_lo``, ``<metric>_hi``). ``highlight``: a condition drawn in the accent colour (the
+    reference of the differences). A condition whose value is exactly 0 with no interval (the
+    baseline itself, e.g. "centre bias alone" for IG) is labelled "0: the baseline", and left out
+    of the differences, whose scale it would set.
     """
     set_style()
     t = table.set_index("condition").loc[list(order) if order is not None else list(table["condition"])]
@@ -150,16 +165,44 @@ def plot_ablation(table: pd.DataFrame, metric: str = "IG", title: str = "", orde
     yerr = np.vstack([y - lo, hi - y])
     colors = sns.color_palette(PALETTE)
     bar_colors = [colors[1] if c == highlight else colors[0] for c in t.index]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(t) + 1.5), 3.4))
+    baseline = (y == 0) & (lo == 0) & (hi == 0)
+    diff = f"{metric}_diff"
+    show_diff = diff in t and np.isfinite(t[diff].to_numpy(dtype=float)[~baseline]).sum() > 1
+    width = max(4.0, 0.7 * len(t) + 1.5)
+    fig, axes = plt.subplots(1, 2 if show_diff else 1, figsize=(2 * width if show_diff else width, 3.6),
+                             squeeze=False)
+    ax = axes[0, 0]
     x = np.arange(len(t))
     ax.bar(x, y, color=bar_colors)
     ax.errorbar(x, y, yerr=np.where(np.isfinite(yerr), yerr, 0), fmt="none", ecolor="black",
                 capsize=3, lw=1)
-    ax.set_xticks(x, list(t.index), rotation=30 if len(t) > 4 else 0, ha="right" if len(t) > 4 else "center")
+    for k in np.flatnonzero(baseline):
+        ax.annotate("0: the baseline", (x[k], 0), xytext=(0, 4), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=8, rotation=90)
+    rotate = dict(rotation=30, ha="right") if len(t) > 4 else {}
+    ax.set_xticks(x, list(t.index), **rotate)
     ax.axhline(0, color="black", lw=0.8)
     unit = " (bit/fix)" if metric in ("IG", "LL") else ""
     ax.set_ylabel(f"{metric}{unit}")
-    ax.set_title(title or f"{metric} per condition (95% image-bootstrap intervals)")
+    ax.set_title(f"{metric} per condition (95% image-bootstrap intervals)", fontsize=10)
+    if show_diff:
+        ax = axes[0, 1]
+        d = t[~baseline]
+        dy = d[diff].to_numpy(dtype=float)
+        derr = np.vstack([dy - d[f"{diff}_lo"].to_numpy(dtype=float), d[f"{diff}_hi"].to_numpy(dtype=float) - dy])
+        dx = np.arange(len(d))
+        for k, c in enumerate(d.index):
+            ax.errorbar(dx[k], dy[k], yerr=np.where(np.isfinite(derr[:, k:k + 1]), derr[:, k:k + 1], 0),
+                        fmt="D" if c == highlight else "o", ms=6, capsize=3, lw=1,
+                        color=colors[1] if c == highlight else colors[0])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(dx, list(d.index), **rotate)
+        ax.set_xlim(-0.5, len(d) - 0.5)
+        ax.set_ylabel(f"{metric} difference{unit}")
+        ref = f" to {highlight}" if highlight is not None else ""
+        ax.set_title(f"paired difference{ref} (95% intervals over images)", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -206,23 +249,26 @@ def plot_fold_ig(folds: pd.DataFrame, title: str = "test IG per fold"):
 
 
 def plot_per_image_ig(per_image: pd.DataFrame, title: str = ""):
-    """Per image: the model's log-likelihood against the centre bias's (bit/fix), and the sorted IG.
+    """Per image: the model's log-likelihood against the centre bias's (bit/fix), the sorted IG,
+    and, where ``per_image`` has ``IG_gold``, the model's IG against the gold standard's.
 
     ``per_image``: columns ``LL`` (model) and ``IG`` (model minus centre bias), as in a run's
-    ``per_image.csv``; the centre bias's LL is ``LL - IG``.
+    ``per_image.csv``; the centre bias's LL is ``LL - IG``; ``IG_gold``: the leave-one-subject-out
+    gold standard's IG over the same centre bias.
     """
     set_style()
     ll_model = per_image["LL"].to_numpy(dtype=float)
     ig = per_image["IG"].to_numpy(dtype=float)
     ll_cb = ll_model - ig
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.8))
+    gold = per_image["IG_gold"].to_numpy(dtype=float) if "IG_gold" in per_image else None
+    fig, axes = plt.subplots(1, 3 if gold is not None else 2, figsize=(13.5 if gold is not None else 9, 3.8))
+    a, b = axes[0], axes[1]
     a.scatter(ll_cb, ll_model, s=10, alpha=0.7)
     lim = [np.nanmin([ll_cb, ll_model]), np.nanmax([ll_cb, ll_model])]
     a.plot(lim, lim, color="black", lw=0.8, ls="--")
     a.set_xlabel("centre bias LL (bit/fix)")
     a.set_ylabel("model LL (bit/fix)")
-    better = float(np.mean(ig > 0))
-    a.set_title(f"per image: model better on {100 * better:.0f}% of images")
+    a.set_title(f"model better on {int(np.sum(ig > 0))} of {len(ig)} images", fontsize=10)
     order = np.argsort(ig)
     x = np.arange(len(ig))
     b.fill_between(x, 0, ig[order], step="mid", linewidth=0, alpha=0.8)   # 700 bars would not show
@@ -231,7 +277,18 @@ def plot_per_image_ig(per_image: pd.DataFrame, title: str = ""):
     b.legend(loc="upper left", fontsize="small")
     b.set_xlabel("image (sorted by IG)")
     b.set_ylabel("IG over centre bias (bit/fix)")
-    b.set_title(title or "information gain per image")
+    b.set_title(title or "information gain per image", fontsize=10)
+    if gold is not None:
+        c = axes[2]
+        c.scatter(gold, ig, s=10, alpha=0.7)
+        lim = [min(0.0, np.nanmin([gold, ig])), np.nanmax([gold, ig])]
+        c.plot(lim, lim, color="black", lw=0.8, ls="--", label="model = gold standard")
+        c.axhline(0, color="black", lw=0.8)
+        c.set_xlabel("gold standard IG (bit/fix, leave one subject out)")
+        c.set_ylabel("model IG (bit/fix)")
+        r = float(np.corrcoef(gold, ig)[0, 1])
+        c.set_title(f"model against gold standard per image (r = {r:.2f})", fontsize=10)
+        c.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -257,18 +314,24 @@ def plot_blur(sigmas_px, labels=None, title: str = "learned blur"):
     return fig
 
 
-def plot_training_curves(logs: dict, y: str = "val_ig", x: str = "epoch", title: str = "training"):
-    """One line per fold: ``y`` against ``x`` from each fold's ``log.csv`` ({label: DataFrame})."""
+def plot_training_curves(logs: dict, y: str = "val_ig", x: str = "epoch", title: str = "training",
+                         best: str | None = "val_LL"):
+    """One line per fold: ``y`` against ``x`` from each fold's ``log.csv`` ({label: DataFrame}),
+    each fold's kept epoch (the maximum of ``best``, the early-stopping criterion) marked with a
+    dot; the legend sits outside the axes, beside them."""
     set_style()
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = plt.subplots(figsize=(6.2, 3.4))
     for label, df in logs.items():
         if y in df and x in df:
-            ax.plot(df[x], df[y], lw=1, label=label)
+            line, = ax.plot(df[x], df[y], lw=1, label=label)
+            if best and best in df:
+                k = df[best].idxmax()
+                ax.plot(df.loc[k, x], df.loc[k, y], "o", ms=4, color=line.get_color())
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    ax.set_title(title)
+    ax.set_title(title + (" (dots: the epoch kept)" if best else ""), fontsize=10)
     if len(logs) <= 10:
-        ax.legend(fontsize="x-small")
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig
 
@@ -366,10 +429,14 @@ def plot_scale_transfer(table: pd.DataFrame, metric: str = "IG_run_cb", referenc
     if reference_width is not None:
         ax.axvline(reference_width, color="grey", lw=0.8, ls=":", label="original width")
     ax.set_xscale("log")
-    ax.set_xticks(sorted(table["width"].unique()), [str(w) for w in sorted(table["width"].unique())])
+    widths = sorted(table["width"].unique())
+    ax.xaxis.set_major_locator(FixedLocator(widths))
+    ax.xaxis.set_major_formatter(FixedFormatter([str(w) for w in widths]))
+    ax.xaxis.set_minor_locator(NullLocator())          # no 3x10^2-style minor labels among them
     ax.axhline(0, color="black", lw=0.8)
-    ax.set(xlabel="image width shown (px)", ylabel=f"{metric} (bit/fix)",
+    ax.set(xlabel="image width shown (px)", ylabel=METRIC_LABELS.get(metric, f"{metric} (bit/fix)"),
            title="the same images at other scales (95% image-bootstrap intervals)")
-    ax.legend(title="prediction", fontsize="small")
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles, [SCALE_LABELS.get(n, n) for n in names], title="prediction", fontsize="small")
     fig.tight_layout()
     return fig
