@@ -183,13 +183,14 @@ class ModelQueue:
 
 
 def model_info(model) -> dict:
-    """The model's name and provenance as JSON: run folder, backbone, layers, downsample, folds,
-    centre bias, scale policy, the ``provenance`` attribute if any, and from the run's
-    ``config.json``/``metrics.json`` its dataset and headline metrics."""
+    """The model's name and provenance as JSON: run (the run folder's name; never its path on the
+    serving machine), backbone, layers, downsample, folds, centre bias, scale policy, the
+    ``provenance`` attribute if any, and from the run's ``config.json``/``metrics.json`` its
+    dataset and headline metrics."""
     run_dir = getattr(model, "run_dir", None)
     spec = getattr(model, "spec", None)
     info = {"name": Path(run_dir).name if run_dir else type(model).__name__,
-            "run_dir": str(run_dir) if run_dir else None,
+            "run": Path(run_dir).name if run_dir else None,
             "scale": getattr(model, "scale", "native"), "dgstudy_version": __version__}
     if spec is not None:
         info.update(backbone=spec.backbone, layers=list(spec.layers), downsample=spec.downsample)

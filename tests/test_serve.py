@@ -103,7 +103,8 @@ def test_page_health_model_and_openapi(client, study):
     page = client.get("/")
     assert page.status_code == 200 and 'id="overlay"' in page.text and "/predict" in page.text
     info = client.get("/model").json()
-    assert info["name"] == "serve-tiny" and info["run_dir"] == str(study[0])
+    assert info["name"] == "serve-tiny" and info["run"] == study[0].name
+    assert str(study[0].parent) not in json.dumps(info)       # no path of the serving machine
     assert info["backbone"] == "efficientnet_lite0" and info["downsample"] == 2
     assert info["folds"] == ["fold_00", "fold_01", "fold_02"] and info["scale"] == "training"
     assert info["trained_on"]["dataset"] == "synthetic" and "IG" in info["metrics"]
@@ -354,3 +355,4 @@ def test_the_page_in_a_browser_draws_the_overlay(live_server, osie_dir, tmp_path
     coloured = np.abs(canvas[..., 0].astype(int) - canvas[..., 2]) > 40      # the density's peak, not grey
     assert canvas.std() > 10 and coloured.sum() >= 100
     assert "efficientnet_lite0" in text and "log-density 600 × 800" in text and "log-density (.npy)" in text
+    assert str(Path(run).parent) not in text                   # the run's name, not its path on the server
