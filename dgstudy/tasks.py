@@ -41,9 +41,9 @@ ENV_VAR = "DGSTUDY_SCHEDULER"
 WORKERS_ENV = "DGSTUDY_WORKERS"          # overrides the LocalCluster's number of workers
 SPECIAL = ("sync", "local")
 # The default stays in process until a local cluster is shown to help: on the 2-core machine the
-# study is measured on, two one-thread workers trained OSIE folds no faster than one process, and
-# their fold weights differ (in the last bits, then in early stopping) from in-process training
-# with torch's default threads, which made the committed OSIE results.
+# study is measured on, two one-thread workers trained four OSIE reference folds in 122 s against
+# 112 s in one process (each epoch 1.65x slower with two at once), with the same bits (profiles
+# train on one thread, wherever they run). docs/training.md has the measurements.
 DEFAULT = "sync"
 CONNECT_TIMEOUT = "20s"                  # to reach a running scheduler
 PATH_VARS = {"DGSTUDY_DATA": data_dir, "DGSTUDY_RESULTS": results_dir, "DGSTUDY_FIGURES": figures_dir}

@@ -125,14 +125,13 @@ class FoldData:
         rest runs on that conv's channels-last output. A readout with a layer norm, and a
         mirrored batch, are gathered into the reused buffer first (the plain path's order of
         the positions, so the same bits)."""
-        size = self.size(int(batch[0]))
-        h, w = self.grids[size]
-        first = readout[0]
         if flip or not all(_per_position(m) for m in readout):
             return readout(self._gather(batch, flip, mirrored))
+        size = self.size(int(batch[0]))
+        h, w = self.grids[size]
         src = (self.mirrored if mirrored else self.tensors)[size]
         n = h * w
-        y = first.rows([src[self.row[int(i)] * n:(self.row[int(i)] + 1) * n] for i in batch])
+        y = readout[0].rows([src[self.row[int(i)] * n:(self.row[int(i)] + 1) * n] for i in batch])
         return readout[1:](y.view(len(batch), h, w, -1).permute(0, 3, 1, 2))
 
     def log_likelihoods(self, model, batch, reduced: bool, flip: bool = False):
