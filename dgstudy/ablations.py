@@ -29,7 +29,7 @@ from .io import DataError
 from .metrics import evaluate
 from .paths import results_dir
 from . import runs as run_store
-from .statistics import bootstrap_paired_difference, summarize
+from .statistics import holm, paired_difference_test, summarize
 from .training import train_runs
 
 
@@ -41,7 +41,10 @@ def ablation_table(results: dict, n_boot: int = 1000, level: float = 0.95, seed:
     ``results``: {condition: run directory, or a (summary dict, per-image DataFrame) pair}.
     ``describe``: optional {condition: text} (e.g. the layers), put in column ``detail``.
     ``reference``: a condition; adds ``IG_diff`` (condition minus reference, bit/fix) with a
-    *paired* interval (the same images resampled for both; images matched by ``image``).
+    *paired* interval (the same images resampled for both; images matched by ``image``), its
+    bootstrap p-value ``IG_diff_p`` and ``IG_diff_p_holm``, Holm-adjusted over the table's
+    comparisons (every condition but the reference): a difference holds for the grid as a whole
+    at level alpha where ``IG_diff_p_holm < alpha`` (:func:`dgstudy.statistics.holm`).
     ``evaluate_kw``: passed to ``evaluation.evaluate_runs`` for the runs not yet evaluated (one
     task each, all at once).
     The same ``seed`` is used for every condition, so the resampled image sets are identical
@@ -59,10 +62,14 @@ def ablation_table(results: dict, n_boot: int = 1000, level: float = 0.95, seed:
         if reference is not None:
             ref = loaded[reference][1][["image", "IG"]]
             both = per_image[["image", "n_fix", "IG"]].merge(ref, on="image", suffixes=("", "_ref"))
-            d = bootstrap_paired_difference(both["IG"], both["IG_ref"], both["n_fix"], n_boot, level, seed)
-            row.update(IG_diff=d.estimate, IG_diff_lo=d.low, IG_diff_hi=d.high)
+            d, p = paired_difference_test(both["IG"], both["IG_ref"], both["n_fix"], n_boot, level, seed)
+            row.update(IG_diff=d.estimate, IG_diff_lo=d.low, IG_diff_hi=d.high,
+                       IG_diff_p=p if cond != reference else float("nan"))
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if reference is not None:
+        table["IG_diff_p_holm"] = holm(table["IG_diff_p"])
+    return table
 
 
 # -- layer grids -------------------------------------------------------------------------------

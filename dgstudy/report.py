@@ -146,7 +146,7 @@ def compare_prose(table: pd.DataFrame, cfg) -> str:
 
 
 # The columns a reader wants in an ablation table's markdown (CSV/JSON keep every column).
-SUMMARY_COLUMNS = ["condition", "detail", "IG", "IG_lo", "IG_hi", "IG_diff", "IG_diff_lo", "IG_diff_hi",
+SUMMARY_COLUMNS = ["condition", "detail", "IG", "IG_lo", "IG_hi", "IG_diff", "IG_diff_lo", "IG_diff_hi", "IG_diff_p_holm",
                    "explained_IG", "LL", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM", "n_images",
                    "n_fixations"]
 

@@ -77,8 +77,45 @@ def bootstrap_ratio(numerator, denominator, n_boot: int = 1000, level: float = 0
 def bootstrap_paired_difference(values_a, values_b, weights, n_boot: int = 1000,
                                 level: float = 0.95, seed: int = 0) -> Interval:
     """Difference of two weighted means over the *same* units, resampled jointly (paired)."""
+    return paired_difference_test(values_a, values_b, weights, n_boot, level, seed)[0]
+
+
+def paired_difference_test(values_a, values_b, weights, n_boot: int = 1000, level: float = 0.95,
+                           seed: int = 0) -> tuple[Interval, float]:
+    """(:func:`bootstrap_paired_difference`, its two-sided bootstrap p-value for "no difference").
+
+    The p-value is twice the smaller share of resampled differences on either side of 0 (at
+    least ``1 / n_boot``; 1 when the two are equal on every unit): the level at which the
+    percentile interval would just reach 0, the test that the interval itself makes."""
     a, b, w = (np.asarray(x, dtype=np.float64) for x in (values_a, values_b, weights))
-    return bootstrap_ratio((a - b) * w, w, n_boot=n_boot, level=level, seed=seed)
+    num, den = (a - b) * w, w
+    if num.shape != den.shape or num.ndim != 1 or num.size == 0:
+        raise ValueError(f"need matching non-empty 1-d arrays, got {num.shape} and {den.shape}")
+    counts = _resample_counts(num.size, n_boot, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boots = (counts @ num) / (counts @ den)
+    interval = _interval(num.sum() / den.sum(), boots, level)
+    boots = boots[np.isfinite(boots)]
+    if not boots.size:
+        return interval, float("nan")
+    if not np.any(num):
+        return interval, 1.0
+    side = min(np.mean(boots <= 0), np.mean(boots >= 0))
+    return interval, float(min(1.0, max(2 * side, 1.0 / boots.size)))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN stays NaN, and is not counted):
+    the k-th smallest of m is multiplied by m - k + 1, made non-decreasing, capped at 1. A
+    comparison holds at family-wise level alpha when its adjusted p-value is below alpha."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    adjusted = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
 
 
 def summarize(summary: dict, per_image: pd.DataFrame, n_boot: int = 1000, level: float = 0.95,

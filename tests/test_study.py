@@ -78,6 +78,47 @@ def test_paired_difference_is_narrower_than_unpaired_for_correlated_conditions()
     assert ia.low < ib.high
 
 
+def test_holm_matches_the_step_down_rule_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max
+    np.testing.assert_allclose(statistics.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    out = statistics.holm([0.5, np.nan, 0.2])                  # NaN is not a comparison: m = 2
+    assert np.isnan(out[1]) and out[0] == pytest.approx(0.5) and out[2] == pytest.approx(0.4)
+    np.testing.assert_array_equal(statistics.holm([0.9, 0.8]), [1.0, 1.0])   # capped at 1
+
+
+def test_paired_p_value_is_the_level_where_the_interval_reaches_zero():
+    rng = np.random.default_rng(7)
+    base = rng.normal(0, 1, 300)
+    w = rng.integers(1, 30, 300).astype(float)
+    clear = base + 0.3 + rng.normal(0, 0.05, 300)
+    iv, p = statistics.paired_difference_test(clear, base, w, n_boot=1000, seed=0)
+    assert iv == statistics.bootstrap_paired_difference(clear, base, w, n_boot=1000, seed=0)
+    assert p == pytest.approx(1 / 1000)                          # no resample reaches 0
+    assert statistics.paired_difference_test(base, base, w, n_boot=200)[1] == 1.0
+    # a shift of about two standard errors: p near 0.05, and the 95% interval just excludes 0
+    # exactly when p < 0.05, at any level
+    noisy = base + rng.normal(0, 1, 300)
+    shifted = noisy + 2.0 * np.sqrt(np.sum(w ** 2)) / w.sum()
+    for level in (0.8, 0.9, 0.95, 0.99):
+        iv, p = statistics.paired_difference_test(shifted, base, w, n_boot=2000, level=level, seed=1)
+        assert (iv.low > 0 or iv.high < 0) == (p < 1 - level) or abs(p - (1 - level)) < 2e-3, (level, p, iv)
+
+
+def test_ablation_table_holm_adjusts_over_the_grid():
+    rng = np.random.default_rng(3)
+    ref = _per_image(rng, ig=0.5)
+    conds = {"ref": ({}, ref)}
+    for k, shift in enumerate([0.0, 0.01, 0.2]):
+        pi = ref.copy()
+        pi["IG"] = ref["IG"] + shift + rng.normal(0, 0.05, len(ref))
+        conds[f"c{k}"] = ({}, pi)
+    t = ablations.ablation_table(conds, n_boot=1000, reference="ref").set_index("condition")
+    assert np.isnan(t.loc["ref", "IG_diff_p"]) and np.isnan(t.loc["ref", "IG_diff_p_holm"])
+    np.testing.assert_allclose(t["IG_diff_p_holm"].drop("ref"), statistics.holm(t["IG_diff_p"].drop("ref")))
+    assert t.loc["c2", "IG_diff_p_holm"] < 0.05 and t.loc["c0", "IG_diff_p_holm"] > 0.05
+    assert (t["IG_diff_p_holm"].drop("ref") >= t["IG_diff_p"].drop("ref")).all()
+
+
 def _per_image(rng, n=40, ig=0.5, gold=1.0):
     n_fix = rng.integers(5, 40, size=n)
     return pd.DataFrame({"image": np.arange(n), "n_fix": n_fix,
