@@ -48,7 +48,7 @@ $(STAMP): pyproject.toml
 # first (tests/conftest.py); TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 2
 test: env
-	$(PY) -m pytest -q -ra $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --maxschedchunk 1)
+	$(PY) -m pytest -q -ra --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --maxschedchunk 1)
 
 smoke: env
 	$(MAKE) --no-print-directory reproduce PROFILE=smoke
