@@ -233,6 +233,29 @@ def plot_layer_ablations(tables: dict, metric: str = "IG", highlight: dict | Non
     return fig
 
 
+def plot_calibration(tables: dict, title: str = "calibration: fixation mass in density deciles"):
+    """Observed against predicted fixation mass per density decile, one line per model
+    (``tables``: {name: :func:`dgstudy.calibration.calibration_table`}), log-log with the
+    diagonal of a calibrated model; the densest decile is labelled."""
+    set_style()
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    lo, hi = np.inf, 0.0
+    for name, t in tables.items():
+        pred, obs = t["predicted"].to_numpy(float), t["observed"].to_numpy(float)
+        keep = (pred > 0) & (obs > 0)
+        line, = ax.plot(pred[keep], obs[keep], "o-", ms=4, lw=1, label=name)
+        ax.annotate("decile 1", (pred[0], obs[0]), xytext=(4, -10), textcoords="offset points",
+                    fontsize=7, color=line.get_color())
+        lo, hi = min(lo, pred[keep].min(), obs[keep].min()), max(hi, pred[keep].max(), obs[keep].max())
+    ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls="--", label="calibrated")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set(xlabel="predicted mass in the decile", ylabel="observed share of fixations", title=title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def plot_fold_ig(folds: pd.DataFrame, title: str = "test IG per fold"):
     """Test IG of every fold, one line per condition (``folds``: :func:`dgstudy.ablations.fold_table`);
     a collapsed fold shows as a dip towards 0."""

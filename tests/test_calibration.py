@@ -1,0 +1,67 @@
+"""Calibration in density deciles (dgstudy.calibration) on densities with a known answer."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dgstudy import calibration, figures
+
+
+class Sampled:
+    """One 40 x 50 image whose fixations are drawn from a known density."""
+
+    def __init__(self, logp, n: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.logp = logp
+        h, w = logp.shape
+        k = rng.choice(h * w, size=n, p=np.exp(logp).ravel())
+        self.name, self.sizes = "sampled", np.array([[h, w]])
+        self.fix = pd.DataFrame({"x": k % w + rng.uniform(0, 1, n), "y": k // w + rng.uniform(0, 1, n)})
+
+    def __len__(self):
+        return 1
+
+    def fixations_of(self, i):
+        return self.fix
+
+
+def blob(h=40, w=50, sharp=1.0):
+    yy, xx = np.mgrid[0:h, 0:w]
+    logp = -sharp * (((yy - 12) / 6.0) ** 2 + ((xx - 30) / 9.0) ** 2)
+    return logp - np.logaddexp.reduce(logp.ravel())
+
+
+def test_a_uniform_model_predicts_a_tenth_per_decile_and_the_truth_is_calibrated():
+    ds = Sampled(blob(), n=20000)
+    uniform = lambda i: np.full((40, 50), -np.log(2000.0))  # noqa: E731
+    t = calibration.calibration_table(uniform, ds)
+    np.testing.assert_allclose(t["predicted"], 0.1)          # 2000 pixels: 200 per decile, equal mass
+    assert t["observed"].sum() == pytest.approx(1.0) and t["n_fixations"].sum() == 20000
+    assert t["observed"].max() > 0.3          # ties split in pixel order: the fixations crowd the blob's rows
+    truth = calibration.calibration_table(lambda i: ds.logp, ds)
+    assert truth["predicted"].sum() == pytest.approx(1.0)
+    se = np.sqrt(truth["predicted"] * (1 - truth["predicted"]) / 20000)
+    assert (np.abs(truth["observed"] - truth["predicted"]) < 4 * se + 1e-4).all()
+
+
+def test_an_overconfident_model_overpredicts_its_top_decile():
+    ds = Sampled(blob(), n=20000, seed=1)
+    sharp = blob(sharp=3.0)                                     # the same peak, three times as narrow
+    t = calibration.calibration_table(lambda i: sharp, ds)
+    assert t["predicted"].iloc[0] > t["observed"].iloc[0]
+    assert t["observed_over_predicted"].iloc[1:].max() > 1.0
+    fig = figures.plot_calibration({"sharp": t})
+    xy = fig.axes[0].lines[0].get_xydata()
+    np.testing.assert_allclose(xy[0], t[["predicted", "observed"]].iloc[0])
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_fixations_map_to_their_pixels_with_the_one_convention():
+    logp = np.log(np.full((2, 10), 1 / 20.0))
+    logp[0, 9] += 1.0                                           # one pixel denser than the rest
+    logp -= np.logaddexp.reduce(logp.ravel())
+    pred, obs = calibration.image_calibration(logp, np.array([9.0, 9.99, 0.5]), np.array([0.0, 0.999, 1.5]), 10)
+    assert obs[0] == 2                                          # (9, 0) and (9.99, 0.999) are pixel (0, 9)
+    assert pred[0] == pytest.approx(np.exp(logp).ravel()[[9, 0]].sum())   # the top pixel and the first tie
