@@ -316,12 +316,14 @@ class GoldStandard:
             _bounded_put(self._cache, key, (gaussian_matrix(h, sig), gaussian_matrix(w, sig)))
         return self._cache[key]
 
-    def _loso_kde(self, d: dict, bw: float) -> np.ndarray:
-        """LOSO KDE density / uniform density at each fixation of one image (NaN: no other subject)."""
+    def _loso_kde(self, d: dict, bw: float, other: np.ndarray | None = None) -> np.ndarray:
+        """LOSO KDE density / uniform density at each fixation of one image (NaN: no other subject).
+        ``other``: (n, n) bool, which fixations g enter the KDE at fixation f (default: those of
+        every other subject; :mod:`dgstudy.ceiling` passes a subset of the observers)."""
         h, w, r, c, s = d["h"], d["w"], d["rows"], d["cols"], d["subject"]
         ky, kx = self._kernels(h, w, bw)
         pair = ky[np.ix_(r, r)] * kx[np.ix_(c, c)]                        # kernel of g at f
-        other = s[:, None] != s[None, :]
+        other = s[:, None] != s[None, :] if other is None else other
         mass = ky.sum(0)[r] * kx.sum(0)[c]                                # grid mass of each kernel
         z = other @ mass
         with np.errstate(invalid="ignore", divide="ignore"):

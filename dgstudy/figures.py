@@ -256,6 +256,31 @@ def plot_calibration(tables: dict, title: str = "calibration: fixation mass in d
     return fig
 
 
+def plot_observer_curve(curve: pd.DataFrame, fit: dict, model_ig: float | None = None,
+                        title: str = "the ceiling: gold standard against the number of observers"):
+    """The gold standard's IG with k other observers (``curve``: :func:`dgstudy.ceiling.gold_by_observers`),
+    the fitted saturating curves of ``fit`` (:func:`dgstudy.ceiling.extrapolate`) with their
+    asymptotes dashed, and, if given, the model's IG as a horizontal line."""
+    set_style()
+    colors = sns.color_palette(PALETTE)
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    k = curve["k"].to_numpy(float)
+    ax.plot(k, curve["IG"], "o", color=colors[0], label="gold standard (leave one out)")
+    kk = np.geomspace(1, 10 * k.max(), 200)
+    for (inf, a, b), name, c in (((fit["IG_inf"], fit["a"], fit["b"]), f"fit, b = {fit['b']:.2f}", colors[1]),
+                                 ((fit["IG_inf_b1"], fit["a_b1"], 1.0), "fit, b = 1", colors[2])):
+        ax.plot(kk, inf - a * kk ** -b, lw=1, color=c, label=f"{name}: {inf:.2f} bit/fix as k -> inf")
+        ax.axhline(inf, color=c, lw=0.8, ls="--")
+    if model_ig is not None:
+        ax.axhline(model_ig, color="black", lw=1, label=f"the model: {model_ig:.2f} bit/fix")
+    ax.set_xscale("log")
+    ax.set(xlabel="other observers k", ylabel="IG over the centre bias (bit/fix)", title=title)
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize="x-small", loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def plot_fold_ig(folds: pd.DataFrame, title: str = "test IG per fold"):
     """Test IG of every fold, one line per condition (``folds``: :func:`dgstudy.ablations.fold_table`);
     a collapsed fold shows as a dip towards 0."""

@@ -173,3 +173,16 @@ def test_baselines_command_writes_the_table(data_root, tmp_path, capsys):
     assert meta["n_images"] == 6 and "timings" in meta and meta["center_bias"]["bandwidth"] > 0
     assert len(pd.read_csv(out / "per_image_gold_standard.csv")) == 6
     assert "gold_standard" in capsys.readouterr().out
+
+
+def test_the_observer_curve_ends_at_the_gold_standard_itself(osie8, cb8, gold8):
+    """With every other observer, gold_by_observers refits exactly the gold standard's objective:
+    its IG is the IG_gold that metrics.evaluate reports; with one observer it is far lower."""
+    from dgstudy import ceiling, metrics
+
+    K = int(max(len(np.unique(osie8.fixations_of(i)["subject"])) for i in range(len(osie8)))) - 1
+    curve = ceiling.gold_by_observers(gold8, ks=[1, K]).set_index("k")
+    ig_gold = metrics.evaluate(gold8.log_density, osie8, baseline=cb8, gold=gold8)["IG_gold"]
+    assert curve.loc[K, "IG"] == pytest.approx(ig_gold, abs=1e-6)
+    assert curve.loc[K, "bandwidth"] == pytest.approx(gold8.bandwidth, rel=1e-6)
+    assert curve.loc[1, "IG"] < curve.loc[K, "IG"] - 0.2

@@ -65,3 +65,35 @@ def test_fixations_map_to_their_pixels_with_the_one_convention():
     pred, obs = calibration.image_calibration(logp, np.array([9.0, 9.99, 0.5]), np.array([0.0, 0.999, 1.5]), 10)
     assert obs[0] == 2                                          # (9, 0) and (9.99, 0.999) are pixel (0, 9)
     assert pred[0] == pytest.approx(np.exp(logp).ravel()[[9, 0]].sum())   # the top pixel and the first tie
+
+
+# -- the ceiling (dgstudy.ceiling) -------------------------------------------------------------------
+def test_observer_subsets_draw_k_others_and_never_the_observer_itself():
+    from dgstudy import ceiling
+
+    subjects = np.repeat([3, 5, 8, 9], [2, 3, 1, 2])
+    m = ceiling.observer_subsets(subjects, 2, np.random.default_rng(0))
+    assert m.shape == (8, 8)
+    for f in range(8):
+        chosen = set(subjects[m[f]])
+        assert subjects[f] not in chosen and len(chosen) == 2
+        assert all(m[f, g] == (subjects[g] in chosen) for g in range(8))   # all of a chosen observer's fixations
+    full = ceiling.observer_subsets(subjects, 10, np.random.default_rng(0))   # more than there are: all others
+    np.testing.assert_array_equal(full, subjects[:, None] != subjects[None, :])
+
+
+def test_the_extrapolation_recovers_a_known_curve_and_the_table_divides_by_it():
+    from dgstudy import ceiling
+
+    k = np.array([1, 2, 3, 5, 7, 10, 14])
+    curve = pd.DataFrame({"k": k, "IG": 2.6 - 1.2 * k ** -0.6})
+    fit = ceiling.extrapolate(curve)
+    assert fit["IG_inf"] == pytest.approx(2.6, abs=1e-4) and fit["b"] == pytest.approx(0.6, abs=1e-3)
+    assert fit["IG_inf_b1"] < fit["IG_inf"] and fit["IG_K"] == pytest.approx(2.6 - 1.2 * 14 ** -0.6)
+    t = ceiling.ceiling_table(1.3, fit)
+    assert t["explained_IG"].iloc[0] == pytest.approx(1.3 / fit["IG_K"])
+    assert t["explained_IG"].iloc[1] == pytest.approx(0.5, abs=1e-4)
+    fig = figures.plot_observer_curve(curve, fit, model_ig=1.3)
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), curve["IG"])
+    import matplotlib.pyplot as plt
+    plt.close(fig)

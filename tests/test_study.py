@@ -163,6 +163,11 @@ def test_results_table_puts_paper_numbers_beside_ours_and_flags_the_setting(tmp_
     assert list(t.metric) == report.METRICS
     t = t.set_index("metric")
     assert t.loc["explained_IG", "paper"] == 0.87 and "abstract" in t.loc["explained_IG", "paper_source"]
+    assert "MIT1003" in t.loc["explained_IG", "paper_source"] and "MIT300" in t.loc["AUC", "paper_source"]
+    # DeepGaze I's 56 % is an AlexNet model's: named in the source, never in the paper column
+    dg1 = report.results_table(metrics, paper, "deepgaze1").set_index("metric")
+    assert dg1["paper"].isna().all() and "AlexNet" in dg1.loc["explained_IG", "paper_source"]
+    assert not dg1["comparable"].any()
     assert t.loc["AUC", "paper"] == 0.88 and t.loc["AUC", "this_run"] == 0.86
     assert t.loc["IG", "ci_low"] == 0.8 and np.isnan(t.loc["IG", "paper"])
     assert t.loc["AUC", "comparable"] and not t.loc["IG", "comparable"]   # no paper number for IG
