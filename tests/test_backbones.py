@@ -236,3 +236,21 @@ def test_efficientnet_missing_package_and_wrong_file(tmp_path, monkeypatch):
 def test_unknown_backbone():
     with pytest.raises(KeyError, match="vgg19_random"):
         backbones.get("resnet9000")
+
+
+def test_efficientnet_lite0_random_is_the_same_network_seeded_and_never_a_substitute():
+    import torch
+
+    before = torch.random.get_rng_state()
+    a = backbones.get("efficientnet_lite0_random")
+    assert torch.equal(torch.random.get_rng_state(), before)        # the global RNG is left alone
+    b = backbones.get("efficientnet_lite0_random")
+    p = backbones.get("efficientnet_lite0")
+    assert a.name == "efficientnet_lite0_random" and a.weights_sha256 == b.weights_sha256
+    assert a.weights_sha256.startswith("random-seed0:") and a.weights_sha256 != p.weights_sha256
+    sa, sp = a.state_dict(), p.state_dict()
+    assert sa.keys() == sp.keys() and all(sa[k].shape == sp[k].shape for k in sa)   # the same architecture
+    assert not torch.equal(sa["stages.block3.0.conv_pw.weight"], sp["stages.block3.0.conv_pw.weight"])
+    assert a.strides == p.strides and a.default_layers == p.default_layers
+    with pytest.raises(ValueError, match="random-weights control"):
+        backbones.get("efficientnet_lite0_random", weights="x.pth")

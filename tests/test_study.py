@@ -241,7 +241,8 @@ def test_config_and_output_tag(monkeypatch, tmp_path, capsys):
     # osie_extended shares the runs of osie; a readout override names its run
     ext = StudyConfig.load("osie_extended")
     assert ext.train.run == "osie-efficientnet_lite0" and ext.output_tag == "osie_extended"
-    assert ext.ablation_backbones == ["efficientnet_lite1", "efficientnet_lite2", "vgg19_random"]
+    assert ext.ablation_backbones == ["efficientnet_lite1", "efficientnet_lite2", "vgg19_random",
+                                      "efficientnet_lite0_random"]
     assert StudyConfig.load("smoke", readout="deepgaze1").train.run == "smoke-efficientnet_lite0-deepgaze1"
     with pytest.raises(KeyError, match="max_epoch"):
         StudyConfig.load("smoke", max_epoch=3)                 # a typo is an error, not ignored
@@ -279,7 +280,7 @@ def test_config_and_output_tag(monkeypatch, tmp_path, capsys):
     assert ablations.backbone_run_name(osie, "vgg19_random") == "osie-vgg19_random"
     assert ablations.backbone_run_name(osie, "efficientnet_lite0") == "osie-efficientnet_lite0"
     assert grids.backbone_grid(ext) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
-                                            "vgg19_random"]
+                                            "vgg19_random", "efficientnet_lite0_random"]
 
 
 # -- preflight --------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ paired in order and shape-checked (DataError otherwise). Tested equal to the wei
 implementation (PyPI ``efficientnet-lite-pytorch``). Input normalisation: mean = std = 0.5.
 Named stages: ``stem``, ``block0`` ... ``block6``, ``head`` (strides :data:`STRIDES`); default layers
 ``block3 block4 block5 block6``. Channels, the verification and the padding story:
-``docs/backbones.md``.
+``docs/backbones.md``. ``efficientnet_lite0_random``: the same network with timm's random
+initialisation under a fixed seed, the control for "what does ImageNet training add" on the
+study's own backbone (beside ``vgg19_random``).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from ..io import DataError, verify_file
-from .base import SequentialBackbone, register
+from .base import SequentialBackbone, register, tensors_sha256
 
 DEFAULT_LAYERS = ["block3", "block4", "block5", "block6"]
 STRIDES = {"stem": 2, "block0": 2, "block1": 4, "block2": 8, "block3": 16, "block4": 16,
@@ -139,3 +141,21 @@ def efficientnet_lite1(weights=None) -> EfficientNetLite:
 def efficientnet_lite2(weights=None) -> EfficientNetLite:
     """EfficientNet-Lite2 (6.1 M parameters), TF semantics, packaged ImageNet weights."""
     return build("efficientnet_lite2", weights)
+
+
+@register("efficientnet_lite0_random", DEFAULT_LAYERS, VARIANTS["efficientnet_lite0"].architecture)
+def efficientnet_lite0_random(weights=None, seed: int = 0) -> EfficientNetLite:
+    """EfficientNet-Lite0 with timm's random initialisation under ``torch.manual_seed(seed)`` (the
+    global RNG state restored afterwards); batch norms at their initial statistics. A control, not
+    a model: it never stands in for missing weights."""
+    if weights is not None:
+        raise ValueError("efficientnet_lite0_random takes no weights file (it is the random-weights control)")
+    variant = VARIANTS["efficientnet_lite0"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = timm.create_model(variant.timm_name, pretrained=False).eval()
+    bb = EfficientNetLite(variant, net, f"timm init, torch.manual_seed({seed})")
+    bb.name = "efficientnet_lite0_random"
+    named = {k: v for k, v in bb.state_dict().items() if k.startswith("stages.")}
+    bb.weights_sha256 = f"random-seed{seed}:" + tensors_sha256(named)
+    return bb
