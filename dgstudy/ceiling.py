@@ -119,11 +119,18 @@ def observer_curve(dataset, gold: GoldStandard, seed: int = 0) -> tuple[pd.DataF
     return curve, fit
 
 
-def ceiling_table(model_ig: float, fit: dict) -> pd.DataFrame:
+def ceiling_table(model_ig: float, fit: dict, curve: pd.DataFrame) -> pd.DataFrame:
     """A model's information gain (bit/fix) explained against the gold standard of K observers and
     against the two extrapolations of :func:`extrapolate`: one row per ceiling, columns
-    ``ceiling``, ``IG_ceiling``, ``explained_IG``."""
-    rows = [(f"gold standard, {fit['K']} other observers (leave one out)", fit["IG_K"]),
-            ("extrapolated to infinitely many observers, IG_inf - a k^-b (b fitted)", fit["IG_inf"]),
-            ("extrapolated to infinitely many observers, IG_inf - a / k (b = 1)", fit["IG_inf_b1"])]
-    return pd.DataFrame([{"ceiling": name, "IG_ceiling": ig, "explained_IG": model_ig / ig} for name, ig in rows])
+    ``ceiling``, ``IG_ceiling``, ``explained_IG`` and ``rms_residual`` (bit/fix: how far the fitted
+    curve misses the measured one of ``curve``; a form that misses it extrapolates nothing)."""
+    k, ig = curve["k"].to_numpy(float), curve["IG"].to_numpy(float)
+
+    def rms(inf, a, b):
+        return float(np.sqrt(np.mean((_saturating(k, inf, a, b) - ig) ** 2)))
+
+    rows = [(f"gold standard with {fit['K']} other observers (leave one out)", fit["IG_K"], 0.0),
+            ("extrapolated: IG_inf - a k^-b (b fitted)", fit["IG_inf"], rms(fit["IG_inf"], fit["a"], fit["b"])),
+            ("extrapolated: IG_inf - a / k (b fixed at 1)", fit["IG_inf_b1"], rms(fit["IG_inf_b1"], fit["a_b1"], 1.0))]
+    return pd.DataFrame([{"ceiling": name, "IG_ceiling": v, "explained_IG": model_ig / v, "rms_residual": r}
+                         for name, v, r in rows])

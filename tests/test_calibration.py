@@ -90,9 +90,11 @@ def test_the_extrapolation_recovers_a_known_curve_and_the_table_divides_by_it():
     fit = ceiling.extrapolate(curve)
     assert fit["IG_inf"] == pytest.approx(2.6, abs=1e-4) and fit["b"] == pytest.approx(0.6, abs=1e-3)
     assert fit["IG_inf_b1"] < fit["IG_inf"] and fit["IG_K"] == pytest.approx(2.6 - 1.2 * 14 ** -0.6)
-    t = ceiling.ceiling_table(1.3, fit)
+    t = ceiling.ceiling_table(1.3, fit, curve)
     assert t["explained_IG"].iloc[0] == pytest.approx(1.3 / fit["IG_K"])
     assert t["explained_IG"].iloc[1] == pytest.approx(0.5, abs=1e-4)
+    assert t["rms_residual"].iloc[1] < 1e-4 < t["rms_residual"].iloc[2]     # b = 1 misses a b = 0.6 curve
+    assert not t["ceiling"].str.contains(",").any()     # rows citable as ceiling=... (dgstudy.citations)
     fig = figures.plot_observer_curve(curve, fit, model_ig=1.3)
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), curve["IG"])
     import matplotlib.pyplot as plt
