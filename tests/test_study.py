@@ -399,6 +399,6 @@ def test_one_rule_for_the_stores_a_profile_reads():
     specs = [spec for spec, _ in ext.values()]
     assert [s.mirror for s in specs].count(True) == 1
     assert {s.backbone for s in specs} == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
-                                           "vgg19_random"}
+                                           "vgg19_random", "efficientnet_lite0_random"}
     assert [s.pool_stride for s in specs if s.backbone == "vgg19_random"] == [None, 16]
     assert set(stores) < set(ext)                                # osie's runs are shared
