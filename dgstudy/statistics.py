@@ -68,10 +68,14 @@ def bootstrap_ratio(numerator, denominator, n_boot: int = 1000, level: float = 0
     b = np.asarray(denominator, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
         raise ValueError(f"need matching non-empty 1-d arrays, got {a.shape} and {b.shape}")
+    return _interval(a.sum() / b.sum(), _ratio_resamples(a, b, n_boot, seed), level)
+
+
+def _ratio_resamples(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """``sum num / sum den`` in each of ``n_boot`` resamples of the units (:func:`_resample_counts`)."""
     counts = _resample_counts(a.size, n_boot, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
-        boots = (counts @ a) / (counts @ b)
-    return _interval(a.sum() / b.sum(), boots, level)
+        return (counts @ a) / (counts @ b)
 
 
 def bootstrap_paired_difference(values_a, values_b, weights, n_boot: int = 1000,
@@ -91,9 +95,7 @@ def paired_difference_test(values_a, values_b, weights, n_boot: int = 1000, leve
     num, den = (a - b) * w, w
     if num.shape != den.shape or num.ndim != 1 or num.size == 0:
         raise ValueError(f"need matching non-empty 1-d arrays, got {num.shape} and {den.shape}")
-    counts = _resample_counts(num.size, n_boot, seed)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boots = (counts @ num) / (counts @ den)
+    boots = _ratio_resamples(num, den, n_boot, seed)
     interval = _interval(num.sum() / den.sum(), boots, level)
     boots = boots[np.isfinite(boots)]
     if not boots.size:

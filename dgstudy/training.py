@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from . import datasets, tasks
 from .backbones.geometry import GEOMETRY_VERSION
-from .baselines import CenterBias, fitted_center_bias
+from .baselines import fitted_center_bias
 from .config import TrainConfig
 from .features import FeatureStore
 from .io import atomic_path, file_lock, write_json
