@@ -62,7 +62,10 @@ def gold_by_observers(gold: GoldStandard, ks=None, images=None, seed: int = 0) -
     ds = gold.dataset
     images = range(len(ds)) if images is None else images
     data = [d for d in (gold._image_terms(int(i)) for i in images) if d is not None]
-    n_obs = max(len(np.unique(d["subject"])) for d in data)
+    n_obs = max((len(np.unique(d["subject"])) for d in data), default=0)
+    if n_obs < 2:
+        raise ValueError(f"{ds.name}: the gold standard needs at least two observers on an image, "
+                         f"found at most {n_obs}")
     ks = default_ks(n_obs - 1) if ks is None else [int(k) for k in ks]
     cb = np.concatenate([d["cb"] for d in data])
     log_cb = np.log(cb)
@@ -92,12 +95,21 @@ def _saturating(k, ig_inf, a, b):
 
 def extrapolate(curve: pd.DataFrame) -> dict:
     """``IG(k) = IG_inf - a * k**(-b)`` fitted to ``curve`` (columns ``k``, ``IG``) by least
-    squares: ``{"IG_inf", "a", "b"}`` with ``b`` free, and ``{"IG_inf_b1", "a_b1"}`` with ``b = 1``."""
+    squares: ``{"IG_inf", "a", "b"}`` with ``b`` free (needs four observer counts or more),
+    ``{"IG_inf_b1", "a_b1"}`` with ``b = 1`` (three or more), NaN where a form cannot be fitted;
+    ``K`` and ``IG_K``: the largest ``k`` and its IG."""
     k, ig = curve["k"].to_numpy(float), curve["IG"].to_numpy(float)
-    (inf, a, b), _ = curve_fit(_saturating, k, ig, p0=(ig.max() + 0.1, ig.max() - ig.min() + 0.1, 1.0),
-                               bounds=([ig.max(), 0.0, 0.05], [np.inf, np.inf, 5.0]), maxfev=20000)
-    (inf1, a1), _ = curve_fit(lambda k, i, a: _saturating(k, i, a, 1.0), k, ig,
-                              p0=(ig.max() + 0.1, ig.max() - ig.min() + 0.1))
+    nan = float("nan")
+    inf = a = b = inf1 = a1 = nan
+    try:                              # a form needs more observer counts than it has parameters
+        if len(k) > 3:
+            (inf, a, b), _ = curve_fit(_saturating, k, ig, p0=(ig.max() + 0.1, ig.max() - ig.min() + 0.1, 1.0),
+                                       bounds=([ig.max(), 0.0, 0.05], [np.inf, np.inf, 5.0]), maxfev=20000)
+        if len(k) > 2:
+            (inf1, a1), _ = curve_fit(lambda k, i, a: _saturating(k, i, a, 1.0), k, ig,
+                                      p0=(ig.max() + 0.1, ig.max() - ig.min() + 0.1))
+    except RuntimeError:              # no convergence: no extrapolation rather than a wrong one
+        pass
     return {"IG_inf": float(inf), "a": float(a), "b": float(b), "IG_inf_b1": float(inf1), "a_b1": float(a1),
             "K": int(k.max()), "IG_K": float(ig[np.argmax(k)])}
 

@@ -99,3 +99,12 @@ def test_the_extrapolation_recovers_a_known_curve_and_the_table_divides_by_it():
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), curve["IG"])
     import matplotlib.pyplot as plt
     plt.close(fig)
+
+
+def test_too_few_observer_counts_give_no_extrapolation_not_a_wrong_one():
+    from dgstudy import ceiling
+
+    fit = ceiling.extrapolate(pd.DataFrame({"k": [1, 2], "IG": [0.8, 1.0]}))     # three observers per image
+    assert np.isnan(fit["IG_inf"]) and np.isnan(fit["IG_inf_b1"]) and fit["IG_K"] == 1.0 and fit["K"] == 2
+    t = ceiling.ceiling_table(0.5, fit, pd.DataFrame({"k": [1, 2], "IG": [0.8, 1.0]}))
+    assert t["explained_IG"].iloc[0] == 0.5 and t["explained_IG"].iloc[1:].isna().all()
