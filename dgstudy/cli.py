@@ -4,7 +4,8 @@
   (``--images DIR --fixations CSV``: on a folder data set, :mod:`dgstudy.datasets.folder`)
 ``dgstudy predict IMAGE... [--model RUN] --out DIR``  a trained run (default: the shipped model) on any images
 ``dgstudy evaluate [--model RUN] --images DIR --fixations CSV``  a run on another data set
-  (:mod:`dgstudy.transfer`)
+  (:mod:`dgstudy.transfer`); ``--maps DIR``: a folder of any model's saliency maps, benchmarked
+  (:mod:`dgstudy.map_benchmark`); ``--dataset NAME`` instead of a folder data set
 ``dgstudy serve [--model RUN]``  the web service: a page and an HTTP API for one image at a time
 ``dgstudy preflight --profile osie``  are the profile's data and weights there, are its stores and folds
   intact (damaged ones moved aside to be rebuilt)? (make reproduce)
@@ -287,47 +288,75 @@ def format_summary(summary: dict, keys: Sequence[str] | None = None) -> str:
 
 # -- evaluate ---------------------------------------------------------------------------------------
 EVALUATE_HELP = """\
-Evaluate a trained run on another fixation data set: a folder of images (--images) and a CSV of
-fixations (--fixations; columns image,x,y[,subject] as for dgstudy predict --fixations).
+Evaluate a trained run, or any saliency model's maps, on a fixation data set: a folder of images
+(--images) and a CSV of fixations (--fixations; columns image,x,y[,subject] as for dgstudy predict
+--fixations), or a data set dgstudy loads (--dataset osie, mit1003).
 
-Scored the way the paper scores: LL, IG and explained IG over the data set's OWN leave-image-out
-centre bias and leave-one-subject-out gold standard (fitted here), AUC, sAUC, NSS, CC, KLDiv, SIM
-(dgstudy.metrics), and the IG over the run's training centre bias. What cannot be computed (one
-image: no own centre bias and no sAUC; one observer: no gold standard) is marked with the reason.
-Writes into --out: evaluation.json, evaluation_per_image.csv, evaluation.png/.pdf.
+A run (--model, default the shipped model) is scored the way the paper scores: LL, IG and explained
+IG over the data set's OWN leave-image-out centre bias and leave-one-subject-out gold standard
+(fitted here), AUC, sAUC, NSS, CC, KLDiv, SIM (dgstudy.metrics), and the IG over the run's
+training centre bias.
+
+A folder of saliency maps (--maps DIR: one map per image, named by the image's file stem, .npy,
+.png or .jpg, any size with the image's aspect ratio) is scored the benchmark's way: the maps are
+made a density by a cross-validated fit (a monotone nonlinearity, a blur and a centre-bias weight
+fitted on the other folds' images), whose LL, IG, explained IG and metrics on the metric-optimal
+maps are reported, beside the classic metrics on the raw maps (raw_AUC, ...). docs/evaluate.md.
+
+What cannot be computed (one image: no own centre bias and no sAUC; one observer: no gold standard)
+is marked with the reason. Writes into --out: evaluation.json, evaluation_per_image.csv,
+evaluation.png/.pdf.
 """
 
 
 def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("evaluate", help="evaluate a trained run on another data set (folder + CSV)",
+    p = subparsers.add_parser("evaluate", help="evaluate a trained run or a folder of saliency maps on a data set",
                               description=EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_argument(p)
-    _folder_arguments(p, required=True)
+    p.add_argument("--maps", default=None, metavar="DIR",
+                   help="a folder of saliency maps to benchmark instead of a run (one per image)")
+    _folder_arguments(p, required=False)
+    p.add_argument("--dataset", default=None, metavar="NAME",
+                   help="a data set dgstudy loads (osie, mit1003), instead of --images/--fixations")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder (default results/evaluate/<run>-on-<images folder>)")
-    p.add_argument("--fold", type=int, default=None, metavar="K", help="use only fold K (default: all folds)")
+                   help="output folder (default results/evaluate/<run or maps>-on-<data set>)")
+    p.add_argument("--fold", type=int, default=None, metavar="K", help="use only fold K of the run (default: all folds)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--kernel-size", type=float, default=None, metavar="PX",
-                   help="sigma (px) of the empirical saliency map (default: 1/30 of the larger image side)")
+                   help="sigma (px) of the empirical saliency map (default: about one degree, else "
+                        "1/30 of the larger image side)")
     _scale_argument(p)
     p.set_defaults(func=run_evaluate_command)
     return p
 
 
+def _evaluation_dataset(args: argparse.Namespace):
+    """(data set, its name for the output folder) of --dataset or --images/--fixations."""
+    if args.dataset and (args.images or args.fixations):
+        raise DataError("give either --dataset NAME or --images DIR with --fixations CSV, not both")
+    if args.dataset:
+        from . import datasets
+        return datasets.load(args.dataset), args.dataset
+    if not (args.images or args.fixations):
+        raise DataError("give the data set: --images DIR and --fixations CSV, or --dataset NAME")
+    return _load_folder(args), Path(args.images).resolve().name
+
+
 def run_evaluate_command(args: argparse.Namespace) -> int:
     """The ``dgstudy evaluate`` handler; returns the exit status."""
-    from . import transfer
     from .metrics import MAIN_AVERAGE
 
+    if args.maps:
+        return _evaluate_maps(args)
+    from . import transfer
     try:
-        ds = _load_folder(args)
+        ds, ds_name = _evaluation_dataset(args)
         model = load_model(args.model, fold=args.fold, device=args.device, scale=args.scale)
         result = transfer.evaluate(model, ds, kernel_size=args.kernel_size, progress=True)
     except (DataError, KeyError, ValueError, OSError) as e:
         print(f"dgstudy evaluate: {e}", file=sys.stderr)
         return 1
-    out = Path(args.out) if args.out else results_dir() / "evaluate" / (
-        f"{model.run_dir.name}-on-{Path(args.images).resolve().name}")
+    out = Path(args.out) if args.out else results_dir() / "evaluate" / f"{model.run_dir.name}-on-{ds_name}"
     paths = transfer.write(result, out)
     print(ds)
     print(format_summary({**result.summary, "not_computable": result.not_computable},
@@ -336,6 +365,35 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
           "mean over fixations bits/fix, over the run's training centre bias")
     print(f"IG and explained_IG over the data set's own leave-image-out centre bias; scale: "
           f"{', '.join(sorted(set(result.per_image['scale'])))}")
+    print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _evaluate_maps(args: argparse.Namespace) -> int:
+    """``dgstudy evaluate --maps DIR``: a folder of saliency maps benchmarked (dgstudy.map_benchmark)."""
+    from . import map_benchmark
+    from .metrics import MAIN_AVERAGE
+
+    if args.model or args.fold is not None:
+        print("dgstudy evaluate: --maps scores a folder of maps; --model and --fold are for a run", file=sys.stderr)
+        return 2
+    try:
+        ds, ds_name = _evaluation_dataset(args)
+        result = map_benchmark.evaluate_maps(args.maps, ds, kernel_size=args.kernel_size, progress=True)
+    except (DataError, ValueError, OSError) as e:
+        print(f"dgstudy evaluate: {e}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else results_dir() / "evaluate" / (
+        f"maps-{Path(args.maps).resolve().name}-on-{ds_name}")
+    paths = map_benchmark.write(result, out)
+    print(ds)
+    print(f"the maps as a density (fitted on the other folds' images, {len(result.fit['folds'])} folds):")
+    print(format_summary({**result.summary, "not_computable": result.not_computable},
+                         ("n_images", "n_fixations", *MAIN_AVERAGE)))
+    print("the raw maps, classic metrics (AUC over all pixels, sAUC over other images' fixations, "
+          "NSS, CC/KLDiv/SIM against the empirical map):")
+    for m in map_benchmark.RAW_METRICS:
+        print(f"  {m:<12} {result.raw[m]:>10.4f}  mean over images")
     print(f"written: {', '.join(str(p) for p in paths.values())}")
     return 0
 

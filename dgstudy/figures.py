@@ -464,6 +464,58 @@ def plot_transfer_evaluation(per_image: pd.DataFrame, summary: dict):
     return fig
 
 
+def plot_model_comparison(table: pd.DataFrame):
+    """Information gain over the centre bias (bit/fix, 95% image-bootstrap interval) of every model
+    of the comparison (``table``: :func:`dgstudy.report.comparison_table`), one bar per model,
+    coloured by kind, with the explained fraction written beside each bar."""
+    set_style()
+    t = table.iloc[::-1].reset_index(drop=True)
+    kinds = list(dict.fromkeys(table["kind"]))
+    colours = dict(zip(kinds, sns.color_palette(PALETTE, len(kinds))))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(t) + 1.2))
+    y = np.arange(len(t))
+    ig = t["IG"].to_numpy(float)
+    err = np.vstack([ig - t["IG_lo"].to_numpy(float), t["IG_hi"].to_numpy(float) - ig])
+    ax.barh(y, ig, xerr=np.nan_to_num(err), color=[colours[k] for k in t["kind"]], capsize=3)
+    for k, (v, e) in enumerate(zip(ig, t["explained_IG"].to_numpy(float))):
+        if np.isfinite(e):
+            ax.text(max(v, 0) + 0.02 * np.nanmax(ig), k, f"{e:.0%}", va="center", fontsize=9)
+    ax.set_yticks(y, t["model"])
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set(xlabel="IG over the centre bias (bit/fix); explained fraction beside each bar")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[k]) for k in kinds]
+    ax.legend(handles, kinds, loc="lower right", fontsize=8, frameon=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_map_evaluation(per_image: pd.DataFrame, fit: dict, summary: dict):
+    """A folder of saliency maps benchmarked (``dgstudy evaluate --maps``): the fitted nonlinearity
+    of every fold (log density added against the normalised map value), each image's AUC on its
+    raw map against the same on the fitted density, and the sorted per-image IG (bit/fix)."""
+    set_style()
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(12, 3.8))
+    for f in fit["folds"]:
+        y = np.asarray(f["nonlinearity"], dtype=float)
+        a.plot(np.linspace(0, 1, len(y)), y, color="C0", alpha=0.6, lw=1)
+    sig = np.median([f["blur_sigma_px"] for f in fit["folds"]])
+    w = np.median([f["center_bias_weight"] for f in fit["folds"]])
+    a.set(xlabel="map value (scaled to [0, 1])", ylabel="log density added (nats)",
+          title=f"{len(fit['folds'])} folds; blur {sig:.1f} px, cb weight {w:.2f}")
+    b.scatter(per_image["raw_AUC"], per_image["AUC"], s=10, alpha=0.7)
+    lim = [float(np.nanmin(per_image[["raw_AUC", "AUC"]])), float(np.nanmax(per_image[["raw_AUC", "AUC"]]))]
+    b.plot(lim, lim, color="black", lw=0.8, ls="--")
+    b.set(xlabel="AUC of the raw map", ylabel="AUC of the fitted density", title="per image")
+    ig = np.sort(per_image["IG"].to_numpy(dtype=float))
+    c.bar(np.arange(len(ig)), ig, width=1.0)
+    c.axhline(0, color="black", lw=0.8)
+    c.set(xlabel="image (sorted)", ylabel="IG over the centre bias (bit/fix)",
+          title=f"IG {summary.get('IG', float('nan')):.3f} bit/fix, explained "
+                f"{summary.get('explained_IG', float('nan')):.0%}")
+    fig.tight_layout()
+    return fig
+
+
 def plot_scale_transfer(table: pd.DataFrame, metric: str = "IG_run_cb", reference_width=None):
     """A run's ``metric`` (bit/fix, with its interval) on the same images shown at several widths,
     one line per prediction scale (``table``: :func:`dgstudy.transfer.scale_table`)."""

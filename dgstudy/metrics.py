@@ -17,6 +17,9 @@ evaluated at the data set's image sizes. :func:`evaluate` computes every metric;
   explained_IG per fixation, the rest per image; ``result['conventions']``). A model with
   ``loso_log_density(i, subject)`` is scored per subject on LL, IG, AUC, sAUC, NSS.
 
+:func:`evaluate_saliency_maps` scores raw saliency maps (not densities) the classic way: AUC,
+sAUC, NSS, CC, KLDiv and SIM on the map as it is.
+
 The plain definitions come first; :func:`evaluate` uses the exact speed-ups of
 :mod:`dgstudy.metrics_fast` (equivalence-tested). Sources and departures: docs/metrics.md.
 """
@@ -285,6 +288,52 @@ def evaluate(model, dataset, baseline=None, gold=None, images=None, per_image: b
                ["AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM"]
         return summary, table[cols]
     return summary
+
+
+def evaluate_saliency_maps(saliency, dataset, images=None, kernel_size: float | None = None,
+                           progress: bool = False) -> tuple[dict, pd.DataFrame]:
+    """The classic benchmark's metrics computed on **raw** saliency maps, not on a density.
+
+    ``saliency(i) -> (H, W)``: any map of image ``i`` at its size (only the order of its values
+    matters for AUC and sAUC; NSS standardises it; CC, KLDiv and SIM compare it, made a density by
+    :func:`as_density`, with the empirical map, unblurred). AUC: negatives = all pixels; sAUC:
+    negatives = the map at the fixations on the other evaluated images (:class:`ShuffledNegatives`).
+    These are the numbers a benchmark that scores submitted maps as they are reports; for a
+    density the maps of :func:`evaluate` are the optimal ones. Returns (summary: the image
+    averages of AUC, sAUC, NSS, CC, KLDiv, SIM and ``n_images``; per-image table).
+    """
+    images = np.arange(len(dataset)) if images is None else np.asarray(images, dtype=np.int64)
+    fx = dataset.fixations
+    fx = fx[np.isin(fx["image"].to_numpy(), images)]
+    by_image = {i: g for i, g in fx.groupby("image", sort=False)}
+    images = np.array([i for i in images if int(i) in by_image], dtype=np.int64)
+    kernel_size = float(kernel_size) if kernel_size else default_kernel_size(dataset)
+    blur = metrics_fast.Blur(kernel_size)
+    shuffled = ShuffledNegatives(fx["image"].to_numpy(), fx["x"].to_numpy(), fx["y"].to_numpy(), dataset.sizes)
+    rows_out = []
+    with single_threaded_blas():
+        for i in tqdm(images, desc="raw maps", disable=not progress, leave=False):
+            i = int(i)
+            shape = tuple(int(v) for v in dataset.sizes[i])
+            g = by_image[i]
+            rows, cols = fixation_pixels(g["x"].to_numpy(), g["y"].to_numpy(), shape, i)
+            sal = to_numpy(saliency(i))
+            if sal.shape != shape:
+                raise ValueError(f"image {i}: saliency map has shape {sal.shape}, expected {shape}")
+            at_fix = sal[rows, cols]
+            neg = shuffled.indices(*shape, i)
+            empirical = blur.fixations(rows, cols, shape)
+            rows_out.append({
+                "image": i, "n_fix": len(rows),
+                "AUC": float(metrics_fast.auc_per_positive(at_fix, sal).mean()),
+                "sAUC": float(metrics_fast.auc_per_positive(at_fix, sal.ravel()[neg]).mean()) if len(neg) else np.nan,
+                "NSS": float(nss_values(sal, rows, cols).mean()),
+                "CC": cc(sal, empirical), "KLDiv": kl_div(sal, empirical), "SIM": sim(sal, empirical)})
+    table = pd.DataFrame(rows_out)
+    summary = {m: float(table[m].mean()) for m in ("AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM")}
+    summary.update(n_images=int(len(table)), kernel_size=kernel_size,
+                   conventions="raw maps: mean over images; CC, KLDiv, SIM against the empirical map")
+    return summary, table
 
 
 def _evaluate_images(images, dataset, by_image, model_fn, base_fn, loso, gold, blur, shuffled,
