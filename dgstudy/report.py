@@ -154,6 +154,26 @@ def compare_prose(table: pd.DataFrame, cfg) -> str:
     return "\n\n".join(lines)
 
 
+# The model comparison (notebook 07): every model scored on the same images the same way.
+COMPARISON_COLUMNS = ["model", "kind", "IG", "IG_lo", "IG_hi", "explained_IG", "explained_IG_lo",
+                      "explained_IG_hi", "LL", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM", "raw_AUC",
+                      "raw_sAUC", "raw_NSS", "n_images", "n_fixations"]
+
+
+def comparison_table(entries: dict, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per model of ``entries`` ({name: (kind, summary, per-image table)}), with
+    image-bootstrap intervals (:func:`~dgstudy.statistics.summarize`) on IG and explained IG,
+    columns :data:`COMPARISON_COLUMNS`; ``raw_*`` (the classic metrics on a model's
+    raw maps) where the summary has them. A per-image table with only ``IG`` and ``n_fix`` (the
+    gold standard's) gives IG and explained IG = 1 and leaves the map metrics empty."""
+    rows = []
+    for name, (kind, summary, per_image) in entries.items():
+        flat = summarize(summary, per_image, n_boot=n_boot, seed=seed)
+        rows.append({"model": name, "kind": kind, **{c: _float(flat.get(c)) for c in COMPARISON_COLUMNS[2:]}})
+    df = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    return df.astype({"n_images": "Int64", "n_fixations": "Int64"})
+
+
 # The columns a reader wants in an ablation table's markdown (CSV/JSON keep every column).
 SUMMARY_COLUMNS = ["condition", "detail", "IG", "IG_lo", "IG_hi", "IG_diff", "IG_diff_lo", "IG_diff_hi", "IG_diff_p_holm",
                    "explained_IG", "LL", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM", "n_images",
