@@ -13,7 +13,8 @@ scores it twice:
 
 What cannot be computed is NaN with its reason in ``not_computable`` (one observer: no gold
 standard). :func:`classic_scores` does this once for a classic model's maps
-(:mod:`dgstudy.classic`) of a data set and keeps the result for the study's model comparison.
+(:mod:`dgstudy.classic`) of a data set and keeps the result (beside the maps in the data cache)
+for the study's model comparison.
 :func:`write` writes ``evaluation.json``, ``evaluation_per_image.csv`` and the figure
 ``evaluation.png``/``.pdf`` (atomically). LL and IG in bit/fixation.
 """
@@ -29,14 +30,13 @@ import pandas as pd
 
 from . import evaluation, metrics
 from .io import DataError, atomic_path, write_json
-from .paths import results_dir
 from .map_density import CrossValidatedMaps, density_from_maps
 from .saliency_maps import SaliencyMaps
 from .transfer import fit_baselines
 
 RAW_METRICS = ("AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM")
 MAX_FOLDS = 10
-SCORES_VERSION = 1      # of the conversion and its scoring: kept scores of another version are redone
+SCORES_VERSION = 1      # of the conversion and its scoring: raise it when either changes (classic_scores)
 
 
 @dataclass
@@ -85,10 +85,9 @@ def evaluate_maps(maps, dataset=None, k: int = MAX_FOLDS, seed: int = 0, kernel_
                          not_computable=not_computable, dataset=ds, maps=str(maps.folder), model=model)
 
 
-def write(result: MapEvaluation, out, stamp: dict | None = None) -> dict[str, Path]:
+def write(result: MapEvaluation, out) -> dict[str, Path]:
     """``evaluation.json``, ``evaluation_per_image.csv`` and ``evaluation.png``/``.pdf`` into
-    ``out`` (each atomically; the JSON last, so that its presence means all are there).
-    ``stamp``: what the scores were computed for (:func:`classic_scores`)."""
+    ``out`` (each atomically; the JSON last, so that its presence means all are there)."""
     from . import figures
 
     out = Path(out)
@@ -100,7 +99,7 @@ def write(result: MapEvaluation, out, stamp: dict | None = None) -> dict[str, Pa
     for p in figures.save(fig, "evaluation", out):
         paths[p.suffix.lstrip(".")] = p
     figures.plt.close(fig)
-    write_json(paths["json"], {"stamp": stamp,
+    write_json(paths["json"], {
         "maps": result.maps,
         "dataset": None if ds is None else {"name": ds.name, "checksum": ds.checksum, "n_images": ds.n_images,
                                             "n_fixations": ds.n_fixations, "n_subjects": int(len(ds.subjects))},
@@ -118,20 +117,18 @@ def classic_scores(model: str, dataset, baselines=None, k: int = MAX_FOLDS, seed
     """(summary, per-image table) of classic ``model``'s maps (:func:`dgstudy.classic.write_maps`)
     benchmarked on ``dataset`` by :func:`evaluate_maps` with the study's folds (``k``, ``seed``).
 
-    Computed once and kept in ``results_dir()/<data set>-maps-<model>/`` (:func:`write`'s files);
-    redone when the data set's checksum, the folds or :data:`SCORES_VERSION` differ. The
-    summary holds the density's metrics and the raw maps' as ``raw_<metric>``."""
+    Computed once and kept beside the maps, in
+    ``<maps folder>-scores-k<k>-seed<seed>-v<SCORES_VERSION>/`` (:func:`write`'s files; the maps
+    folder is keyed on the data set's checksum). The summary holds the density's metrics and the
+    raw maps' as ``raw_<metric>``."""
     from . import classic
 
-    out = results_dir() / f"{dataset.name}-maps-{model}"
-    stamp = {"checksum": dataset.checksum, "k": k, "seed": seed, "version": SCORES_VERSION}
-    path = out / "evaluation.json"
-    if path.exists() and (out / "evaluation_per_image.csv").exists():
-        kept = json.loads(path.read_text())
-        if kept.get("stamp") == stamp:
-            return ({**kept["density"], **{f"raw_{m}": kept["raw_maps"][m] for m in RAW_METRICS}},
-                    pd.read_csv(out / "evaluation_per_image.csv"))
-    result = evaluate_maps(classic.write_maps(model, dataset, progress=progress), dataset, k=k, seed=seed,
-                           baselines=baselines, progress=progress)
-    write(result, out, stamp=stamp)
-    return {**result.summary, **{f"raw_{m}": result.raw[m] for m in RAW_METRICS}}, result.per_image
+    folder = classic.maps_folder(model, dataset)
+    out = folder.with_name(f"{folder.name}-scores-k{k}-seed{seed}-v{SCORES_VERSION}")
+    if not ((out / "evaluation.json").exists() and (out / "evaluation_per_image.csv").exists()):
+        result = evaluate_maps(classic.write_maps(model, dataset, folder, progress=progress), dataset, k=k,
+                               seed=seed, baselines=baselines, progress=progress)
+        write(result, out)
+    kept = json.loads((out / "evaluation.json").read_text())
+    return ({**kept["density"], **{f"raw_{m}": kept["raw_maps"][m] for m in RAW_METRICS}},
+            pd.read_csv(out / "evaluation_per_image.csv"))

@@ -3,6 +3,7 @@
 :func:`results_table` puts a run's metrics (a flat dict from ``statistics.summarize``) beside the
 DeepGaze II figures the paper and the MIT300 benchmark published (:data:`PAPER_RESULTS`, each with
 what it measured), flagged ``comparable`` only in the paper's own setting (:func:`setting_note`).
+:func:`comparison_table` sets models of every kind side by side (notebook 07's model comparison).
 :func:`write_table` writes any table as Markdown, CSV and JSON, atomically.
 """
 from __future__ import annotations
@@ -158,6 +159,8 @@ def compare_prose(table: pd.DataFrame, cfg) -> str:
 COMPARISON_COLUMNS = ["model", "kind", "IG", "IG_lo", "IG_hi", "explained_IG", "explained_IG_lo",
                       "explained_IG_hi", "LL", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM", "raw_AUC",
                       "raw_sAUC", "raw_NSS", "n_images", "n_fixations"]
+COMPARISON_MD_COLUMNS = ["model", "kind", "IG", "IG_lo", "IG_hi", "explained_IG", "LL", "AUC", "sAUC", "NSS",
+                         "raw_AUC", "raw_sAUC", "raw_NSS"]      # the markdown's (CSV/JSON: all)
 
 
 def comparison_table(entries: dict, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:

@@ -93,6 +93,19 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     assert md.startswith("# Results") and "\n| model | metric | unit | this_run |" in md
     assert len(json.loads((out / "results.json").read_text())) == len(table)
 
+    # the model comparison (notebook 07): the centre bias (IG 0), the two classic models made
+    # densities (with their raw-map scores), DeepGaze I and II as in the results table, the ceiling
+    models = pd.read_csv(out / "models.csv").set_index("model")
+    assert list(models.kind.unique()) == ["baseline", "classic: maps made a density", "DeepGaze", "ceiling"]
+    assert models.loc["Centre bias (leave-image-out)", "IG"] == pytest.approx(0.0, abs=1e-9)
+    classic = models[models.kind == "classic: maps made a density"]
+    assert len(classic) == 2 and np.isfinite(classic[["IG", "LL", "AUC", "raw_AUC", "raw_NSS"]].to_numpy()).all()
+    by_metric = table.set_index(["model", "metric"])["this_run"]
+    assert models.loc["DeepGaze II (main run)", "IG"] == pytest.approx(by_metric[("DeepGaze II", "IG")], rel=1e-9)
+    assert models.loc["DeepGaze I (reference)", "IG"] == pytest.approx(by_metric[("DeepGaze I (reference)", "IG")], rel=1e-9)
+    assert models.loc["Gold standard (leave one subject out)", "explained_IG"] == pytest.approx(1.0)
+    assert (figures / "smoke" / "models.png").exists()
+
     # ablations (of the reference run): finite IG with intervals; the centre bias alone has IG 0
     layers = pd.read_csv(out / "ablation_layers.csv")
     assert len(layers) >= 2 and np.isfinite(layers.IG).all()
