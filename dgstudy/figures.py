@@ -477,14 +477,17 @@ def plot_model_comparison(table: pd.DataFrame):
     ig = t["IG"].to_numpy(float)
     err = np.vstack([ig - t["IG_lo"].to_numpy(float), t["IG_hi"].to_numpy(float) - ig])
     ax.barh(y, ig, xerr=np.nan_to_num(err), color=[colours[k] for k in t["kind"]], capsize=3)
-    for k, (v, e) in enumerate(zip(ig, t["explained_IG"].to_numpy(float))):
+    right = np.nanmax(np.r_[ig, t["IG_hi"].to_numpy(float)])
+    for k, (hi, v, e) in enumerate(zip(t["IG_hi"].to_numpy(float), ig, t["explained_IG"].to_numpy(float))):
         if np.isfinite(e):
-            ax.text(max(v, 0) + 0.02 * np.nanmax(ig), k, f"{e:.0%}", va="center", fontsize=9)
+            ax.text(np.nanmax([hi, v, 0]) + 0.02 * right, k, f"{e:.0%}", va="center", fontsize=9)
     ax.set_yticks(y, t["model"])
+    ax.set_xlim(min(0.0, float(np.nanmin(ig))) - 0.02 * right, 1.12 * right)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set(xlabel="IG over the centre bias (bit/fix); explained fraction beside each bar")
+    ax.set(xlabel="IG over the centre bias (bit/fix; 95 % interval); explained fraction beside each bar")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[k]) for k in kinds]
-    ax.legend(handles, kinds, loc="lower right", fontsize=8, frameon=True)
+    ax.legend(handles, kinds, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=min(len(kinds), 4),
+              fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
