@@ -77,9 +77,17 @@ def _as_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def example_images(per_image: pd.DataFrame, k: int = 3, min_fix: int = 1) -> list[int]:
-    """``k`` images spread over the per-image IG range (best, ..., median, ..., worst)."""
-    t = per_image[per_image["n_fix"] >= min_fix].sort_values("IG", ascending=False)
+def example_images(per_image: pd.DataFrame, k: int = 3, min_fix: int = 1, by: str = "IG") -> list[int]:
+    """``k`` images spread over a per-image ranking, first to last: ``by='IG'``, the model's
+    information gain (best, ..., median, ..., worst); ``by='gap'``, its gap to the gold standard
+    on the same image, ``IG_gold - IG`` (most explained, ..., least explained)."""
+    t = per_image[per_image["n_fix"] >= min_fix]
+    if by == "IG":
+        t = t.sort_values("IG", ascending=False, kind="stable")
+    elif by == "gap":
+        t = t.assign(gap=t["IG_gold"] - t["IG"]).sort_values("gap", kind="stable")
+    else:
+        raise ValueError(f"by must be 'IG' or 'gap', got {by!r}")
     pos = np.unique(np.linspace(0, len(t) - 1, num=min(k, len(t))).round().astype(int))
     return [int(i) for i in t["image"].to_numpy()[pos]]
 

@@ -359,6 +359,11 @@ def test_fold_parameters_and_example_images(tmp_path):
                               "IG": [0.1, 0.9, 2.0, -0.3, 0.4, 9.0]})
     # by IG: 12, 11, 14, 10, 13 (15 has no fixations) -> best, median, worst
     assert figures.example_images(per_image, k=3) == [12, 14, 13]
+    # by the gap to the gold standard, IG_gold - IG: 11 (0.1), 12 (0.5), 14 (1.0), 10 (1.4), 13 (2.3)
+    per_image["IG_gold"] = [1.5, 1.0, 2.5, 2.0, 1.4, 9.0]
+    assert figures.example_images(per_image, k=3, by="gap") == [11, 14, 13]
+    with pytest.raises(ValueError, match="by must be"):
+        figures.example_images(per_image, by="LL")
 
 
 def test_a_profile_draws_the_committed_vgg_table_of_another():
