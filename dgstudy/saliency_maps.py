@@ -5,8 +5,8 @@ file (``<stem>.npy``, ``.png``, ``.jpg`` or ``.jpeg``; :data:`MAP_SUFFIXES`, in 
 preference) and reads it as a float64 2-D array:
 
 - NPY: a 2-D array (or ``(H, W, 1)``) of finite numbers, any scale and sign;
-- PNG/JPEG: grayscale, or RGB whose three channels are equal (a colour-mapped picture of a map is
-  not a map); 16-bit PNGs keep their 16 bits.
+- PNG/JPEG: grayscale, or RGB (or a palette) whose three channels are equal (a colour-mapped
+  picture of a map is not a map); an alpha channel is ignored; 16-bit PNGs keep their 16 bits.
 
 A map may have any size with the image's aspect ratio (within one pixel of rounding, either way):
 :meth:`SaliencyMaps.at_size` resamples it (bilinear, antialiased when shrinking). Every problem is a
@@ -38,7 +38,11 @@ def read_map(path: Path) -> np.ndarray:
         else:
             with Image.open(path) as im:
                 im.seek(0)
-                a = np.asarray(im.convert("I") if im.mode.startswith("I;16") else im)
+                if im.mode.startswith("I;16"):
+                    im = im.convert("I")
+                elif im.mode in ("P", "PA", "LA"):        # a palette's indices are not values
+                    im = im.convert("RGB")
+                a = np.asarray(im)
     except FileNotFoundError as e:
         raise DataError(f"{path}: saliency map file is missing") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:

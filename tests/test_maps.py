@@ -142,10 +142,13 @@ def test_bad_maps_are_errors_naming_the_file(synth, tmp_path):
         assert str(bad) in str(e.value), name
 
 
-def test_read_map_accepts_gray_rgb_and_16_bit(tmp_path):
+def test_read_map_accepts_gray_rgb_palette_and_16_bit(tmp_path):
     a = (np.arange(48 * 64).reshape(48, 64) % 251).astype(np.uint8)
     Image.fromarray(np.repeat(a[..., None], 3, axis=2)).save(tmp_path / "rgb.png")
     assert np.array_equal(read_map(tmp_path / "rgb.png"), a.astype(float))
+    for mode in ("P", "LA"):                       # a palette's values, not its indices
+        Image.fromarray(a).convert(mode).save(tmp_path / f"{mode}.png")
+        assert np.array_equal(read_map(tmp_path / f"{mode}.png"), a.astype(float)), mode
     b = (np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)
     Image.fromarray(b).save(tmp_path / "deep.png")
     assert np.array_equal(read_map(tmp_path / "deep.png"), b.astype(float))
