@@ -45,6 +45,8 @@ TRAINING_CONDITIONS = {
     "l1_first": {"l1_layers": "first"},
     "adam_step": {"lr": 0.001, "lr_milestones": [3, 6, 9, 12, 15, 18, 21, 24]},
     "softplus_ln": {"nonlinearity": "softplus_layernorm"},
+    "blur4": {"blur_sigma": 4.0},      # the blur's initial width (default 8 cells): early stopping
+    "blur16": {"blur_sigma": 16.0},    # ends training before sigma converges (docs/training.md)
 }
 
 NOT_A_CONDITION_KEY = ("run", "feature_path")   # a condition's run and store are derived from its name
