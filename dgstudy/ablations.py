@@ -589,6 +589,28 @@ def backbone_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:
     return evaluated_ensemble(results_dir() / f"{cfg.train.run}-backbone-ensemble", runs, **evaluate_kw)
 
 
+def best_backbone(runs: dict) -> str:
+    """The backbone ({backbone: run}) whose run has the highest validation log-likelihood
+    (:func:`validation_scores`, mean over folds): chosen on validation images, as the ensemble's
+    members are, so that the control below makes no choice on test fixations either."""
+    val = validation_scores(runs).groupby("condition", sort=False)["val_LL"].mean()
+    if val.empty:
+        raise ValueError("no run in the backbone ablation has validation scores (config.json with best_val_LL)")
+    return str(val.idxmax())
+
+
+def best_backbone_instances(cfg: StudyConfig, runs: dict, n: int, dataset=None) -> tuple[str, dict]:
+    """The control for the backbone ensemble: its best member (:func:`best_backbone`) trained with
+    ``n`` initial seeds (:func:`run_instances`; instance 0 is that backbone's run in ``runs``).
+    The ensemble averages several backbones; the average of ``n`` instances of the best one
+    (:func:`instance_ensemble`) averages as many densities with one backbone, so the difference
+    between the two is what backbone diversity adds beyond averaging. Returns (backbone,
+    {"init0": run, ...})."""
+    best = best_backbone(runs)
+    t = backbone_conditions(cfg, [best])[best]
+    return best, run_instances(t, n, dataset=dataset)
+
+
 def center_bias_alone(dataset, baseline=None, gold=None, per_image: bool = True):
     """The centre bias itself as a model (leave-image-out), scored like every other model.
 
