@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import backbones, baselines, ensemble, features, grids
+from . import backbones, baselines, ensemble, features, grids, statistics
 from .backbones.vgg19 import PAPER_LAYERS
 from .config import StudyConfig, TrainConfig
 from .evaluation import evaluate_runs, load_run_metrics
@@ -70,6 +70,39 @@ def ablation_table(results: dict, n_boot: int = 1000, level: float = 0.95, seed:
     if reference is not None:
         table["IG_diff_p_holm"] = holm(table["IG_diff_p"])
     return table
+
+
+def with_seed_spread(table: pd.DataFrame, seed_sd: float, level: float = 0.95,
+                     instances: dict | None = None, reference: str | None = None) -> pd.DataFrame:
+    """``table`` (:func:`ablation_table` with a reference) with the paired differences' intervals
+    widened for run-to-run noise (:func:`dgstudy.statistics.with_seed_spread`): ``IG_diff_lo_seed``,
+    ``IG_diff_hi_seed``, ``IG_diff_p_seed`` and its Holm adjustment over the table's comparisons,
+    ``IG_diff_p_seed_holm``. ``seed_sd``: the spread of one configuration's IG over initial seeds
+    (:func:`spread_table`'s ``sd``); ``instances``: {condition: n} for conditions that average n
+    instances (default 1); the ``reference`` row (default: the one with ``IG_diff`` 0 and no
+    p-value) gets NaN p-values."""
+    if "IG_diff" not in table:
+        raise ValueError("the table has no IG_diff column: build it with ablation_table(reference=...)")
+    instances = instances or {}
+    if reference is None:
+        refs = table.loc[table["IG_diff_p"].isna(), "condition"]
+        if len(refs) != 1:
+            raise ValueError(f"cannot tell the reference condition ({len(refs)} rows without IG_diff_p); name it")
+        reference = str(refs.iloc[0])
+    n_ref = instances.get(reference, 1)
+    out = table.copy()
+    cols = {"IG_diff_lo_seed": [], "IG_diff_hi_seed": [], "IG_diff_p_seed": []}
+    for r in out.itertuples():
+        lo, hi, p = statistics.with_seed_spread(r.IG_diff, r.IG_diff_lo, r.IG_diff_hi, seed_sd, level,
+                                                (instances.get(r.condition, 1), n_ref))
+        cols["IG_diff_lo_seed"].append(lo)
+        cols["IG_diff_hi_seed"].append(hi)
+        cols["IG_diff_p_seed"].append(np.nan if r.condition == reference else p)
+    at = out.columns.get_loc("IG_diff_p_holm") + 1 if "IG_diff_p_holm" in out else len(out.columns)
+    for k, (name, values) in enumerate(cols.items()):
+        out.insert(at + k, name, values)
+    out.insert(at + 3, "IG_diff_p_seed_holm", holm(out["IG_diff_p_seed"]))
+    return out
 
 
 # -- layer grids -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from .metrics import MAIN_AVERAGE
 
@@ -104,6 +105,31 @@ def paired_difference_test(values_a, values_b, weights, n_boot: int = 1000, leve
         return interval, 1.0
     side = min(np.mean(boots <= 0), np.mean(boots >= 0))
     return interval, float(min(1.0, max(2 * side, 1.0 / boots.size)))
+
+
+def with_seed_spread(estimate: float, low: float, high: float, seed_sd: float, level: float = 0.95,
+                     instances: tuple[int, int] = (1, 1)) -> tuple[float, float, float]:
+    """A paired image-bootstrap interval of a difference between two trained conditions, widened
+    for the run-to-run noise of training: (low, high, two-sided p-value for "no difference").
+
+    The image bootstrap keeps both trained runs fixed. Trained again from other initial seeds, each
+    condition's result moves by a seed effect of standard deviation ``seed_sd`` (measured as the
+    spread of one configuration's instances); an average of ``n`` instances moves by
+    ``seed_sd / sqrt(n)`` (``instances``: the two conditions' n). Seed effects are independent of
+    the image sample and of each other, so the variances add: the bootstrap interval enters as its
+    normal-equivalent standard error ``(high - low) / (2 z)``, and the difference's standard error is
+    ``sqrt(se_boot² + seed_sd² (1/n_a + 1/n_b))``. The interval is ``estimate ± z·se`` and the p-value
+    the normal one. With ``seed_sd = 0`` the interval is the bootstrap's, made symmetric."""
+    if not (seed_sd >= 0) or not np.isfinite(seed_sd):
+        raise ValueError(f"seed_sd must be a finite number >= 0, got {seed_sd!r}")
+    if min(instances) < 1:
+        raise ValueError(f"instances must be >= 1, got {instances!r}")
+    z = float(scipy.stats.norm.ppf(0.5 + level / 2))
+    se = float(np.hypot((high - low) / (2 * z), seed_sd * np.sqrt(1 / instances[0] + 1 / instances[1])))
+    if se == 0:
+        return float(estimate), float(estimate), (1.0 if estimate == 0 else 0.0)
+    p = float(2 * scipy.stats.norm.sf(abs(estimate) / se))
+    return float(estimate - z * se), float(estimate + z * se), p
 
 
 def holm(p_values) -> np.ndarray:

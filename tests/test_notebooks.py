@@ -136,6 +136,16 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
         scores = choice["validation_LL"][fold]
         assert scores["+".join(members)] == max(scores.values())
 
+    # the ensemble's control: its best member on validation, trained with `instances` (2) seeds
+    # and averaged; the ensemble's IG_diff is paired against that average
+    best = ablations.best_backbone({b: results / ablations.backbone_run_name(cfg, b) for b in bb.index[:2]})
+    ctrl = pd.read_csv(out / "ablation_backbones_control.csv").set_index("condition")
+    assert list(ctrl.index) == [f"{best}_instances2", "ensemble"]
+    assert ctrl.loc["ensemble", "IG"] == pytest.approx(bb.loc["ensemble", "IG"], rel=1e-9)
+    assert ctrl.loc["ensemble", "IG_diff"] == pytest.approx(bb.loc["ensemble", "IG"] - ctrl.iloc[0]["IG"])
+    spread = pd.read_csv(out / "seed_spread_backbone.csv").set_index("metric")
+    assert spread.loc["IG", "init0"] == pytest.approx(bb.loc[best, "IG"], rel=1e-9)
+
     # the VGG-19 layer grid beside the backbone's (smoke: the five-layer set and the pooled conv1_2)
     vgg = pd.read_csv(out / "ablation_layers_vgg.csv").set_index("condition")
     assert list(vgg.index) == ["default", "conv1_2"] and np.isfinite(vgg.IG).all()

@@ -165,6 +165,13 @@ def test_training_grid_and_instances(synthetic, results_root):
     for r in val.itertuples():
         log = pd.read_csv(folders[1] / f"fold_{r.fold:02d}" / "log.csv")
         assert r.val_LL == pytest.approx(log["val_LL"].max())
+    # the ensemble's control picks its best member by the mean validation LL, never by test scores
+    both = ablations.validation_scores(members).groupby("condition")["val_LL"].mean()
+    assert both["init0"] != both["init1"]
+    assert ablations.best_backbone(members) == both.idxmax()
+    assert ablations.best_backbone({"avg": out, **members}) == both.idxmax()    # ensembles are no candidate
+    with pytest.raises(ValueError, match="no run in the backbone ablation has validation scores"):
+        ablations.best_backbone({"avg": out})
 
 
 def test_flip_with_the_mirrored_images_features(data_root, results_root):
