@@ -79,8 +79,8 @@ def with_seed_spread(table: pd.DataFrame, seed_sd: float, level: float = 0.95,
     ``IG_diff_hi_seed``, ``IG_diff_p_seed`` and its Holm adjustment over the table's comparisons,
     ``IG_diff_p_seed_holm``. ``seed_sd``: the spread of one configuration's IG over initial seeds
     (:func:`spread_table`'s ``sd``); ``instances``: {condition: n} for conditions that average n
-    instances (default 1); the ``reference`` row (default: the one with ``IG_diff`` 0 and no
-    p-value) gets NaN p-values."""
+    instances (default 1; ``inf`` for a condition that no training produces); the ``reference`` row
+    (default: the one row without a p-value) keeps the interval 0 and gets NaN p-values."""
     if "IG_diff" not in table:
         raise ValueError("the table has no IG_diff column: build it with ablation_table(reference=...)")
     instances = instances or {}
@@ -93,16 +93,36 @@ def with_seed_spread(table: pd.DataFrame, seed_sd: float, level: float = 0.95,
     out = table.copy()
     cols = {"IG_diff_lo_seed": [], "IG_diff_hi_seed": [], "IG_diff_p_seed": []}
     for r in out.itertuples():
-        lo, hi, p = statistics.with_seed_spread(r.IG_diff, r.IG_diff_lo, r.IG_diff_hi, seed_sd, level,
-                                                (instances.get(r.condition, 1), n_ref))
+        if r.condition == reference:            # the reference against itself: 0, whatever its seed
+            lo, hi, p = 0.0, 0.0, np.nan
+        else:
+            lo, hi, p = statistics.with_seed_spread(r.IG_diff, r.IG_diff_lo, r.IG_diff_hi, seed_sd, level,
+                                                    (instances.get(r.condition, 1), n_ref))
         cols["IG_diff_lo_seed"].append(lo)
         cols["IG_diff_hi_seed"].append(hi)
-        cols["IG_diff_p_seed"].append(np.nan if r.condition == reference else p)
+        cols["IG_diff_p_seed"].append(p)
     at = out.columns.get_loc("IG_diff_p_holm") + 1 if "IG_diff_p_holm" in out else len(out.columns)
     for k, (name, values) in enumerate(cols.items()):
         out.insert(at + k, name, values)
     out.insert(at + 3, "IG_diff_p_seed_holm", holm(out["IG_diff_p_seed"]))
     return out
+
+
+UNTRAINED_CONDITIONS = ("centre bias alone",)   # conditions that no training produces: no seed spread
+
+
+def seed_aware_tables(folder: str | Path, tables, seed_sd: float, level: float = 0.95) -> pd.DataFrame:
+    """The ablation tables ``<folder>/<table>.csv`` (``tables``: their names), each widened by
+    :func:`with_seed_spread` with one seed spread ``seed_sd`` for every trained condition (the
+    reference's, measured with its instances) and none for :data:`UNTRAINED_CONDITIONS`; one
+    frame with a first column ``table``. Holm counts each table's comparisons, as the tables do."""
+    frames = []
+    for name in tables:
+        table = pd.read_csv(Path(folder) / f"{name}.csv")
+        untrained = {c: float("inf") for c in UNTRAINED_CONDITIONS if c in set(table["condition"])}
+        frames.append(with_seed_spread(table, seed_sd, level, instances=untrained).assign(table=name))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["table"] + [c for c in out.columns if c != "table"]]
 
 
 # -- layer grids -------------------------------------------------------------------------------

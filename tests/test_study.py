@@ -172,6 +172,12 @@ def test_ablation_table_with_seed_spread():
         assert (row.IG_diff_lo_seed, row.IG_diff_hi_seed, row.IG_diff_p_seed) == pytest.approx((lo, hi, p))
         assert row.IG_diff_hi_seed - row.IG_diff_lo_seed > row.IG_diff_hi - row.IG_diff_lo
     assert np.isnan(s.loc["ref", "IG_diff_p_seed"]) and np.isnan(s.loc["ref", "IG_diff_p_seed_holm"])
+    assert s.loc["ref", "IG_diff_lo_seed"] == s.loc["ref", "IG_diff_hi_seed"] == 0
+    # a condition no training produces (instances inf) carries only the reference's seed spread
+    fixed = ablations.with_seed_spread(t, 0.02, instances={"c0": float("inf")}).set_index("condition").loc["c0"]
+    lo, hi, _ = statistics.with_seed_spread(fixed.IG_diff, fixed.IG_diff_lo, fixed.IG_diff_hi, 0.02,
+                                            instances=(10 ** 9, 1))
+    assert (fixed.IG_diff_lo_seed, fixed.IG_diff_hi_seed) == pytest.approx((lo, hi), rel=1e-6)
     np.testing.assert_allclose(s["IG_diff_p_seed_holm"].drop("ref"), statistics.holm(s["IG_diff_p_seed"].drop("ref")))
     assert list(s.columns[list(s.columns).index("IG_diff_p_holm") + 1:][:4]) == [
         "IG_diff_lo_seed", "IG_diff_hi_seed", "IG_diff_p_seed", "IG_diff_p_seed_holm"]
