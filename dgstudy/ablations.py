@@ -111,20 +111,6 @@ def with_seed_spread(table: pd.DataFrame, seed_sd: float, level: float = 0.95,
 UNTRAINED_CONDITIONS = ("centre bias alone",)   # conditions that no training produces: no seed spread
 
 
-def seed_aware_tables(folder: str | Path, tables, seed_sd: float, level: float = 0.95) -> pd.DataFrame:
-    """The ablation tables ``<folder>/<table>.csv`` (``tables``: their names), each widened by
-    :func:`with_seed_spread` with one seed spread ``seed_sd`` for every trained condition (the
-    reference's, measured with its instances) and none for :data:`UNTRAINED_CONDITIONS`; one
-    frame with a first column ``table``. Holm counts each table's comparisons, as the tables do."""
-    frames = []
-    for name in tables:
-        table = pd.read_csv(Path(folder) / f"{name}.csv")
-        untrained = {c: float("inf") for c in UNTRAINED_CONDITIONS if c in set(table["condition"])}
-        frames.append(with_seed_spread(table, seed_sd, level, instances=untrained).assign(table=name))
-    out = pd.concat(frames, ignore_index=True)
-    return out[["table"] + [c for c in out.columns if c != "table"]]
-
-
 # -- layer grids -------------------------------------------------------------------------------
 VGG19_GRID = {
     # the paper's five conv5 layers singly, the last conv of every block, the paper's set
@@ -522,6 +508,36 @@ def instance_sets(cfg: StudyConfig) -> list[tuple[str, str, TrainConfig, int]]:
     if cfg.main:
         sets.append(("", "seed_spread_reference", cfg.train, n_ref))
     return [(f"{prefix}instances{n}", stem, t, int(n)) for prefix, stem, t, n in sets if n > 1]
+
+
+def reference_seed_spread(cfg: StudyConfig, **evaluate_kw) -> pd.DataFrame | None:
+    """The reference run's run-to-run spread: :func:`spread_table` of its instances as notebook 09
+    trains them (:func:`instance_sets`; trained here when they are not yet, the same runs), or None
+    when the profile trains the reference once. ``evaluate_kw``: ``evaluation.evaluate_runs``'s
+    keywords (``dataset``, ``baseline``, ``gold``), for the instances not yet evaluated."""
+    n = next((n for _, _, t, n in instance_sets(cfg) if t.run == cfg.train.run), 1)
+    if n < 2:
+        return None
+    members = run_instances(cfg.train, n, dataset=evaluate_kw.get("dataset"))
+    evaluate_runs(list(members.values()), **evaluate_kw)
+    return spread_table(members)
+
+
+def with_reference_seed_spread(table: pd.DataFrame, cfg: StudyConfig, instances: dict | None = None,
+                               level: float = 0.95, **evaluate_kw) -> pd.DataFrame:
+    """``table`` with :func:`with_seed_spread` columns for the reference's seed spread
+    (:func:`reference_seed_spread`, its IG ``sd``; :data:`UNTRAINED_CONDITIONS` carry none), or
+    ``table`` as it is when the profile trains the reference once or the table has no reference.
+    One seed spread stands for every condition of the table: a measured approximation
+    (docs/ablations.md)."""
+    if "IG_diff" not in table or table["IG_diff_p"].isna().sum() != 1:
+        return table
+    spread = reference_seed_spread(cfg, **evaluate_kw)
+    if spread is None:
+        return table
+    seed_sd = float(spread.set_index("metric").loc["IG", "sd"])
+    untrained = {c: float("inf") for c in UNTRAINED_CONDITIONS}
+    return with_seed_spread(table, seed_sd, level, instances={**untrained, **(instances or {})})
 
 
 def with_validation_scores(table: pd.DataFrame, runs: dict, reference: str = "default") -> pd.DataFrame:

@@ -61,11 +61,19 @@ def save(fig, name: str, folder: str | Path) -> list[Path]:
     return out
 
 
-def _density_image(ax, log_density, title: str, log: bool = False):
+def _density_image(ax, log_density, title: str, log: bool = False, decades: float | None = None):
+    """``log``: the log density itself; ``decades``: log10(p / max p), clipped at ``-decades``; else
+    p / max p."""
     log_density = np.asarray(log_density, dtype=np.float64)
     h, w = log_density.shape
-    img = log_density if log else np.exp(log_density - log_density.max())
-    im = ax.imshow(img, cmap=DENSITY_CMAP, extent=(0, w, h, 0), interpolation="nearest")
+    if log:
+        img, limits = log_density, {}
+    elif decades:
+        img = np.maximum((log_density - log_density.max()) / np.log(10), -decades)
+        limits = {"vmin": -decades, "vmax": 0}
+    else:
+        img, limits = np.exp(log_density - log_density.max()), {}
+    im = ax.imshow(img, cmap=DENSITY_CMAP, extent=(0, w, h, 0), interpolation="nearest", **limits)
     ax.set_title(title)
     ax.set_axis_off()
     return im
@@ -92,13 +100,15 @@ def example_images(per_image: pd.DataFrame, k: int = 3, min_fix: int = 1, by: st
     return [int(i) for i in t["image"].to_numpy()[pos]]
 
 
-def plot_examples(dataset, models: dict, images, max_fixations: int | None = None, labels=None):
+def plot_examples(dataset, models: dict, images, max_fixations: int | None = None, labels=None,
+                  decades: float | None = None):
     """Rows = images; columns = stimulus with its fixations, then each model's predicted density.
 
     ``models``: {column title: model with ``log_density(i)`` or a callable ``f(i)``}, e.g.
     ``{"gold standard": gold, "DeepGaze II": crossval_model}``. Densities are shown relative to their
-    maximum on a linear scale (the way the paper shows them), with one colour bar for all of them.
-    ``labels``: one line per image, shown under its number (e.g. its IG).
+    maximum on a linear scale (the way the paper shows them), or, with ``decades``, as
+    log10(density / its maximum) over that many decades (where the tails put their mass), with one
+    colour bar for all of them. ``labels``: one line per image, shown under its number (e.g. its IG).
     """
     set_style()
     images = list(images)
@@ -121,11 +131,11 @@ def plot_examples(dataset, models: dict, images, max_fixations: int | None = Non
                      fontsize=9)
         for c, (title, model) in enumerate(models.items(), start=1):
             f = model.log_density if hasattr(model, "log_density") else model
-            im = _density_image(axes[r, c], _as_numpy(f(i)), title if r == 0 else "")
+            im = _density_image(axes[r, c], _as_numpy(f(i)), title if r == 0 else "", decades=decades)
     fig.tight_layout()
     if im is not None:
         fig.colorbar(im, ax=axes[:, 1:].ravel().tolist(), shrink=0.6, pad=0.02,
-                     label="density / its maximum")
+                     label="log10 (density / its maximum)" if decades else "density / its maximum")
     return fig
 
 

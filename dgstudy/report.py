@@ -179,8 +179,8 @@ def comparison_table(entries: dict, n_boot: int = 1000, seed: int = 0) -> pd.Dat
 
 # The columns a reader wants in an ablation table's markdown (CSV/JSON keep every column).
 SUMMARY_COLUMNS = ["condition", "detail", "IG", "IG_lo", "IG_hi", "IG_diff", "IG_diff_lo", "IG_diff_hi", "IG_diff_p_holm",
-                   "explained_IG", "LL", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM", "n_images",
-                   "n_fixations"]
+                   "IG_diff_lo_seed", "IG_diff_hi_seed", "IG_diff_p_seed_holm", "explained_IG", "LL", "AUC",
+                   "sAUC", "NSS", "CC", "KLDiv", "SIM", "n_images", "n_fixations"]
 
 
 def write_table(df: pd.DataFrame, out_dir: str | Path, stem: str, md_preamble: str = "",

@@ -38,6 +38,15 @@ def test_examples_show_the_stimulus_fixations_and_each_density(synthetic, tmp_pa
     assert axes[0, 1].images[0].get_extent() == [0, 32, 24, 0]
     _check_saved(figures.save(fig, "examples", tmp_path))
     plt.close(fig)
+    # on a log scale: log10(p / max p), clipped at three decades below the peak, one colour bar
+    fig = figures.plot_examples(synthetic, {"truth": synthetic, "uniform": uniform}, images=[0, 2], decades=3)
+    assert fig.axes[6].get_ylabel() == "log10 (density / its maximum)"
+    shown = np.asarray(np.array(fig.axes[:6]).reshape(2, 3)[0, 1].images[0].get_array())
+    np.testing.assert_allclose(shown, np.maximum((truth - truth.max()) / np.log(10), -3))
+    assert shown.max() == 0 and fig.axes[1].images[0].get_clim() == (-3, 0)
+    flat = np.array(fig.axes[:6]).reshape(2, 3)[0, 2].images[0].get_array()
+    assert np.all(np.asarray(flat) == 0)                 # a uniform density is its maximum everywhere
+    plt.close(fig)
 
 
 def test_ablation_bars_have_the_table_heights_and_intervals(tmp_path):

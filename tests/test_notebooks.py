@@ -67,7 +67,7 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
                 assert shown, f"{nb.name}: a cell saves a figure but shows none: {''.join(c['source'])[:80]}"
 
     # notebook 01 extracted every store of the one rule, the main run's ds1 store among them
-    from dgstudy import ablations
+    from dgstudy import ablations, statistics
     from dgstudy.config import StudyConfig
 
     cfg = StudyConfig.load("smoke")
@@ -114,6 +114,17 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     assert list(cb.index) == ["centre bias alone", "none", "fixed", "learned", "deepgaze1"]
     assert cb.loc["centre bias alone", "IG"] == pytest.approx(0.0, abs=1e-9)
     assert cb.loc["centre bias alone", "LL"] > 0          # the centre bias beats a uniform density
+    # the reference's two instances (smoke) widen every paired interval by their seed spread
+    sd = pd.read_csv(out / "seed_spread_reference.csv").set_index("metric").loc["IG", "sd"]
+    for t in (layers.set_index("condition"), cb):
+        ref = t.index[t["IG_diff_p"].isna()][0]
+        assert t.loc[ref, "IG_diff_lo_seed"] == t.loc[ref, "IG_diff_hi_seed"] == 0
+        others = t.drop(index=ref)
+        assert (others.IG_diff_hi_seed - others.IG_diff_lo_seed >= others.IG_diff_hi - others.IG_diff_lo - 1e-12).all()
+        row = others.iloc[-1]
+        expected = statistics.with_seed_spread(row.IG_diff, row.IG_diff_lo, row.IG_diff_hi, sd,
+                                               instances=(10 ** 12 if row.name == "centre bias alone" else 1, 1))
+        assert (row.IG_diff_lo_seed, row.IG_diff_hi_seed, row.IG_diff_p_seed) == pytest.approx(expected, rel=1e-6)
     assert np.isfinite(cb.IG).all()
     # the reference run is both the "learned" condition and the layer ablation's default condition
     main = layers.set_index("condition").loc["default", "IG"]     # (the reference's IG)
@@ -178,7 +189,7 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     assert (out / "transfer.md").read_text().startswith("# Transfer across image scales")
 
     # figures: PNG and PDF of each
-    for name in ("examples", "center_bias", "ablation_layers", "ablation_centerbias",
+    for name in ("examples", "examples_log", "center_bias", "ablation_layers", "ablation_centerbias",
                  "ablation_backbones", "ablation_backbones_folds",
                  "per_image_ig", "blur", "training_curves", "transfer", "ablation_layers_vgg",
                  "ablation_training"):
@@ -316,11 +327,11 @@ def check_worked_examples(tmp_path, results, figures):
         # every other condition is the profile's, with the profile's numbers (reused, not retrained)
         before = smoke_tables[table]
         assert set(got.index) == set(before.index) | {condition}
-        same = [c for c in before.columns if c != "IG_diff_p_holm"]    # Holm counts the grid's comparisons
+        same = [c for c in before.columns if not c.endswith("_holm")]    # Holm counts the grid's comparisons
         pd.testing.assert_frame_equal(got.loc[before.index, same], before[same], rtol=1e-12)
-        if "IG_diff_p_holm" in before:      # one comparison more never lowers an adjusted p-value
-            p_before, p_got = before["IG_diff_p_holm"], got.loc[before.index, "IG_diff_p_holm"]
-            assert ((p_got >= p_before) | p_before.isna()).all(), (p_before, p_got)
+        for holm in [c for c in before.columns if c.endswith("_holm")]:   # one comparison more never
+            p_before, p_got = before[holm], got.loc[before.index, holm]     # lowers an adjusted p-value
+            assert ((p_got >= p_before - 1e-15) | p_before.isna()).all(), (holm, p_before, p_got)
         assert json.loads((work / argv[2]).read_text())["cells"]          # the executed copy is there
     print("worked examples seconds:", timings)
     assert _files(results / "smoke", figures / "smoke") == profile_outputs
