@@ -423,50 +423,80 @@ def _mixture_weights(kde: np.ndarray, cb: np.ndarray, iterations: int = 500, tol
 FIT_CACHE_VERSION = 1      # bump when a fit's objective or search changes
 
 
+def cached_per_dataset(dataset, stem: str, compute, matches=lambda record: True) -> dict:
+    """The record (a JSON object) that ``compute()`` returns for ``dataset``, computed once.
+
+    It is kept in ``cache_dir()/baselines/<name>-<checksum>[-<stem>]-v<FIT_CACHE_VERSION>.json``
+    with the data set's name and content checksum; every later call, in any process, reads it back
+    when the checksum is the data set's and ``matches(record)`` holds, and computes it anew (and
+    overwrites it, atomically) otherwise: another subset, a changed fixation file or an unreadable
+    file."""
+    path = cache_dir() / "baselines" / "-".join(
+        filter(None, (dataset.name, dataset.checksum[:16], stem, f"v{FIT_CACHE_VERSION}.json")))
+    try:
+        record = json.loads(path.read_text())
+        if record.get("checksum") == dataset.checksum and matches(record):
+            return record
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    record = {"dataset": dataset.name, "checksum": dataset.checksum, **compute()}
+    write_json(path, record)
+    return record
+
+
 def fitted_center_bias(dataset, images) -> CenterBias:
     """``CenterBias.fit(dataset, images)``, searched once per (data set, set of images).
 
     Every run of a study trains on the same folds, so each fold's centre bias is the same fit: the
-    first call searches its bandwidth and uniform weight and keeps them in
-    ``cache_dir()/baselines/<name>-<checksum>-images-<hash>.json``; later calls, in any process,
+    first call searches its bandwidth and uniform weight and keeps them
+    (:func:`cached_per_dataset`, ``<name>-<checksum>-images-<hash>``); later calls, in any process,
     fit with those two values fixed, which gives the same model without the search."""
     images = np.unique(np.asarray(images, dtype=np.int64))
     key = hashlib.sha256(images.astype("<i8").tobytes()).hexdigest()[:16]
-    path = (cache_dir() / "baselines" /
-            f"{dataset.name}-{dataset.checksum[:16]}-images-{key}-v{FIT_CACHE_VERSION}.json")
-    try:
-        p = json.loads(path.read_text())
-    except (OSError, ValueError):
-        p = None
-    if p is not None and p.get("checksum") == dataset.checksum and p.get("images") == images.tolist():
-        return CenterBias.fit(dataset, images, bandwidth=p["bandwidth"], uniform_weight=p["uniform_weight"])
-    cb = CenterBias.fit(dataset, images)
-    write_json(path, {"dataset": dataset.name, "checksum": dataset.checksum, "images": images.tolist(),
-                      "bandwidth": cb.bandwidth, "uniform_weight": cb.uniform_weight})
-    return cb
+    searched = []
+
+    def search():
+        searched.append(CenterBias.fit(dataset, images))
+        return {"images": images.tolist(), "bandwidth": searched[0].bandwidth,
+                "uniform_weight": searched[0].uniform_weight}
+
+    p = cached_per_dataset(dataset, f"images-{key}", search,
+                           matches=lambda p: p["images"] == images.tolist())
+    if searched:
+        return searched[0]
+    return CenterBias.fit(dataset, images, bandwidth=p["bandwidth"], uniform_weight=p["uniform_weight"])
 
 
 def fitted(dataset) -> tuple[CenterBias, GoldStandard]:
     """The data set's leave-image-out centre bias and its gold standard, searched once per data set.
 
     The first call fits both (``CenterBias.fit(dataset)``, ``GoldStandard.fit(dataset, cb)``) and
-    keeps the searched parameters in ``cache_dir()/baselines/<name>-<checksum>.json``; every later
+    keeps the searched parameters (:func:`cached_per_dataset`, ``<name>-<checksum>``); every later
     call, in any process, rebuilds the same two models from them without searching. The key is
     the data set's content checksum, so another subset or a changed fixation file fits anew.
     """
-    path = cache_dir() / "baselines" / f"{dataset.name}-{dataset.checksum[:16]}-v{FIT_CACHE_VERSION}.json"
-    try:
-        p = json.loads(path.read_text())
-    except (OSError, ValueError):
-        p = None
-    if p is not None and p.get("checksum") == dataset.checksum:
-        cb = CenterBias.fit(dataset, bandwidth=p["center_bias"]["bandwidth"],
-                            uniform_weight=p["center_bias"]["uniform_weight"])
-        g = p["gold_standard"]
-        gold = GoldStandard(dataset=dataset, center_bias=cb, bandwidth=float(g["bandwidth"]),
-                            weights=np.array([g["weights"][k] for k in ("kde", "center_bias", "uniform")]),
-                            heldout_ll=float(g["heldout_ll_bits"]))
-        return cb, gold
+    searched = []
+
+    def search():
+        print(f"{dataset.name}: fitting the centre bias and the gold standard (once per data set)",
+              file=sys.stderr, flush=True)
+        cb = CenterBias.fit(dataset)
+        gold = GoldStandard.fit(dataset, cb)
+        searched.append((cb, gold))
+        return {"center_bias": {k: v for k, v in cb.to_dict().items() if k not in ("u", "v")},
+                "gold_standard": gold.to_dict()}
+
+    p = cached_per_dataset(dataset, "", search,
+                           matches=lambda p: {"center_bias", "gold_standard"} <= set(p))
+    if searched:
+        return searched[0]
+    cb = CenterBias.fit(dataset, bandwidth=p["center_bias"]["bandwidth"],
+                        uniform_weight=p["center_bias"]["uniform_weight"])
+    g = p["gold_standard"]
+    gold = GoldStandard(dataset=dataset, center_bias=cb, bandwidth=float(g["bandwidth"]),
+                        weights=np.array([g["weights"][k] for k in ("kde", "center_bias", "uniform")]),
+                        heldout_ll=float(g["heldout_ll_bits"]))
+    return cb, gold
     print(f"{dataset.name}: fitting the centre bias and the gold standard (once per data set)",
           file=sys.stderr, flush=True)
     cb = CenterBias.fit(dataset)

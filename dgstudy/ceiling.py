@@ -20,16 +20,13 @@ the assumed form of the curve, which the table states beside the result (``b`` f
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import curve_fit, minimize_scalar
 
-from .baselines import BANDWIDTH_RANGE, FIT_CACHE_VERSION, GoldStandard, _mixture_weights
-from .io import write_json
-from .paths import cache_dir
+from .baselines import BANDWIDTH_RANGE, GoldStandard, _mixture_weights, cached_per_dataset
 from .util import single_threaded_blas
 
 
@@ -116,19 +113,14 @@ def extrapolate(curve: pd.DataFrame) -> dict:
 
 def observer_curve(dataset, gold: GoldStandard, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """(:func:`gold_by_observers`, :func:`extrapolate` of it) of the data set's
-    gold standard, computed once per data set and kept in ``cache_dir()/baselines/``."""
-    path = cache_dir() / "baselines" / f"{dataset.name}-{dataset.checksum[:16]}-observers-s{seed}-v{FIT_CACHE_VERSION}.json"
-    try:
-        p = json.loads(path.read_text())
-        if p.get("checksum") == dataset.checksum:
-            return pd.DataFrame(p["curve"]), p["fit"]
-    except (OSError, ValueError, KeyError):
-        pass
-    curve = gold_by_observers(gold, seed=seed)
-    fit = extrapolate(curve)
-    write_json(path, {"dataset": dataset.name, "checksum": dataset.checksum,
-                      "curve": curve.to_dict(orient="records"), "fit": fit})
-    return curve, fit
+    gold standard, computed once per data set (:func:`dgstudy.baselines.cached_per_dataset`)."""
+    def compute():
+        curve = gold_by_observers(gold, seed=seed)
+        return {"curve": curve.to_dict(orient="records"), "fit": extrapolate(curve)}
+
+    p = cached_per_dataset(dataset, f"observers-s{seed}", compute,
+                           matches=lambda p: {"curve", "fit"} <= set(p))
+    return pd.DataFrame(p["curve"]), p["fit"]
 
 
 def ceiling_table(model_ig: float, fit: dict, curve: pd.DataFrame) -> pd.DataFrame:

@@ -110,6 +110,33 @@ def test_a_subsets_fit_is_searched_once_and_rebuilt_exactly(osie8, data_root, mo
     assert (direct.bandwidth, direct.uniform_weight) == (fresh.bandwidth, fresh.uniform_weight)
 
 
+def test_a_cached_record_is_computed_once_and_anew_when_it_does_not_fit(data_root):
+    from types import SimpleNamespace
+
+    from dgstudy import baselines
+
+    ds = SimpleNamespace(name="toy", checksum="ab" * 32)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": len(calls)}
+
+    first = baselines.cached_per_dataset(ds, "part", compute)
+    assert first == {"dataset": "toy", "checksum": "ab" * 32, "value": 1}
+    path = data_root / "cache" / "baselines" / f"toy-{'ab' * 8}-part-v{baselines.FIT_CACHE_VERSION}.json"
+    assert path.is_file()
+    assert baselines.cached_per_dataset(ds, "part", compute)["value"] == 1 and len(calls) == 1
+    # a record that does not match, a changed data set, an unreadable file: computed anew
+    assert baselines.cached_per_dataset(ds, "part", compute, matches=lambda r: r["value"] == 7)["value"] == 2
+    path.write_text("{not json")
+    assert baselines.cached_per_dataset(ds, "part", compute)["value"] == 3
+    changed = SimpleNamespace(name="toy", checksum="ab" * 8 + "cd" * 24)   # same first 16 hex digits
+    assert baselines.cached_per_dataset(changed, "part", compute)["value"] == 4
+    assert baselines.cached_per_dataset(ds, "", compute)["value"] == 5        # no stem: another file
+    assert (path.parent / f"toy-{'ab' * 8}-v{baselines.FIT_CACHE_VERSION}.json").is_file()
+
+
 def test_uniform_model():
     lp = Uniform().log_density_for_size(3, 5)
     assert lp.shape == (3, 5) and np.allclose(lp, -math.log(15))
