@@ -71,6 +71,14 @@ def test_report_cites_only_numbers_that_match_the_committed_results():
     assert len(figures) >= 3 and all((REPO / f).exists() for f in figures), figures
 
 
+def test_the_docs_cite_only_numbers_that_match_their_files():
+    pages = sorted((REPO / "docs").glob("*.md"))
+    cited = [p for p in pages if citations(p.read_text())]
+    assert REPO / "docs" / "registration.md" in cited
+    for page in cited:
+        assert check_markdown(page.read_text(), page.parent) == [], page.name
+
+
 def test_editing_a_cited_number_of_the_report_fails_the_check():
     text = REPORT.read_text()
     m = re.search(r"\[(\d+\.\d*)(\d)\]\(", text)
