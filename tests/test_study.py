@@ -338,7 +338,9 @@ def test_config_and_output_tag(monkeypatch, tmp_path, capsys):
         ("main_instances2", "seed_spread", "smoke-efficientnet_lite0-main", 2),
         ("instances3", "seed_spread_reference", "smoke-efficientnet_lite0", 3)]
     assert [(name, t.run) for name, _, t, _ in ablations.instance_sets(plain)] == [("instances2", plain.train.run)]
-    assert ablations.instance_sets(StudyConfig.load("osie")) == []
+    # osie: one main run, the reference with three seeds (its spread widens the ablation intervals)
+    assert [(name, stem, t.run, n) for name, stem, t, n in ablations.instance_sets(StudyConfig.load("osie"))] == [
+        ("instances3", "seed_spread_reference", "osie-efficientnet_lite0", 3)]
     # the Makefile asks the library
     assert cli.main(["tag", "--profile", "osie", "--backbone", "vgg19_random"]) == 0
     assert capsys.readouterr().out.strip() == "osie-vgg19_random"
