@@ -266,16 +266,34 @@ class GoldStandard:
 
     @classmethod
     def _fit(cls, dataset, center_bias, images, bandwidth) -> "GoldStandard":
-        images = np.arange(len(dataset)) if images is None else np.asarray(images, dtype=np.int64)
         gold = cls(dataset=dataset, center_bias=center_bias, bandwidth=0.02, weights=np.ones(3) / 3)
-        data = [gold._image_terms(int(i)) for i in images]
+        s = gold._search(images, bandwidth)
+        gold.bandwidth, gold.weights, gold.heldout_ll = s["bandwidth"], s["weights"], s["LL"]
+        return gold
+
+    def fit_with_others(self, choose_others, images=None) -> dict:
+        """The fit of :meth:`fit` (bandwidth and mixture weights searched anew by the held-out
+        log-likelihood on ``images``, default all) when the fixations that enter the KDE at each
+        fixation are ``choose_others(subjects)`` rather than those of every other subject:
+        ``subjects`` holds one subject id per fixation of an image, and the (n, n) bool answer says
+        whether fixation g enters the density at fixation f; it is called once per image with
+        fixations, in image order. Returns ``{"LL", "IG", "bandwidth", "weights", "n_fixations"}``:
+        LL in bit/fix over a uniform density, IG over the centre bias. :mod:`dgstudy.ceiling` draws
+        ``k`` other observers with it."""
+        with single_threaded_blas():
+            return self._search(images, None, choose_others)
+
+    def _search(self, images, bandwidth=None, choose_others=None) -> dict:
+        images = np.arange(len(self.dataset)) if images is None else np.asarray(images, dtype=np.int64)
+        data = [self._image_terms(int(i)) for i in images]
         data = [d for d in data if d is not None]
         if not data:
-            raise DataError(f"{dataset.name}: no fixations to fit the gold standard on")
+            raise DataError(f"{self.dataset.name}: no fixations to fit the gold standard on")
+        masks = [None if choose_others is None else choose_others(d["subject"]) for d in data]
         cb = np.concatenate([d["cb"] for d in data])       # CB density / uniform density
 
         def fitted(bw):
-            kde = np.concatenate([gold._loso_kde(d, bw) for d in data])   # NaN: no other subject
+            kde = np.concatenate([self._loso_kde(d, bw, m) for d, m in zip(data, masks)])   # NaN: no other
             return _mixture_weights(kde, cb)
 
         if bandwidth is None:
@@ -283,8 +301,8 @@ class GoldStandard:
                                   method="bounded", options={"xatol": 1e-3})
             bandwidth = math.exp(res.x)
         ll, weights = fitted(bandwidth)
-        gold.bandwidth, gold.weights, gold.heldout_ll = float(bandwidth), weights, float(ll / math.log(2))
-        return gold
+        return {"LL": float(ll / math.log(2)), "IG": (ll - float(np.log(cb).mean())) / math.log(2),
+                "bandwidth": float(bandwidth), "weights": weights, "n_fixations": int(len(cb))}
 
     # ---- pieces ----
     def _image_terms(self, i: int):
@@ -319,7 +337,7 @@ class GoldStandard:
     def _loso_kde(self, d: dict, bw: float, other: np.ndarray | None = None) -> np.ndarray:
         """LOSO KDE density / uniform density at each fixation of one image (NaN: no other subject).
         ``other``: (n, n) bool, which fixations g enter the KDE at fixation f (default: those of
-        every other subject; :mod:`dgstudy.ceiling` passes a subset of the observers)."""
+        every other subject; :meth:`fit_with_others` passes a chosen subset)."""
         h, w, r, c, s = d["h"], d["w"], d["rows"], d["cols"], d["subject"]
         ky, kx = self._kernels(h, w, bw)
         pair = ky[np.ix_(r, r)] * kx[np.ix_(c, c)]                        # kernel of g at f

@@ -20,14 +20,12 @@ the assumed form of the curve, which the table states beside the result (``b`` f
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import curve_fit, minimize_scalar
+from scipy.optimize import curve_fit
 
-from .baselines import BANDWIDTH_RANGE, GoldStandard, _mixture_weights, cached_per_dataset
-from .util import single_threaded_blas
+from .baselines import GoldStandard, cached_per_dataset
 
 
 def observer_subsets(subjects: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -57,32 +55,19 @@ def gold_by_observers(gold: GoldStandard, ks=None, images=None, seed: int = 0) -
     uniform density), the fitted ``bandwidth`` and ``w_kde``, ``w_center_bias``, ``w_uniform``, and
     ``n_fixations`` (every fixation of ``images``; default all)."""
     ds = gold.dataset
-    images = range(len(ds)) if images is None else images
-    data = [d for d in (gold._image_terms(int(i)) for i in images) if d is not None]
-    n_obs = max((len(np.unique(d["subject"])) for d in data), default=0)
+    images = np.arange(len(ds)) if images is None else np.asarray(images, dtype=np.int64)
+    n_obs = max((ds.fixations_of(int(i))["subject"].nunique() for i in images), default=0)
     if n_obs < 2:
         raise ValueError(f"{ds.name}: the gold standard needs at least two observers on an image, "
                          f"found at most {n_obs}")
     ks = default_ks(n_obs - 1) if ks is None else [int(k) for k in ks]
-    cb = np.concatenate([d["cb"] for d in data])
-    log_cb = np.log(cb)
     rows = []
-    with single_threaded_blas():
-        for k in ks:
-            rng = np.random.default_rng([seed, k])
-            masks = [observer_subsets(d["subject"], k, rng) for d in data]
-
-            def fitted(bw):
-                kde = np.concatenate([gold._loso_kde(d, bw, m) for d, m in zip(data, masks)])
-                return _mixture_weights(kde, cb)
-
-            res = minimize_scalar(lambda lb: -fitted(math.exp(lb))[0], bounds=tuple(np.log(BANDWIDTH_RANGE)),
-                                  method="bounded", options={"xatol": 1e-3})
-            bw = math.exp(res.x)
-            ll, w = fitted(bw)
-            rows.append({"k": k, "IG": (ll - float(log_cb.mean())) / math.log(2), "LL": ll / math.log(2),
-                         "bandwidth": bw, "w_kde": w[0], "w_center_bias": w[1], "w_uniform": w[2],
-                         "n_fixations": int(len(cb))})
+    for k in ks:
+        rng = np.random.default_rng([seed, k])
+        s = gold.fit_with_others(lambda subjects: observer_subsets(subjects, k, rng), images)
+        w = s["weights"]
+        rows.append({"k": k, "IG": s["IG"], "LL": s["LL"], "bandwidth": s["bandwidth"], "w_kde": w[0],
+                     "w_center_bias": w[1], "w_uniform": w[2], "n_fixations": s["n_fixations"]})
     return pd.DataFrame(rows)
 
 
