@@ -515,11 +515,3 @@ def fitted(dataset) -> tuple[CenterBias, GoldStandard]:
                         weights=np.array([g["weights"][k] for k in ("kde", "center_bias", "uniform")]),
                         heldout_ll=float(g["heldout_ll_bits"]))
     return cb, gold
-    print(f"{dataset.name}: fitting the centre bias and the gold standard (once per data set)",
-          file=sys.stderr, flush=True)
-    cb = CenterBias.fit(dataset)
-    gold = GoldStandard.fit(dataset, cb)
-    cb_params = {k: v for k, v in cb.to_dict().items() if k not in ("u", "v")}
-    write_json(path, {"dataset": dataset.name, "checksum": dataset.checksum, "center_bias": cb_params,
-                      "gold_standard": gold.to_dict()})
-    return cb, gold
