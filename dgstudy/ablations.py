@@ -233,7 +233,9 @@ def profile_runs(cfg: StudyConfig, dataset, get_backbone=None) -> dict[str, dict
     get_backbone = get_backbone or (lambda name: _backbone(name, cfg.train.device))
     check_conditions({"reference": cfg.train, "main": cfg.main_train,
                       **{f"ablation_backbones: {n}": t for n, t in backbone_conditions(cfg, backbone_grid(cfg)).items()},
-                      **({"ablation_vgg": vgg_layer_study(cfg, cfg.ablation_vgg).train} if cfg.ablation_vgg else {})},
+                      **({"ablation_vgg": vgg_layer_study(cfg, cfg.ablation_vgg).train} if cfg.ablation_vgg else {}),
+                      **{f"notebook 10: {t.run}": t for insts in ensemble_member_conditions(cfg).values()
+                         for t in insts.values()}},
                      get_backbone)
     layer_grids = [(cfg, get_backbone(cfg.train.backbone), False)]
     if cfg.ablation_vgg:
@@ -251,6 +253,7 @@ def profile_runs(cfg: StudyConfig, dataset, get_backbone=None) -> dict[str, dict
         "05": list(backbone_conditions(cfg, names).values()) if len(names) > 1 else [],
         "09": [*(training_conditions(cfg, grid).values() if len(grid) > 1 else []),
                *(t for _, _, inst, n in instance_sets(cfg) for t in instance_conditions(inst, n).values())],
+        "10": [t for insts in ensemble_member_conditions(cfg).values() for t in insts.values()],
     }
     for nb, cfgs in by_notebook.items():
         check_conditions({f"notebook {nb}: {t.run}": t for t in cfgs}, get_backbone)
@@ -558,13 +561,16 @@ def instance_ensemble(runs: dict, **evaluate_kw) -> Path:
                               **evaluate_kw)
 
 
-def evaluated_ensemble(out: Path, runs: dict, members: str = "validation", **evaluate_kw) -> Path:
-    """``ensemble.select_and_evaluate(runs, out, members=...)``, or ``out`` as it is when it holds
-    the evaluation of the very same members (``ensemble.fingerprint``)."""
+def evaluated_ensemble(out: Path, runs: dict, members: str = "validation", candidates=None,
+                       **evaluate_kw) -> Path:
+    """``ensemble.select_and_evaluate(runs, out, members=..., candidates=...)``, or ``out`` as it is
+    when it holds the evaluation of the very same members (``ensemble.fingerprint``) and candidates."""
     if (out / "metrics.json").exists() and (out / "per_image.csv").exists():
-        if json.loads((out / "metrics.json").read_text()).get("fingerprint") == ensemble.fingerprint(runs):
+        done = json.loads((out / "metrics.json").read_text())
+        same_candidates = candidates is None or done.get("candidates") == [list(c) for c in candidates]
+        if done.get("fingerprint") == ensemble.fingerprint(runs) and same_candidates:
             return out
-    ensemble.select_and_evaluate(runs, out, members=members, **evaluate_kw)
+    ensemble.select_and_evaluate(runs, out, members=members, candidates=candidates, **evaluate_kw)
     return out
 
 
@@ -649,6 +655,23 @@ def backbone_conditions(cfg: StudyConfig, names) -> dict[str, TrainConfig]:
                                     layers=cfg.train.layers if is_main else None,
                                     feature_path=cfg.train.feature_path if is_main else None)
     return cfgs
+
+
+def ensemble_member_conditions(cfg: StudyConfig) -> dict[str, dict[str, TrainConfig]]:
+    """The main ensemble's members (notebook 10, :mod:`dgstudy.main_ensemble`): {backbone: {"init0":
+    configuration, "init1": ...}} of the profile's ``ensemble_backbones``
+    ({} when it has none). The reference backbone's members are the main run and its instances
+    (``<main run>-init<k>``); another backbone's are ``<its backbone run>-main`` and its instances,
+    with that backbone's default layers and feature store."""
+    out = {}
+    for b in cfg.ensemble_backbones or []:
+        if b == cfg.train.backbone:
+            t = cfg.main_train
+        else:
+            t = dataclasses.replace(cfg.main_train, backbone=b, layers=None, feature_path=None,
+                                    run=backbone_run_name(cfg, b) + ("-main" if cfg.main else ""))
+        out[b] = instance_conditions(t, cfg.ensemble_instances)
+    return out
 
 
 def backbone_ensemble(cfg: StudyConfig, runs: dict, **evaluate_kw) -> Path:

@@ -201,6 +201,13 @@ class StudyConfig:
     ablation_training: dict | None = None    # {condition: TrainConfig overrides}; None = the default grid
     ablation_training_extra: dict | None = None
     instances: int = 1                       # the main run trained with init seeds 0..n-1
+    ensemble_backbones: list[str] | None = field(default_factory=list)   # non-empty: the main
+                                             # result is the validation-chosen ensemble of these
+                                             # backbones' main-configuration runs (DeepGaze IIE;
+                                             # dgstudy.main_ensemble)
+    ensemble_instances: int = 2              # init seeds per ensemble backbone (0..n-1)
+    ensemble_from: str | None = None         # no ensemble_backbones: a profile whose committed main-
+                                             # ensemble table notebook 10 shows instead
     reference_instances: int | None = None   # the reference run's instances when it is not the main
                                              # run (None: as many as the main run's)
     bootstrap: int = 1000                    # bootstrap resamples of every interval
@@ -246,7 +253,8 @@ class StudyConfig:
             raise KeyError(f"{where}: main: {unknown} are not TrainConfig keys a main run may change")
         try:
             cfg = cls(profile=name, train=TrainConfig(**train), **study)
-            for key, low in (("instances", 1), ("reference_instances", 1), ("bootstrap", 1)):
+            for key, low in (("instances", 1), ("reference_instances", 1), ("bootstrap", 1),
+                             ("ensemble_instances", 1)):
                 v = getattr(cfg, key)
                 if not (v is None and key == "reference_instances") and _integer(key, v) < low:
                     raise ValueError(f"{key}: expected an integer >= {low}, got {v!r}")

@@ -72,9 +72,10 @@ def _check_same_split(models: dict[str, CrossValModel]) -> None:
                                     f"{first.run_dir}; an ensemble needs one fold split")
 
 
-def validation_log_likelihoods(models: dict[str, CrossValModel], fold: int) -> dict[tuple, float]:
-    """{subset: mean log-likelihood in bit/fix relative to uniform} on fold ``fold``'s validation
-    images, for every non-empty subset of ``models``."""
+def validation_log_likelihoods(models: dict[str, CrossValModel], fold: int, candidates=None
+                               ) -> dict[tuple, float]:
+    """{candidate: mean log-likelihood in bit/fix relative to uniform} on fold ``fold``'s validation
+    images, for every candidate (a tuple of names in ``models``; default: every non-empty subset)."""
     first = next(iter(models.values()))
     ds = first.dataset
     per_member = {name: [] for name in models}        # log p at each validation fixation
@@ -89,7 +90,7 @@ def validation_log_likelihoods(models: dict[str, CrossValModel], fold: int) -> d
     log_area = np.concatenate(log_area)
     at_fix = {name: np.concatenate(v) for name, v in per_member.items()}
     out = {}
-    for combo in subsets(models):
+    for combo in (subsets(models) if candidates is None else candidates):
         ll = average_log_densities(at_fix[n] for n in combo)
         out[combo] = float(np.mean(ll + log_area) / LN2)
     return out
@@ -127,9 +128,12 @@ class SelectedEnsemble:
 
 
 def select_and_evaluate(runs: dict, out_dir: str | Path, *, dataset=None, baseline=None, gold=None,
-                        progress: bool = True, members: str = "validation") -> dict:
+                        progress: bool = True, members: str = "validation", candidates=None) -> dict:
     """Choose, per fold, the subset of ``runs`` ({name: run folder, or a ``CrossValModel``}) with the
     best validation log-likelihood; evaluate the chosen ensembles on the test folds; write ``out_dir``.
+
+    ``candidates``: the subsets to choose from (tuples of names; default every non-empty subset;
+    ``dgstudy.main_ensemble.candidates`` offers each backbone's first k instances).
 
     ``baseline``/``gold``: as for ``evaluation.evaluate_run`` (fitted here if None). Returns what
     is written to ``metrics.json``. ``members='all'``: no choice, every fold averages all runs
@@ -145,10 +149,16 @@ def select_and_evaluate(runs: dict, out_dir: str | Path, *, dataset=None, baseli
     if len(models) < 1:
         raise ValueError("an ensemble needs at least one run")
     _check_same_split(models)
+    if candidates is not None:
+        candidates = [tuple(c) for c in candidates]
+        unknown = sorted({n for c in candidates for n in c} - set(models))
+        if unknown or not candidates or not all(candidates):
+            raise ValueError(f"candidates must be non-empty tuples of the runs' names {list(models)}; "
+                             f"got {candidates!r}")
     first = next(iter(models.values()))
     choice, val_ll = {}, {}
     for fold in sorted(first.folds):
-        scores = validation_log_likelihoods(models, fold)
+        scores = validation_log_likelihoods(models, fold, candidates)
         choice[fold] = tuple(models) if members == "all" else max(scores, key=scores.get)
         val_ll[fold] = {"+".join(c): v for c, v in scores.items()}
     summary, per_image, folds = score_cross_validated(SelectedEnsemble(models, choice), baseline, gold,
@@ -156,6 +166,7 @@ def select_and_evaluate(runs: dict, out_dir: str | Path, *, dataset=None, baseli
     out_dir = Path(out_dir)
     result = {"run": out_dir.name, "members": {n: str(m.run_dir) for n, m in models.items()},
               "fingerprint": fingerprint(models),
+              **({"candidates": [list(c) for c in candidates]} if candidates is not None else {}),
               "summary": summary, "folds": folds.to_dict(orient="records"),
               "choice": {str(f): list(c) for f, c in choice.items()},
               "validation_LL": {str(f): v for f, v in val_ll.items()},
@@ -163,7 +174,8 @@ def select_and_evaluate(runs: dict, out_dir: str | Path, *, dataset=None, baseli
               "seconds": time.perf_counter() - t0}
     write_scores(out_dir, result, per_image)
     write_json(out_dir / "ensemble.json",
-               {k: result[k] for k in ("members", "fingerprint", "choice", "validation_LL")})
+               {k: result[k] for k in ("members", "fingerprint", "candidates", "choice", "validation_LL")
+                if k in result})
     return result
 
 

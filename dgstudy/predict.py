@@ -40,7 +40,7 @@ from .ensemble import average_log_densities
 from .imageio import read_rgb
 from .io import DataError
 from .rescale import resample_log_density, resize_image, working_size
-from .runs import FeatureSpec, feature_spec, find_fold_dirs, load_fold, training_scale
+from .runs import FeatureSpec, feature_spec, find_fold_dirs, load_fold, resolve_run_path, training_scale
 
 SCALES = ("training", "native")
 CB_CACHE_SIZES = 2        # image sizes whose fold centre biases a Predictor keeps
@@ -257,7 +257,9 @@ def load_model(run=None, fold: int | Sequence[int] | None = None, center_bias="t
     ``run``: None or a shipped model's name (``"osie"``, :mod:`dgstudy.pretrained`: the default
     model, inside the package), a run folder ``results/<run>/`` (all trained folds, averaged as
     densities), a name under ``results/``, one fold folder ``results/<run>/fold_XX/`` or its
-    ``model.pt``.
+    ``model.pt``. A folder with an ``ensemble.json`` (an evaluated ensemble, or a shipped one) is
+    loaded as an :class:`dgstudy.predict_ensemble.EnsemblePredictor` (``fold``: one fold's chosen
+    members; ``weights``: {backbone: local weights file}).
 
     ``scale``: ``'training'`` (default: each image predicted at the run's training scale,
     :func:`dgstudy.runs.training_scale`), ``'native'`` (at its own size) or a pixel area; see the
@@ -271,7 +273,22 @@ def load_model(run=None, fold: int | Sequence[int] | None = None, center_bias="t
     feature configuration (backbone, layers, downsample, dtype) and its weights hash must equal the
     recorded one (else :class:`DataError`).
     """
-    run_dir, fold_dirs = find_fold_dirs(pretrained.DEFAULT if run is None else run, fold)
+    where = resolve_run_path(pretrained.DEFAULT if run is None else run)
+    if where.is_dir() and (where / "ensemble.json").exists():      # an ensemble of runs
+        from .predict_ensemble import load_ensemble
+        if weights is not None and not isinstance(weights, dict):
+            raise ValueError(f"{where} is an ensemble over several backbones: give weights as "
+                             "{backbone: local weights file}")
+        ens = load_ensemble(where, center_bias=center_bias, device=device, scale=scale, weights_files=weights)
+        if fold is None:
+            return ens
+        if not isinstance(fold, (int, np.integer)):
+            raise ValueError(f"{where}: an ensemble is restricted to one fold at a time, got fold={fold!r}")
+        one = ens.single_folds()
+        if int(fold) not in one:
+            raise DataError(f"{where}: no fold {fold}; its folds are {sorted(one)}")
+        return one[int(fold)]
+    run_dir, fold_dirs = find_fold_dirs(where, fold)
     members, specs = [], []
     for d in fold_dirs:
         model, cfg, cb = load_fold(d)

@@ -102,6 +102,30 @@ class CenterBiasGrid:
 PATH_KEYS = ("feature_path", "mirror_feature_path")    # kept as file names only in a shipped fold
 
 
+def _export_fold(d: Path, out: Path, dataset, center_bias: bool) -> tuple[dict, tuple[int, int]]:
+    """Copy fold folder ``d`` into ``out`` as a shipped fold: its readout, its record (with its
+    training scale, feature paths cut to file names) and, with ``center_bias``, its training centre
+    bias as a :class:`CenterBiasGrid` at its most common training image size. Returns (the record,
+    that size)."""
+    info = json.loads((d / "config.json").read_text())
+    if info.get("store_attrs", {}).get("dataset_checksum") not in (None, dataset.checksum):
+        raise DataError(f"{d}: trained on another version of {dataset.name} than the one given")
+    sizes, counts = np.unique(dataset.sizes[np.asarray(info["train_images"])], axis=0, return_counts=True)
+    image_size = tuple(int(s) for s in sizes[np.argmax(counts)])
+    out.mkdir(parents=True)
+    shutil.copy2(d / "model.pt", out / "model.pt")
+    # the fold's record, with its training scale (scale-aware prediction must not need the data set)
+    info.setdefault(TRAINING_SCALE_KEY, training_pixel_area(dataset.sizes[np.asarray(info["train_images"])]))
+    for key in PATH_KEYS:          # no path of the machine that trained it ships
+        if info.get(key):
+            info[key] = Path(info[key]).name
+    write_json(out / "config.json", info)
+    if center_bias:
+        cb = CenterBias.from_dict(json.loads((d / "center_bias.json").read_text()))
+        CenterBiasGrid.from_center_bias(cb, image_size).save(out / GRID_FILE)
+    return info, image_size
+
+
 def export(run_dir, out_dir, dataset, why: str, summary_keys=None) -> Path:
     """Write run ``run_dir`` (trained and evaluated: ``metrics.json``) as a shipped model folder.
 
@@ -122,22 +146,8 @@ def export(run_dir, out_dir, dataset, why: str, summary_keys=None) -> Path:
     out_dir.mkdir(parents=True)
     folds, store_attrs = [], None
     for d in sorted(run_dir.glob("fold_*")):
-        info = json.loads((d / "config.json").read_text())
-        if info.get("store_attrs", {}).get("dataset_checksum") not in (None, dataset.checksum):
-            raise DataError(f"{d}: trained on another version of {dataset.name} than the one given")
+        info, image_size = _export_fold(d, out_dir / d.name, dataset, center_bias=True)
         store_attrs = info.get("store_attrs", store_attrs)
-        sizes, counts = np.unique(dataset.sizes[np.asarray(info["train_images"])], axis=0, return_counts=True)
-        image_size = tuple(int(s) for s in sizes[np.argmax(counts)])
-        cb = CenterBias.from_dict(json.loads((d / "center_bias.json").read_text()))
-        (out_dir / d.name).mkdir()
-        shutil.copy2(d / "model.pt", out_dir / d.name / "model.pt")
-        # the fold's record, with its training scale (scale-aware prediction must not need the data set)
-        info.setdefault(TRAINING_SCALE_KEY, training_pixel_area(dataset.sizes[np.asarray(info["train_images"])]))
-        for key in PATH_KEYS:          # no path of the machine that trained it ships
-            if info.get(key):
-                info[key] = Path(info[key]).name
-        write_json(out_dir / d.name / "config.json", info)
-        CenterBiasGrid.from_center_bias(cb, image_size).save(out_dir / d.name / GRID_FILE)
         folds.append({"fold": int(info["fold"]), "image_size": list(image_size), "best_epoch": info.get("best_epoch"),
                       "test_images": len(info.get("test_images", []))})
     shutil.copy2(run_dir / "per_image.csv", out_dir / "per_image.csv")
@@ -154,5 +164,74 @@ def export(run_dir, out_dir, dataset, why: str, summary_keys=None) -> Path:
         "folds": metrics.get("folds"), "fold_files": folds,
         "center_bias": f"per fold: the training images' centre bias on a grid of {GRID_FACTOR}x{GRID_FACTOR}-pixel "
                        "cells of the training image size (CenterBiasGrid)",
+    })
+    return out_dir
+
+
+SUMMARY_KEYS = ["LL", "IG", "explained_IG", "IG_gold", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM",
+                "n_images", "n_fixations"]
+BACKBONE_KEYS = ("backbone", "architecture", "weights_sha256", "layers", "downsample", "dtype")
+
+
+def export_ensemble(ensemble_dir, out_dir, dataset, why: str) -> Path:
+    """Write an evaluated ensemble (``dgstudy.ensemble.select_and_evaluate``: ``ensemble.json``,
+    ``metrics.json``, ``per_image.csv``) as a shipped model folder::
+
+        provenance.json      kind "ensemble", the members (their backbones, settings and own
+                             cross-validated metrics), each fold's choice, the ensemble's metrics
+        ensemble.json        {"members": {run: "members/<run>"}, "choice": {fold: [runs]}}
+        per_image.csv        the ensemble's cross-validated per-image metrics
+        fold_XX/center_bias_grid.npz   fold XX's training centre bias, once for all its members
+        members/<run>/fold_XX/{model.pt, config.json}   only the (member, fold) pairs chosen
+
+    ``dgstudy.predict.load_model`` loads it as an ``EnsemblePredictor``."""
+    ensemble_dir, out_dir = Path(ensemble_dir), Path(out_dir)
+    for name in ("ensemble.json", "metrics.json", "per_image.csv"):
+        if not (ensemble_dir / name).exists():
+            raise DataError(f"{ensemble_dir}: no {name}; evaluate the ensemble first (ensemble.select_and_evaluate)")
+    record = json.loads((ensemble_dir / "ensemble.json").read_text())
+    metrics = json.loads((ensemble_dir / "metrics.json").read_text())
+    members = {name: Path(d) for name, d in record["members"].items()}
+    choice = {int(f): list(c) for f, c in record["choice"].items()}
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    used = [n for n in members if any(n in c for c in choice.values())]
+    member_info, fold_files = {}, []
+    for fold, chosen in sorted(choice.items()):
+        for k, name in enumerate(chosen):
+            info, image_size = _export_fold(members[name] / f"fold_{fold:02d}",
+                                            out_dir / "members" / name / f"fold_{fold:02d}", dataset,
+                                            center_bias=False)
+            if k == 0:        # every member of a fold was trained on the same images: one centre bias
+                cb = CenterBias.from_dict(json.loads((members[name] / f"fold_{fold:02d}" / "center_bias.json").read_text()))
+                (out_dir / f"fold_{fold:02d}").mkdir()
+                CenterBiasGrid.from_center_bias(cb, image_size).save(out_dir / f"fold_{fold:02d}" / GRID_FILE)
+                fold_files.append({"fold": fold, "image_size": list(image_size), "members": chosen})
+            member_info.setdefault(name, {"backbone": {k2: info.get("store_attrs", {}).get(k2) for k2 in BACKBONE_KEYS},
+                                          "train_config": info.get("train_config")})
+    for name in used:               # a member's own cross-validated metrics, where it was evaluated
+        if (members[name] / "metrics.json").exists():
+            m = json.loads((members[name] / "metrics.json").read_text())["summary"]
+            member_info[name]["cross_validated_metrics"] = {k: m[k] for k in SUMMARY_KEYS if k in m}
+    write_json(out_dir / "ensemble.json", {"members": {n: f"members/{n}" for n in used},
+                                           "choice": {str(f): c for f, c in sorted(choice.items())}})
+    shutil.copy2(ensemble_dir / "per_image.csv", out_dir / "per_image.csv")
+    summary = metrics["summary"]
+    write_json(out_dir / "provenance.json", {
+        "name": out_dir.name, "kind": "ensemble", "dgstudy_version": __version__,
+        "source_run": ensemble_dir.name, "why": why,
+        "dataset": {"name": dataset.name, "checksum": dataset.checksum, "n_images": len(dataset)},
+        "members": member_info,
+        "choice": {str(f): c for f, c in sorted(choice.items())},
+        "choice_rule": "per fold, the candidate with the best mean log-likelihood on that fold's validation "
+                       "images (dgstudy.main_ensemble.candidates, dgstudy.ensemble.select_and_evaluate)",
+        "validation_LL": record.get("validation_LL"),
+        "cross_validated_metrics": {k: summary[k] for k in SUMMARY_KEYS if k in summary},
+        "folds": metrics.get("folds"), "fold_files": fold_files,
+        "prediction": "the average over folds of each fold's chosen members' average density "
+                      "(dgstudy.predict_ensemble)",
+        "center_bias": f"per fold, shared by its members: the training images' centre bias on a grid of "
+                       f"{GRID_FACTOR}x{GRID_FACTOR}-pixel cells of the training image size (CenterBiasGrid)",
     })
     return out_dir

@@ -184,7 +184,8 @@ class ModelQueue:
 
 def model_info(model) -> dict:
     """The model's name and provenance as JSON: run (the run folder's name; never its path on the
-    serving machine), backbone, layers, downsample, folds, centre bias, scale policy, the
+    serving machine), backbone, layers, downsample (an ensemble: ``backbones``, one entry each),
+    folds (an ensemble: its readouts, ``<run>/fold_XX``), centre bias, scale policy, the
     ``provenance`` attribute if any, and from the run's ``config.json``/``metrics.json`` its
     dataset and headline metrics."""
     run_dir = getattr(model, "run_dir", None)
@@ -194,6 +195,9 @@ def model_info(model) -> dict:
             "scale": getattr(model, "scale", "native"), "dgstudy_version": __version__}
     if spec is not None:
         info.update(backbone=spec.backbone, layers=list(spec.layers), downsample=spec.downsample)
+    for s in getattr(model, "specs", None) or []:          # an ensemble: one entry per backbone
+        info.setdefault("backbones", []).append({"backbone": s.backbone, "layers": list(s.layers),
+                                                  "downsample": s.downsample})
     if hasattr(model, "members"):
         info["folds"] = [m.name for m in model.members]
     cb = getattr(model, "center_bias", None)

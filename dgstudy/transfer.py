@@ -262,3 +262,21 @@ def scale_table(results: dict, reference, n_boot: int = 1000, seed: int = 0) -> 
         row.update(n_images=int(len(t)), n_fixations=int(n.sum()))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def scale_test(folds: dict, fold_of, dataset: FixationDataset, images, n_boot: int = 1000, seed: int = 0,
+               widths=(256, None, 1600), scales=("training", "native")) -> pd.DataFrame:
+    """Notebook 08's scale test of a cross-validated model: ``images`` of ``dataset`` shown at each
+    of ``widths`` (None: as they are; :func:`rescaled`), each predicted by the fold that held it
+    out (``folds``: {fold: model}, e.g. ``Predictor.single_folds()``; ``fold_of[i]``: image i's
+    fold) at each of ``scales`` (default: the training scale and natively); :func:`scale_table` with the original size's
+    default prediction as reference. ``width`` of the original rows: the images' median width."""
+    images = np.asarray(images)
+    original = int(np.median(dataset.sizes[images, 1]))
+    results = {}
+    for width in widths:
+        data = rescaled(dataset, width, images)
+        model_for = lambda k: folds[int(fold_of[images[k]])]      # noqa: E731 - image k of the copy
+        for scale, result in evaluate_at_scales(model_for, data, scales).items():
+            results[(original if width is None else width, scale)] = result
+    return scale_table(results, reference=(original, "training"), n_boot=n_boot, seed=seed)

@@ -35,9 +35,10 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     import papermill
 
     notebooks = smoke_chain()
-    assert [p.name[:2] for p in notebooks] == ["01", "02", "03", "04", "05", "06", "07", "08", "09"], notebooks
+    assert [p.name[:2] for p in notebooks] == ["01", "02", "03", "04", "05", "06", "07", "08", "09", "10"], notebooks
     params = {"profile": "smoke", "overrides": {}}
-    extra = {"08_transfer.ipynb": {"max_images": 8}}       # keeps the transfer notebook to ~1 min
+    extra = {"08_transfer.ipynb": {"max_images": 8},       # keeps the transfer notebook to ~1 min
+             "10_main_ensemble.ipynb": {"max_images": 3}}  # and the ensemble's scale test
     results, figures = tmp_path / "results", tmp_path / "figures"
     monkeypatch.setenv("DGSTUDY_RESULTS", str(results))
     monkeypatch.setenv("DGSTUDY_FIGURES", str(figures))
@@ -67,7 +68,7 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
                 assert shown, f"{nb.name}: a cell saves a figure but shows none: {''.join(c['source'])[:80]}"
 
     # notebook 01 extracted every store of the one rule, the main run's ds1 store among them
-    from dgstudy import ablations, statistics
+    from dgstudy import ablations, main_ensemble, statistics
     from dgstudy.config import StudyConfig
 
     cfg = StudyConfig.load("smoke")
@@ -188,11 +189,33 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     assert tr.loc[(256, "training"), "IG_run_cb"] > tr.loc[(256, "native"), "IG_run_cb"]
     assert (out / "transfer.md").read_text().startswith("# Transfer across image scales")
 
+    # the main ensemble (notebook 10; smoke: Lite0 and Lite1 in the main configuration, 2 seeds each):
+    # each backbone alone (Lite0's is the main run), the best one's two instances averaged, notebook
+    # 05's half-resolution ensemble and the ensemble; each fold's choice is one of the candidates
+    me = pd.read_csv(out / "main_ensemble.csv").set_index("condition")
+    first = {b: results / insts["init0"].run for b, insts in main_ensemble.member_conditions(cfg).items()}
+    best_full = ablations.best_backbone(first)
+    assert list(me.index) == ["efficientnet_lite0", "efficientnet_lite1", f"{best_full}_instances2",
+                              "ensemble_half_resolution", "ensemble_max1", "ensemble"]
+    assert me.loc["efficientnet_lite0", "IG"] == pytest.approx(main_run, rel=1e-9)
+    assert me.loc["ensemble_half_resolution", "IG"] == pytest.approx(bb.loc["ensemble", "IG"], rel=1e-9)
+    assert np.isfinite(me.IG).all() and me.loc["efficientnet_lite0", "IG_diff_lo_seed"] == 0
+    record = json.loads((main_ensemble.ensemble_dir(cfg) / "ensemble.json").read_text())
+    cands = {"+".join(c) for c in main_ensemble.candidates(cfg)}
+    assert len(cands) == 8 and set(record["validation_LL"]["0"]) == cands
+    for fold, members in record["choice"].items():
+        assert "+".join(members) in cands
+        assert record["validation_LL"][fold]["+".join(members)] == max(record["validation_LL"][fold].values())
+    assert list(pd.read_csv(out / "main_ensemble_control.csv").condition) == [f"{best_full}_instances2", "ensemble"]
+    sc = pd.read_csv(out / "main_ensemble_transfer.csv").set_index(["model", "width", "scale"])
+    assert len(sc) == 6 and sc.loc[("ensemble", 800, "training"), "IG_ratio"] == pytest.approx(1.0)
+    assert sc.loc[("main run", 800, "training"), "IG_run_cb"] != pytest.approx(sc.loc[("ensemble", 800, "training"), "IG_run_cb"])
+
     # figures: PNG and PDF of each
     for name in ("examples", "examples_log", "center_bias", "ablation_layers", "ablation_centerbias",
                  "ablation_backbones", "ablation_backbones_folds",
                  "per_image_ig", "blur", "training_curves", "transfer", "ablation_layers_vgg",
-                 "ablation_training"):
+                 "ablation_training", "main_ensemble"):
         for ext in ("png", "pdf"):
             f = figures / "smoke" / f"{name}.{ext}"
             assert f.exists() and f.stat().st_size > 1000, f

@@ -15,9 +15,11 @@ from scipy.special import logsumexp
 from dgstudy import backbones, datasets, pretrained
 from dgstudy.baselines import CenterBias
 from dgstudy.io import DataError
-from dgstudy.predict import load_model
+from dgstudy.predict import Predictor, load_model
+from dgstudy.predict_ensemble import EnsemblePredictor
 
-SHIPPED = pretrained.model_dir()
+SHIPPED = pretrained.model_dir()                 # the default: the main ensemble
+SINGLE = pretrained.model_dir("osie-lite0")      # the single-backbone model
 
 
 # -- the centre-bias grid ---------------------------------------------------------------------------
@@ -58,34 +60,71 @@ def test_grid_round_trip_and_damaged_file(cb_synthetic, tmp_path):
         pretrained.CenterBiasGrid.load(tmp_path / "bad.npz")
 
 
-# -- the shipped model ------------------------------------------------------------------------------
-def test_shipped_model_is_small_and_documented():
-    size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
-    assert size < 4 * 2**20, f"the shipped model is {size / 2**20:.1f} MiB"
-    prov = pretrained.provenance()
-    assert prov["dataset"]["name"] == "osie" and prov["why"]
-    folds = sorted(SHIPPED.glob("fold_*"))
+# -- the shipped models -----------------------------------------------------------------------------
+def _size_mib(d) -> float:
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) / 2**20
+
+
+def _check_headline_metrics(d, prov):
+    """The headline metrics are the fixation-weighted means of the per-image table it ships."""
+    pi = pd.read_csv(d / "per_image.csv")
+    w = pi["n_fix"].to_numpy(float)
+    for k in ("LL", "IG"):
+        assert np.sum(pi[k] * w) / w.sum() == pytest.approx(prov["cross_validated_metrics"][k], abs=1e-9)
+
+
+def test_single_model_is_small_and_documented():
+    assert _size_mib(SINGLE) < 4, f"the single model is {_size_mib(SINGLE):.1f} MiB"
+    prov = pretrained.provenance("osie-lite0")
+    assert prov["name"] == "osie-lite0" and prov["dataset"]["name"] == "osie" and prov["why"]
+    folds = sorted(SINGLE.glob("fold_*"))
     assert len(folds) == prov["train_config"]["folds"] == 10
     for d in folds:
         assert {p.name for p in d.iterdir()} == {"model.pt", "config.json", pretrained.GRID_FILE}
         # the training scale is recorded, so scale-aware prediction never needs OSIE itself
         assert json.loads((d / "config.json").read_text())["training_pixel_area"] == 800 * 600
-    # the headline metrics are the fixation-weighted means of the per-image table it ships
-    pi = pd.read_csv(SHIPPED / "per_image.csv")
-    w = pi["n_fix"].to_numpy(float)
-    for k in ("LL", "IG"):
-        assert np.sum(pi[k] * w) / w.sum() == pytest.approx(prov["cross_validated_metrics"][k], abs=1e-9)
+    _check_headline_metrics(SINGLE, prov)
     # the backbone it records is the one dgstudy builds from the installed weights
     bb = backbones.get(prov["backbone"]["backbone"])
     assert bb.weights_sha256 == prov["backbone"]["weights_sha256"]
     assert bb.architecture == prov["backbone"]["architecture"]
 
 
-def test_load_model_defaults_to_the_shipped_model():
+def test_shipped_ensemble_is_documented_and_ships_only_what_it_uses():
+    assert _size_mib(SHIPPED) < 8, f"the shipped ensemble is {_size_mib(SHIPPED):.1f} MiB"
+    prov = pretrained.provenance()
+    assert prov["kind"] == "ensemble" and prov["dataset"]["name"] == "osie" and prov["why"]
+    record = json.loads((SHIPPED / "ensemble.json").read_text())
+    assert record["choice"] == prov["choice"] and sorted(record["choice"], key=int) == [str(k) for k in range(10)]
+    # each fold's centre bias once; the readouts of the chosen (member, fold) pairs, nothing else
+    assert sorted(d.name for d in SHIPPED.glob("fold_*")) == [f"fold_{k:02d}" for k in range(10)]
+    assert all({p.name for p in d.iterdir()} == {pretrained.GRID_FILE} for d in SHIPPED.glob("fold_*"))
+    pairs = {(d.parent.name, d.name) for d in (SHIPPED / "members").glob("*/fold_*")}
+    assert pairs == {(m, f"fold_{int(f):02d}") for f, c in record["choice"].items() for m in c}
+    for m, f in pairs:
+        d = SHIPPED / "members" / m / f
+        assert {p.name for p in d.iterdir()} == {"model.pt", "config.json"}
+        assert json.loads((d / "config.json").read_text())["training_pixel_area"] == 800 * 600
+    _check_headline_metrics(SHIPPED, prov)
+    # at least two backbones, and each member's recorded backbone is the one built from the installed weights
+    recorded = {m["backbone"]["backbone"]: m["backbone"] for m in prov["members"].values()}
+    assert len(recorded) >= 2
+    for name, rec in recorded.items():
+        bb = backbones.get(name)
+        assert (bb.weights_sha256, bb.architecture) == (rec["weights_sha256"], rec["architecture"])
+    # the ensemble is the best model: above the single model it ships beside
+    single = pretrained.provenance("osie-lite0")["cross_validated_metrics"]
+    assert prov["cross_validated_metrics"]["IG"] > single["IG"]
+
+
+def test_load_model_defaults_to_the_shipped_ensemble():
     m = load_model()
-    assert m.run_dir == SHIPPED and len(m.members) == 10
+    assert isinstance(m, EnsemblePredictor) and m.run_dir == SHIPPED
+    assert len(m.specs) == len({s.backbone for s in m.specs}) >= 2          # one part per backbone
     assert m.provenance["source_run"] == pretrained.provenance()["source_run"]
     assert load_model("osie").run_dir == SHIPPED
+    one = load_model("osie-lite0")
+    assert isinstance(one, Predictor) and one.run_dir == SINGLE and len(one.members) == 10
 
 
 @pytest.fixture(scope="module")
@@ -93,28 +132,36 @@ def osie(osie_dir):
     return datasets.load("osie")
 
 
+def _image_ll(ld, fx) -> float:
+    return float(np.mean(ld[np.floor(fx["y"]).astype(int), np.floor(fx["x"]).astype(int)] + math.log(ld.size)) / math.log(2))
+
+
 @pytest.mark.slow
-def test_shipped_model_reproduces_its_cross_validated_metrics(osie):
-    """A handful of OSIE images, each predicted by the one fold that held it out, give the per-image
-    log-likelihood the source run's evaluation recorded (float16 features, centre-bias grid)."""
-    prov = pretrained.provenance()
+@pytest.mark.parametrize("name", ["osie", "osie-lite0"])
+def test_shipped_model_reproduces_its_cross_validated_metrics(osie, name):
+    """OSIE images, each predicted by the fold that held it out (the ensemble: that fold's chosen
+    members), give the per-image log-likelihood the source's evaluation recorded (float16 features,
+    centre-bias grid); another fold's model is measurably different."""
+    d = pretrained.model_dir(name)
+    prov = pretrained.provenance(name)
     assert prov["dataset"]["checksum"] == osie.checksum
-    pi = pd.read_csv(SHIPPED / "per_image.csv").set_index("image")
-    chosen = [int(pi.index[pi["fold"] == f][0]) for f in (0, 3, 7)] + [int(pi["IG"].idxmin())]
+    pi = pd.read_csv(d / "per_image.csv").set_index("image")
+    chosen = ([int(pi.index[pi["fold"] == f][0]) for f in (0, 3, 7)] + [int(pi["IG"].idxmin())]
+              if name == "osie-lite0" else [int(pi.index[pi["fold"] == 4][0]), int(pi["IG"].idxmin())])
     for i in chosen:
         k = int(pi.loc[i, "fold"])
-        info = json.loads((SHIPPED / f"fold_{k:02d}" / "config.json").read_text())
+        if name == "osie-lite0":
+            info = json.loads((d / f"fold_{k:02d}" / "config.json").read_text())
+        else:
+            member = prov["choice"][str(k)][0]
+            info = json.loads((d / "members" / member / f"fold_{k:02d}" / "config.json").read_text())
         assert i in info["test_images"] and i not in info["train_images"] and i not in info["val_images"]
-        ld = load_model("osie", fold=k).log_density(osie.stimuli[i])
+        ld = load_model(name, fold=k).log_density(osie.stimuli[i])
         assert ld.shape == tuple(osie.sizes[i]) and logsumexp(ld) == pytest.approx(0.0, abs=1e-4)
         fx = osie.fixations_of(i)
-        ll = np.mean(ld[np.floor(fx["y"]).astype(int), np.floor(fx["x"]).astype(int)] + math.log(ld.size)) / math.log(2)
-        assert ll == pytest.approx(pi.loc[i, "LL"], abs=2e-3), f"image {i} (fold {k})"
-        # another fold's model is measurably different: the test can tell folds apart
-        other = load_model("osie", fold=(k + 1) % 10).log_density(osie.stimuli[i])
-        ll_other = np.mean(other[np.floor(fx["y"]).astype(int), np.floor(fx["x"]).astype(int)]
-                           + math.log(ld.size)) / math.log(2)
-        assert abs(ll_other - pi.loc[i, "LL"]) > 2e-3
+        assert _image_ll(ld, fx) == pytest.approx(pi.loc[i, "LL"], abs=2e-3), f"image {i} (fold {k})"
+        other = load_model(name, fold=(k + 1) % 10).log_density(osie.stimuli[i])
+        assert abs(_image_ll(other, fx) - pi.loc[i, "LL"]) > 2e-3
 
 
 def test_predict_command_without_a_model_uses_the_shipped_one(tmp_path, osie):

@@ -144,7 +144,9 @@ def test_layer_and_backbone_names_fail_before_anything_is_extracted(smoke_datase
               r"ablation_vgg_layers: condition 'c': backbone 'vgg19_random' has no layers"),
              (dict(layers=["block9"]), r"condition 'reference'.*has no layers \['block9'\]"),
              (dict(ablation_backbones_extra=["efficientnet_lite9"]),
-              r"condition 'ablation_backbones: efficientnet_lite9'.*'efficientnet_lite9' is not one of")]
+              r"condition 'ablation_backbones: efficientnet_lite9'.*'efficientnet_lite9' is not one of"),
+             (dict(ensemble_backbones=["efficientnet_lite0", "efficientnet_lite9"]),
+              r"condition 'notebook 10: smoke-efficientnet_lite9-main'.*'efficientnet_lite9' is not one of")]
     for override, expected in cases:
         with pytest.raises(ValueError, match=expected):
             ablations.profile_runs(StudyConfig.load("smoke", **override), smoke_dataset, FAKES.__getitem__)
@@ -275,7 +277,7 @@ def test_make_reproduce_with_overrides_never_targets_the_committed_outputs(tmp_p
         assert out.returncode == 0, out.stderr
         tag = f"{profile}+{changes_hash({'seed': 1, 'ablation_size': 'small'})}"
         lines = [l for l in out.stdout.splitlines() if "papermill notebooks/" in l]
-        assert len(lines) == 9 and all(f"{tmp_path}/r/{tag}/" in l for l in lines), out.stdout[-2000:]
+        assert len(lines) == 10 and all(f"{tmp_path}/r/{tag}/" in l for l in lines), out.stdout[-2000:]
         assert all("-y \"overrides: {seed: 1, ablation_size: small}\"" in l for l in lines)
         assert f"/{profile}/" not in "".join(lines)
         # the profile as it is: its own folder
