@@ -20,7 +20,7 @@ import pandas as pd
 from . import ablations, backbones
 from .ablations import ensemble_member_conditions as member_conditions
 from .ablations import ensure_features, evaluated_ensemble, train_conditions
-from .config import StudyConfig, TrainConfig
+from .config import StudyConfig
 from .evaluation import evaluate_runs
 from .paths import results_dir
 from . import runs as run_store
