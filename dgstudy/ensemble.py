@@ -30,14 +30,17 @@ from .training_fast import LN2
 
 
 
-def average_log_densities(log_densities) -> np.ndarray:
-    """Log of the average of the densities: ``log(sum_k exp(l_k) / K)`` (equal weights).
+def average_log_densities(log_densities, weights=None) -> np.ndarray:
+    """Log of the average of the densities: ``log(sum_k exp(l_k) / K)`` (equal weights), or with
+    ``weights`` (positive, one per input, relative) ``log(sum_k w_k exp(l_k) / sum_k w_k)``.
 
     ``log_densities``: any iterable of arrays of one shape (e.g. a generator, one fold at a time);
     they are accumulated one by one with ``logaddexp`` in float64, so memory does not grow with K.
-    One input is returned unchanged (a one-member ensemble is exactly that member); otherwise the
-    result has the dtype of the first input.
+    Without weights one input is returned unchanged (a one-member ensemble is exactly that member);
+    otherwise the result has the dtype of the first input.
     """
+    if weights is not None:
+        return _weighted_average(zip(log_densities, weights, strict=True))
     acc, dtype, k = None, None, 0
     for k, ld in enumerate(log_densities, start=1):
         if acc is None:
@@ -49,6 +52,19 @@ def average_log_densities(log_densities) -> np.ndarray:
     if k == 1:
         return acc
     return (acc - math.log(k)).astype(dtype, copy=False)
+
+
+def _weighted_average(pairs) -> np.ndarray:
+    acc, dtype, total = None, None, 0.0
+    for ld, w in pairs:
+        if not w > 0:
+            raise ValueError(f"weights must be positive, got {w!r}")
+        term = np.asarray(ld, dtype=np.float64) + math.log(w)
+        acc, dtype = (term, np.asarray(ld).dtype) if acc is None else (np.logaddexp(acc, term), dtype)
+        total += w
+    if acc is None:
+        raise ValueError("no log-densities to average")
+    return (acc - math.log(total)).astype(dtype, copy=False)
 
 
 def subsets(names) -> list[tuple[str, ...]]:

@@ -19,11 +19,11 @@ weighted average of the members' training centre biases.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
+from .ensemble import average_log_densities
 from .io import DataError
 from .predict import FoldMember, Predictor, check_backbone, check_channels, parse_scale, _backbone_options
 from .rescale import resample_log_density
@@ -31,19 +31,6 @@ from .runs import feature_spec, find_fold_dirs, load_fold, training_scale
 from . import backbones, pretrained
 
 ENSEMBLE_FILE = "ensemble.json"
-
-
-def weighted_log_average(pairs) -> np.ndarray:
-    """``log(sum_j w_j exp(l_j) / sum_j w_j)`` of (log-density, weight > 0) pairs, accumulated one by
-    one in float64; the result has the first log-density's dtype."""
-    acc, dtype, total = None, None, 0.0
-    for ld, w in pairs:
-        term = np.asarray(ld, dtype=np.float64) + math.log(w)
-        acc, dtype = (term, np.asarray(ld).dtype) if acc is None else (np.logaddexp(acc, term), dtype)
-        total += w
-    if acc is None:
-        raise ValueError("no log-densities to average")
-    return (acc - math.log(total)).astype(dtype, copy=False)
 
 
 class EnsemblePredictor:
@@ -91,15 +78,20 @@ class EnsemblePredictor:
     def scale_record(self, h: int, w: int, scale=None) -> dict:
         return self.parts[0].scale_record(h, w, scale)
 
-    def _pairs(self, rgb: np.ndarray):
-        for part, weights in zip(self.parts, self.weights):
-            yield from zip(part._iter_working(rgb), weights)
+    def _iter_working(self, rgb: np.ndarray):
+        """Every readout's log-density over ``rgb`` (each backbone's features computed once)."""
+        for part in self.parts:
+            yield from part._iter_working(rgb)
+
+    @property
+    def _flat_weights(self) -> list[float]:
+        return [w for ws in self.weights for w in ws]
 
     def log_density(self, image, scale=None) -> np.ndarray:
         """(H, W) float32 natural-log density: the weighted average of every readout's density at
         the working size (each backbone's features computed once), mapped to (H, W)."""
         rgb, (h, w) = self.parts[0]._working_image(image, scale)
-        ld = weighted_log_average(self._pairs(rgb))
+        ld = average_log_densities(self._iter_working(rgb), self._flat_weights)
         return resample_log_density(ld, h, w, ld.dtype)
 
     __call__ = log_density
@@ -107,9 +99,8 @@ class EnsemblePredictor:
     def center_bias_log_density(self, h: int, w: int, scale=None) -> np.ndarray:
         """The weighted average of the members' centre biases at the working size, mapped to (h, w)."""
         size = self.working_size(h, w, scale)
-        pairs = ((p._member_center_bias(m, *size).astype(np.float64), wt)
-                 for p, ws in zip(self.parts, self.weights) for m, wt in zip(p.members, ws))
-        return resample_log_density(weighted_log_average(pairs), h, w)
+        cbs = (p._member_center_bias(m, *size).astype(np.float64) for p in self.parts for m in p.members)
+        return resample_log_density(average_log_densities(cbs, self._flat_weights), h, w)
 
     def single_folds(self) -> dict[int, "EnsemblePredictor"]:
         """{fold: the ensemble of that fold's chosen members alone, equally weighted}."""

@@ -100,6 +100,16 @@ class CenterBiasGrid:
 
 
 PATH_KEYS = ("feature_path", "mirror_feature_path")    # kept as file names only in a shipped fold
+SUMMARY_KEYS = ["LL", "IG", "explained_IG", "IG_gold", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM",
+                "n_images", "n_fixations"]                        # the metrics a provenance records
+BACKBONE_KEYS = ("backbone", "architecture", "weights_sha256", "layers", "downsample", "dtype")
+
+
+def _save_center_bias_grid(fold_dir: Path, image_size, out: Path) -> None:
+    """Fold ``fold_dir``'s training centre bias (``center_bias.json``) as a :class:`CenterBiasGrid`
+    at ``image_size``, written to ``out``."""
+    cb = CenterBias.from_dict(json.loads((fold_dir / "center_bias.json").read_text()))
+    CenterBiasGrid.from_center_bias(cb, image_size).save(out)
 
 
 def _export_fold(d: Path, out: Path, dataset, center_bias: bool) -> tuple[dict, tuple[int, int]]:
@@ -121,8 +131,7 @@ def _export_fold(d: Path, out: Path, dataset, center_bias: bool) -> tuple[dict, 
             info[key] = Path(info[key]).name
     write_json(out / "config.json", info)
     if center_bias:
-        cb = CenterBias.from_dict(json.loads((d / "center_bias.json").read_text()))
-        CenterBiasGrid.from_center_bias(cb, image_size).save(out / GRID_FILE)
+        _save_center_bias_grid(d, image_size, out / GRID_FILE)
     return info, image_size
 
 
@@ -152,13 +161,11 @@ def export(run_dir, out_dir, dataset, why: str, summary_keys=None) -> Path:
                       "test_images": len(info.get("test_images", []))})
     shutil.copy2(run_dir / "per_image.csv", out_dir / "per_image.csv")
     summary = metrics["summary"]
-    keys = summary_keys or ["LL", "IG", "explained_IG", "IG_gold", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM",
-                            "n_images", "n_fixations"]
+    keys = summary_keys or SUMMARY_KEYS
     write_json(out_dir / "provenance.json", {
         "name": out_dir.name, "dgstudy_version": __version__, "source_run": run_dir.name, "why": why,
         "dataset": {"name": dataset.name, "checksum": dataset.checksum, "n_images": len(dataset)},
-        "backbone": {k: (store_attrs or {}).get(k) for k in
-                     ("backbone", "architecture", "weights_sha256", "layers", "downsample", "dtype")},
+        "backbone": {k: (store_attrs or {}).get(k) for k in BACKBONE_KEYS},
         "train_config": run_cfg,
         "cross_validated_metrics": {k: summary[k] for k in keys if k in summary},
         "folds": metrics.get("folds"), "fold_files": folds,
@@ -167,10 +174,6 @@ def export(run_dir, out_dir, dataset, why: str, summary_keys=None) -> Path:
     })
     return out_dir
 
-
-SUMMARY_KEYS = ["LL", "IG", "explained_IG", "IG_gold", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM",
-                "n_images", "n_fixations"]
-BACKBONE_KEYS = ("backbone", "architecture", "weights_sha256", "layers", "downsample", "dtype")
 
 
 def export_ensemble(ensemble_dir, out_dir, dataset, why: str) -> Path:
@@ -204,9 +207,9 @@ def export_ensemble(ensemble_dir, out_dir, dataset, why: str) -> Path:
                                             out_dir / "members" / name / f"fold_{fold:02d}", dataset,
                                             center_bias=False)
             if k == 0:        # every member of a fold was trained on the same images: one centre bias
-                cb = CenterBias.from_dict(json.loads((members[name] / f"fold_{fold:02d}" / "center_bias.json").read_text()))
                 (out_dir / f"fold_{fold:02d}").mkdir()
-                CenterBiasGrid.from_center_bias(cb, image_size).save(out_dir / f"fold_{fold:02d}" / GRID_FILE)
+                _save_center_bias_grid(members[name] / f"fold_{fold:02d}", image_size,
+                                       out_dir / f"fold_{fold:02d}" / GRID_FILE)
                 fold_files.append({"fold": fold, "image_size": list(image_size), "members": chosen})
             member_info.setdefault(name, {"backbone": {k2: info.get("store_attrs", {}).get(k2) for k2 in BACKBONE_KEYS},
                                           "train_config": info.get("train_config")})

@@ -11,7 +11,7 @@ from scipy.special import logsumexp
 
 from dgstudy import ensemble, main_ensemble, predict, pretrained, runs
 from dgstudy.config import StudyConfig, TrainConfig
-from dgstudy.predict_ensemble import EnsemblePredictor, weighted_log_average
+from dgstudy.predict_ensemble import EnsemblePredictor
 from conftest import isolated_study
 
 
@@ -43,16 +43,16 @@ def test_members_and_candidates_of_a_profile():
         StudyConfig.load("osie", ensemble_instances=0)
 
 
-def test_weighted_log_average_is_the_weighted_mean_of_densities():
+def test_a_weighted_average_is_the_weighted_mean_of_densities():
     rng = np.random.default_rng(1)
     lds = [np.log(rng.dirichlet(np.ones(20))).reshape(4, 5).astype(np.float32) for _ in range(3)]
     w = [0.5, 0.125, 0.375]
-    got = weighted_log_average(zip(lds, w))
+    got = ensemble.average_log_densities(lds, weights=w)
     want = np.log(sum(wi * np.exp(l.astype(np.float64)) for l, wi in zip(lds, w)))
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert got.dtype == np.float32
     # weights are relative: equal weights are the plain average
-    np.testing.assert_allclose(weighted_log_average(zip(lds, [3, 3, 3])), ensemble.average_log_densities(lds),
+    np.testing.assert_allclose(ensemble.average_log_densities(lds, weights=[3, 3, 3]), ensemble.average_log_densities(lds),
                                atol=1e-6)
 
 
