@@ -29,42 +29,48 @@ from .runs import CrossValModel
 from .training_fast import LN2
 
 
-
 def average_log_densities(log_densities, weights=None) -> np.ndarray:
     """Log of the average of the densities: ``log(sum_k exp(l_k) / K)`` (equal weights), or with
     ``weights`` (positive, one per input, relative) ``log(sum_k w_k exp(l_k) / sum_k w_k)``.
 
     ``log_densities``: any iterable of arrays of one shape (e.g. a generator, one fold at a time);
-    they are accumulated one by one with ``logaddexp`` in float64, so memory does not grow with K.
+    they are accumulated one by one in float64, so memory does not grow with K. The accumulation
+    is the streaming log-sum-exp: per element the largest input so far, ``s``, and
+    ``sum_k w_k exp(l_k - s)``, rescaled when a larger input arrives (one ``exp`` per input and
+    element, every exponent <= 0: no overflow, and no underflow of the largest term). Equal to
+    ``scipy.special.logsumexp`` over the stacked inputs up to float64 rounding (tested).
     Without weights one input is returned unchanged (a one-member ensemble is exactly that member);
     otherwise the result has the dtype of the first input.
     """
-    if weights is not None:
-        return _weighted_average(zip(log_densities, weights, strict=True))
-    acc, dtype, k = None, None, 0
-    for k, ld in enumerate(log_densities, start=1):
-        if acc is None:
-            acc, dtype = ld, np.asarray(ld).dtype
-        else:
-            acc = np.logaddexp(acc, ld, dtype=np.float64)
-    if acc is None:
-        raise ValueError("no log-densities to average")
-    if k == 1:
-        return acc
-    return (acc - math.log(k)).astype(dtype, copy=False)
-
-
-def _weighted_average(pairs) -> np.ndarray:
-    acc, dtype, total = None, None, 0.0
+    pairs = ((ld, 1.0) for ld in log_densities) if weights is None else zip(log_densities, weights, strict=True)
+    ld = shift = acc = dtype = None
+    total = 0.0
     for ld, w in pairs:
         if not w > 0:
             raise ValueError(f"weights must be positive, got {w!r}")
-        term = np.asarray(ld, dtype=np.float64) + math.log(w)
-        acc, dtype = (term, np.asarray(ld).dtype) if acc is None else (np.logaddexp(acc, term), dtype)
         total += w
+        if acc is None:
+            shift, acc, dtype = np.array(ld, dtype=np.float64), np.full(np.shape(ld), float(w)), np.asarray(ld).dtype
+            d, up, spare = np.empty_like(acc), np.empty_like(acc), np.empty_like(acc)   # reused buffers
+            continue
+        if np.shape(ld) != acc.shape:
+            raise ValueError(f"log-densities of shapes {acc.shape} and {np.shape(ld)} cannot be averaged")
+        np.copyto(d, ld)
+        np.maximum(shift, d, out=spare)                  # the new per-element maximum
+        d -= shift
+        np.fmax(d, 0.0, out=up)                          # > 0 where the input is the new maximum:
+        shift, spare = spare, shift                      # the sum is rescaled by exp(-up) there
+        np.fmin(d, 0.0, out=d)                           # (NaN, from -inf - -inf, gives 0: the sum
+        np.negative(up, out=up)                          # only matters once the shift is finite)
+        acc *= np.exp(up, out=up)
+        d = np.exp(d, out=d)
+        d *= w
+        acc += d
     if acc is None:
         raise ValueError("no log-densities to average")
-    return (acc - math.log(total)).astype(dtype, copy=False)
+    if weights is None and total == 1.0:                # one input, unchanged
+        return ld
+    return (shift + np.log(acc / total)).astype(dtype, copy=False)
 
 
 def subsets(names) -> list[tuple[str, ...]]:

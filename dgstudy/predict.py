@@ -157,18 +157,28 @@ class Predictor:
         return resample_log_density(cb, h, w)
 
     def _member_center_biases(self, h: int, w: int) -> list[torch.Tensor]:
-        """Each fold's log centre bias at (h, w) as a float32 tensor on the device (the last
-        ``CB_CACHE_SIZES`` sizes are kept: consecutive images of one size reuse them)."""
+        """Each fold's log centre bias at (h, w) as a float32 tensor on the device.
+
+        Folds whose centre bias is one object (a shipped ensemble's members of one fold), and all
+        folds under a ``center_bias`` given to the Predictor, share one tensor. The last
+        ``CB_CACHE_SIZES`` sizes are kept (consecutive images of one size reuse them); the
+        parts of an :class:`~dgstudy.predict_ensemble.EnsemblePredictor` share one cache."""
         key = (int(h), int(w))
-        if key in self._cb_cache:
-            self._cb_cache.move_to_end(key)
-            return self._cb_cache[key]
-        cbs = [torch.from_numpy(np.ascontiguousarray(self._member_center_bias(m, h, w), dtype=np.float32)
-                                ).to(self.device) for m in self.members]
-        self._cb_cache[key] = cbs
-        while len(self._cb_cache) > CB_CACHE_SIZES:
-            self._cb_cache.popitem(last=False)
-        return cbs
+        if key not in self._cb_cache:
+            self._cb_cache[key] = {}
+            while len(self._cb_cache) > CB_CACHE_SIZES:
+                self._cb_cache.popitem(last=False)
+        self._cb_cache.move_to_end(key)
+        by_source = self._cb_cache[key]
+        out = []
+        for m in self.members:
+            own = isinstance(self.center_bias, str) and self.center_bias == "training"
+            source = id(m.center_bias) if own else id(self.center_bias)
+            if source not in by_source:
+                by_source[source] = torch.from_numpy(np.ascontiguousarray(
+                    self._member_center_bias(m, h, w), dtype=np.float32)).to(self.device)
+            out.append(by_source[source])
+        return out
 
     def center_bias_log_density(self, h: int, w: int, scale=None) -> np.ndarray:
         """The centre bias the model uses for an (h, w) image (fold centre biases averaged), at the
@@ -198,6 +208,7 @@ class Predictor:
         """Each fold's float32 log-density over the pixels of ``rgb`` (features computed once)."""
         h, w = rgb.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(self.features(rgb), dtype=np.float32))[None].to(self.device)
+        x = x.contiguous(memory_format=torch.channels_last)   # the readout's 1x1 convs read it in place
         with torch.no_grad():
             for m, cb in zip(self.members, self._member_center_biases(h, w)):
                 yield m.model(x, cb[None])[0].detach().cpu().numpy()

@@ -55,6 +55,8 @@ class EnsemblePredictor:
                 raise DataError(f"{run_dir}: the members predict at different scales "
                                 f"({first.scale} {first.pixel_area} and {p.scale} {p.pixel_area})")
         self.parts, self.weights, self.run_dir, self.choice = parts, weights, run_dir, choice or {}
+        for p in parts[1:]:                   # one centre-bias cache: a fold's map is made once
+            p._cb_cache = parts[0]._cb_cache
         self.scale, self.pixel_area = first.scale, first.pixel_area
         self.center_bias = first.center_bias
         self.provenance = None
@@ -157,13 +159,19 @@ def load_ensemble(folder, center_bias="training", device: str = "cpu", scale="tr
     folder = Path(folder)
     members, choice = read_ensemble(folder)
     groups: dict[tuple, dict] = {}
+    same_cb: dict = {}                        # one object per distinct fold centre bias
     for fold, chosen in sorted(choice.items()):
+        shared_cb = folder / f"fold_{fold:02d}" / pretrained.GRID_FILE
         for name in chosen:
             _, dirs = find_fold_dirs(members[name], fold)
             model, cfg, cb = load_fold(dirs[0])
-            shared_cb = folder / f"fold_{fold:02d}" / pretrained.GRID_FILE
+            own = dirs[0] / "center_bias.json"
             if cb is None and shared_cb.exists():
-                cb = pretrained.CenterBiasGrid.load(shared_cb)
+                if shared_cb not in same_cb:
+                    same_cb[shared_cb] = pretrained.CenterBiasGrid.load(shared_cb)
+                cb = same_cb[shared_cb]
+            elif own.exists():                # the same fit (same training images) in each member
+                cb = same_cb.setdefault(own.read_bytes(), cb)
             spec = feature_spec(dirs[0], cfg, backbones.default_layers(cfg.backbone))
             g = groups.setdefault(spec.key(), {"spec": spec, "members": [], "weights": [], "dirs": []})
             g["members"].append(FoldMember(name=f"{name}/fold_{fold:02d}", model=model.to(device).eval(),

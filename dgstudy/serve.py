@@ -33,6 +33,7 @@ framework to an anonymous temporary file, which is gone when the request ends).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import io
 import json
 import threading
@@ -148,6 +149,24 @@ class QueueFull(Exception):
     """:meth:`ModelQueue.run` found ``limit`` jobs already admitted."""
 
 
+def _glibc_malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):     # not glibc: nothing to release
+        return None
+
+
+_MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Give the memory freed by a prediction back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere), so that the server's resident memory returns to its idle size between images
+    instead of keeping the largest prediction's pages."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 class ModelQueue:
     """The model behind one worker thread; at most ``limit`` jobs admitted (waiting or running)."""
 
@@ -170,6 +189,7 @@ class ModelQueue:
             finally:                      # the slot is freed when the work ends, even if the client left
                 with self._lock:
                     self.pending -= 1
+                release_free_memory()
         try:
             future = self._executor.submit(job)
         except RuntimeError:              # shutting down

@@ -98,5 +98,24 @@ def test_average_log_densities():
     assert ensemble.average_log_densities(lds[:1]) is lds[0]
     with pytest.raises(ValueError):
         ensemble.average_log_densities([])
+
+
+def test_average_log_densities_is_logsumexp_over_any_range():
+    """The streaming sum agrees with scipy's logsumexp where exp() alone would overflow or
+    underflow (values from -1500 to +800), weighted and not, and in any order of arrival."""
+    from scipy.special import logsumexp
+    rng = np.random.default_rng(1)
+    lds = [rng.uniform(-1500, 800, size=(5, 7)) for _ in range(6)]
+    w = rng.uniform(0.1, 3.0, size=6)
+    want = logsumexp(np.stack(lds), axis=0, b=(w / w.sum())[:, None, None])
+    np.testing.assert_allclose(ensemble.average_log_densities(iter(lds), weights=w), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ensemble.average_log_densities(lds[::-1]),
+                               logsumexp(np.stack(lds), axis=0) - np.log(6), rtol=0, atol=1e-12)
+    assert np.isfinite(ensemble.average_log_densities(lds)).all()
+    zero = np.array([-np.inf, 0.0])
+    np.testing.assert_allclose(ensemble.average_log_densities([zero, zero, np.array([-np.inf, -1.0])]),
+                               [-np.inf, np.log((2 + np.exp(-1)) / 3)])
+    np.testing.assert_allclose(ensemble.average_log_densities([zero, np.array([-2.0, -np.inf])], weights=[1, 3]),
+                               [np.log(0.75 * np.exp(-2)), np.log(0.25)])
     assert ensemble.subsets(["a", "b", "c"]) == [("a",), ("b",), ("c",), ("a", "b"), ("a", "c"),
                                                   ("b", "c"), ("a", "b", "c")]

@@ -141,3 +141,19 @@ def test_shipped_ensemble_predicts_as_the_evaluated_one(two_backbones, tmp_path)
     c = predict.load_model(shipped, scale="native").log_density(rgb)   # the centre bias from its grid
     p, q = np.exp(predict.load_model(out, scale="native").log_density(rgb).astype(np.float64)), np.exp(c)
     assert np.abs(p - q).sum() < 0.02
+
+
+def test_each_folds_centre_bias_is_kept_once(two_backbones, tmp_path):
+    """Members of one fold share their training centre bias (one map per fold and image size,
+    across backbones), in an evaluated ensemble and in a shipped one; the density is unchanged."""
+    ds, _, out, res, _, _ = two_backbones
+    shipped = pretrained.export_ensemble(out, tmp_path / "ens-model", ds, why="test")
+    for folder in (out, shipped):
+        ens = predict.load_model(folder, scale="native")
+        assert len(ens.members) > 3                              # some fold has several members
+        maps = [t for p in ens.parts for t in p._member_center_biases(96, 128)]
+        assert len({id(t) for t in maps}) == 3                   # one per fold
+        assert all(p._cb_cache is ens.parts[0]._cb_cache for p in ens.parts)
+        for p in ens.parts:
+            for m, t in zip(p.members, p._member_center_biases(96, 128)):
+                np.testing.assert_array_equal(t.numpy(), m.center_bias.log_density_for_size(96, 128).astype(np.float32))

@@ -277,16 +277,23 @@ def test_the_command_serves_the_cli_density_of_an_osie_image(live_server, osie_d
 
 
 def test_twenty_concurrent_requests_all_succeed_in_bounded_memory(live_server):
+    """All 20 are answered, and sending them at once costs no more memory than sending them one
+    by one: the one model thread predicts one image at a time, so the peak RSS of the concurrent
+    batch stays within 64 MiB (their uploads and results) of the peak the same 20 reached in turn,
+    and within 512 MiB of the idle RSS after one request: what one prediction needs at its working
+    size (for the shipped models OSIE's training scale, 480 000 px: the backbone's activations, the
+    fold centre biases it keeps, the readouts' maps; README's serve section gives measured figures)."""
     url, proc, run, where, tmpdir = live_server
     images = [_png(96 + 8 * (i % 4), 128, seed=i) for i in range(20)]
     with httpx.Client(base_url=url, timeout=300) as c:
-        assert c.post("/predict", files={"image": ("warm.png", images[0], "image/png")}).status_code == 200
-        before = _rss_mib(proc.pid)
-
         def one(i):
             r = c.post("/predict", files={"image": (f"c{i}.png", images[i], "image/png")})
             return r.status_code, (r.json() if r.status_code == 200 else r.text)
 
+        assert one(0)[0] == 200
+        warm = _rss_mib(proc.pid)
+        assert [one(i)[0] for i in range(20)] == [200] * 20
+        in_turn = _rss_mib(proc.pid)
         t = time.perf_counter()
         with ThreadPoolExecutor(20) as pool:
             answers = list(pool.map(one, range(20)))
@@ -297,9 +304,10 @@ def test_twenty_concurrent_requests_all_succeed_in_bounded_memory(live_server):
             assert np.load(io.BytesIO(c.get(body["npy_url"]).content)).shape == tuple(body["shape"])
         after = _rss_mib(proc.pid)
         assert c.get("/health").json()["pending"] == 0
-    print(f"20 concurrent requests: {seconds:.1f} s; server RSS {before['VmRSS']:.0f} -> "
-          f"{after['VmRSS']:.0f} MiB, peak {after['VmHWM']:.0f} MiB")
-    assert after["VmHWM"] - before["VmRSS"] < 300             # 20 small images: well under the bound
+    print(f"20 concurrent requests: {seconds:.1f} s; server RSS after one request {warm['VmRSS']:.0f} MiB, "
+          f"peak {in_turn['VmHWM']:.0f} MiB after 20 in turn, {after['VmHWM']:.0f} MiB after 20 at once")
+    assert after["VmHWM"] - in_turn["VmHWM"] < 64
+    assert after["VmHWM"] - warm["VmRSS"] < 512
     assert proc.poll() is None
     assert not list(where.iterdir()) and not list(tmpdir.iterdir())    # nothing written
 
