@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 
 from . import metrics_fast
 from .datasets.pixels import fixation_cells, flat_index
-from .io import DataError
 from .util import single_threaded_blas
 
 CONSTANT_RTOL = 1e-9

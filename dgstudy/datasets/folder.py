@@ -79,7 +79,7 @@ def load_folder(images: str | os.PathLike, fixations: str | os.PathLike, unknown
     unknown = rows["image"].to_numpy() == UNKNOWN
     if unknown.any() and unknown_images == "error":
         _fail(csv, [f"line {r.line}: image {r.name!r} is not in {folder}" for r in rows[unknown].itertuples()],
-              f"rows name images not in the folder (unknown_images='skip' skips them)")
+              "rows name images not in the folder (unknown_images='skip' skips them)")
     ambiguous = rows["image"].to_numpy() == AMBIGUOUS
     if ambiguous.any():
         _fail(csv, [f"line {r.line}: image {r.name!r} fits several files (write the file name)"
