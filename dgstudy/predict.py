@@ -170,9 +170,9 @@ class Predictor:
                 self._cb_cache.popitem(last=False)
         self._cb_cache.move_to_end(key)
         by_source = self._cb_cache[key]
+        own = isinstance(self.center_bias, str) and self.center_bias == "training"
         out = []
         for m in self.members:
-            own = isinstance(self.center_bias, str) and self.center_bias == "training"
             source = id(m.center_bias) if own else id(self.center_bias)
             if source not in by_source:
                 by_source[source] = torch.from_numpy(np.ascontiguousarray(

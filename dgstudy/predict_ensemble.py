@@ -18,6 +18,7 @@ weighted average of the members' training centre biases.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -171,7 +172,7 @@ def load_ensemble(folder, center_bias="training", device: str = "cpu", scale="tr
                     same_cb[shared_cb] = pretrained.CenterBiasGrid.load(shared_cb)
                 cb = same_cb[shared_cb]
             elif own.exists():                # the same fit (same training images) in each member
-                cb = same_cb.setdefault(own.read_bytes(), cb)
+                cb = same_cb.setdefault(hashlib.sha256(own.read_bytes()).hexdigest(), cb)
             spec = feature_spec(dirs[0], cfg, backbones.default_layers(cfg.backbone))
             g = groups.setdefault(spec.key(), {"spec": spec, "members": [], "weights": [], "dirs": []})
             g["members"].append(FoldMember(name=f"{name}/fold_{fold:02d}", model=model.to(device).eval(),

@@ -24,7 +24,8 @@ Bad input is a 4xx JSON answer ``{"detail": message}``: 400 empty upload, 411 no
 the server keeps serving.
 
 Load and memory: one worker thread runs the model, so one image is decoded and predicted at a
-time; at most ``max_pending`` uploads (each at most ``max_bytes``, so at most 640 MiB by default)
+time, and what it freed is given back to the system after each image (:func:`release_free_memory`);
+at most ``max_pending`` uploads (each at most ``max_bytes``, so at most 640 MiB by default)
 wait for it. Results are kept in
 memory, newest first, at most ``result_bytes`` in all (the newest one always); an evicted result's
 URLs answer 404. Nothing is written to disk by the service (uploads over 1 MiB are spooled by the
