@@ -21,8 +21,10 @@ from . import ablations, backbones
 from .ablations import ensemble_member_conditions as member_conditions
 from .ablations import ensure_features, evaluated_ensemble, train_conditions
 from .config import StudyConfig
+from .ensemble import SelectedEnsemble, load_choice
 from .evaluation import evaluate_runs
 from .paths import results_dir
+from .report import run_results
 from . import runs as run_store
 
 
@@ -150,15 +152,37 @@ def step_table(cfg: StudyConfig, reference: str | None = None, **evaluate_kw) ->
 
 
 TABLE = "main_ensemble"          # results/<tag>/main_ensemble.csv: :func:`step_table`, as notebook 10 writes it
+RESULTS = "main_results"         # results/<tag>/main_results.csv: :func:`results_table`, as notebook 10 writes it
+ENSEMBLE_LABEL = "DeepGaze II ensemble (main result)"
+SINGLE_LABEL = "DeepGaze II (single main run)"
 
 
-def committed_table(profile: str) -> pd.DataFrame:
-    """The main-ensemble table that profile ``profile`` wrote (notebook 10), for a profile that shows
-    it without training the members (``ensemble_from``)."""
+def results_table(cfg: StudyConfig) -> pd.DataFrame:
+    """The main result as notebook 07's results table (:func:`dgstudy.report.results_table`): the
+    evaluated main ensemble's metrics with 95 % bootstrap intervals over images, beside the paper's
+    figures, then the same for the single main run (the ensemble's first member)."""
+    return pd.concat([run_results(ensemble_dir(cfg), cfg, label=ENSEMBLE_LABEL),
+                      run_results(results_dir() / cfg.main_train.run, cfg, label=SINGLE_LABEL)],
+                     ignore_index=True)
+
+
+def selected_ensemble(cfg: StudyConfig):
+    """The evaluated main ensemble as a model of the data set's images (``log_density(i)``: image
+    ``i`` predicted by the members its test fold chose, as it was scored), e.g. for
+    ``figures.plot_examples``."""
+    choice = {int(f): tuple(c) for f, c in load_choice(ensemble_dir(cfg))["choice"].items()}
+    used = sorted({r for c in choice.values() for r in c})
+    return SelectedEnsemble({r: run_store.CrossValModel(results_dir() / r) for r in used}, choice)
+
+
+def committed_table(profile: str, stem: str = TABLE) -> pd.DataFrame:
+    """A main-ensemble table (``stem``: :data:`TABLE` or :data:`RESULTS`) that profile ``profile``
+    wrote (notebook 10), for a profile that shows it without training the members
+    (``ensemble_from``)."""
     source = StudyConfig.load(profile)
     if not source.ensemble_backbones:
         raise ValueError(f"profile {profile!r} trains no main ensemble (its ensemble_backbones is empty)")
-    path = source.output_dir() / f"{TABLE}.csv"
+    path = source.output_dir() / f"{stem}.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no main-ensemble table; run `make reproduce PROFILE={profile}` first")
     return pd.read_csv(path)
@@ -168,8 +192,6 @@ def choice_table(cfg: StudyConfig, ensemble_dir: Path) -> pd.DataFrame:
     """One row per fold of an evaluated main ensemble: the chosen members (``"<backbone> xN"`` per
     backbone), the chosen candidate's validation log-likelihood (bit/fix over uniform), and each
     backbone's first instance's alone."""
-    from .ensemble import load_choice
-
     record = load_choice(ensemble_dir)
     members = member_conditions(cfg)
     backbone_of = {t.run: b for b, insts in members.items() for t in insts.values()}

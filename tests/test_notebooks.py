@@ -68,7 +68,7 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
                 assert shown, f"{nb.name}: a cell saves a figure but shows none: {''.join(c['source'])[:80]}"
 
     # notebook 01 extracted every store of the one rule, the main run's ds1 store among them
-    from dgstudy import ablations, main_ensemble, statistics
+    from dgstudy import ablations, main_ensemble, report, statistics
     from dgstudy.config import StudyConfig
 
     cfg = StudyConfig.load("smoke")
@@ -210,12 +210,21 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     sc = pd.read_csv(out / "main_ensemble_transfer.csv").set_index(["model", "width", "scale"])
     assert len(sc) == 6 and sc.loc[("ensemble", 800, "training"), "IG_ratio"] == pytest.approx(1.0)
     assert sc.loc[("main run", 800, "training"), "IG_run_cb"] != pytest.approx(sc.loc[("ensemble", 800, "training"), "IG_run_cb"])
+    # the main result's table: the ensemble's nine metrics, then the single main run's, each the
+    # same figure as in the tables above (the ensemble's from its evaluation, the run's as notebook 07)
+    mr = pd.read_csv(out / "main_results.csv").set_index(["model", "metric"])
+    assert list(mr.index.get_level_values(0).unique()) == [main_ensemble.ENSEMBLE_LABEL, main_ensemble.SINGLE_LABEL]
+    assert len(mr) == 2 * len(report.METRICS)
+    assert mr.loc[(main_ensemble.ENSEMBLE_LABEL, "IG"), "this_run"] == pytest.approx(me.loc["ensemble", "IG"], rel=1e-9)
+    assert mr.loc[(main_ensemble.ENSEMBLE_LABEL, "AUC"), "this_run"] == pytest.approx(me.loc["ensemble", "AUC"], rel=1e-9)
+    assert mr.loc[(main_ensemble.SINGLE_LABEL, "IG"), "this_run"] == pytest.approx(main_run, rel=1e-9)
+    assert ((mr.ci_low <= mr.this_run) & (mr.this_run <= mr.ci_high)).all()
 
     # figures: PNG and PDF of each
     for name in ("examples", "examples_log", "center_bias", "ablation_layers", "ablation_centerbias",
                  "ablation_backbones", "ablation_backbones_folds",
                  "per_image_ig", "blur", "training_curves", "transfer", "ablation_layers_vgg",
-                 "ablation_training", "main_ensemble"):
+                 "ablation_training", "main_ensemble", "main_ensemble_examples"):
         for ext in ("png", "pdf"):
             f = figures / "smoke" / f"{name}.{ext}"
             assert f.exists() and f.stat().st_size > 1000, f

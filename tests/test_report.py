@@ -106,8 +106,10 @@ def test_the_committed_study_outputs_are_there_and_small():
         assert {f"results/osie/{table}.{ext}" for ext in ("md", "csv", "json")} <= set(files)
     assert {"figures/osie/examples.png", "figures/osie/ablation_layers.png", "figures/osie/ablation_layers_vgg.png",
             "figures/osie_extended/ablation_backbones.png", "figures/osie_extended/ablation_layers_vgg.png",
-            "figures/osie_extended/ablation_training.png"} <= set(files)
-    for table in ("ablation_layers_vgg", "ablation_training", "seed_spread", "seed_spread_reference"):
+            "figures/osie_extended/ablation_training.png", "figures/osie_extended/main_ensemble.png",
+            "figures/osie_extended/main_ensemble_examples.png"} <= set(files)
+    for table in ("ablation_layers_vgg", "ablation_training", "seed_spread", "seed_spread_reference",
+                  "main_results", "main_ensemble"):
         assert {f"results/osie_extended/{table}.{ext}" for ext in ("md", "csv", "json")} <= set(files)
     assert not [f for f in files if f.endswith((".h5", ".pt")) and not f.startswith("dgstudy/models/")]
     size = sum((REPO / f).stat().st_size for f in files if f.startswith(("results/", "figures/")))
