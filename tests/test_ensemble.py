@@ -98,6 +98,8 @@ def test_average_log_densities():
     assert ensemble.average_log_densities(lds[:1]) is lds[0]
     with pytest.raises(ValueError):
         ensemble.average_log_densities([])
+    assert ensemble.subsets(["a", "b", "c"]) == [("a",), ("b",), ("c",), ("a", "b"), ("a", "c"),
+                                                  ("b", "c"), ("a", "b", "c")]
 
 
 def test_average_log_densities_is_logsumexp_over_any_range():
@@ -117,5 +119,3 @@ def test_average_log_densities_is_logsumexp_over_any_range():
                                [-np.inf, np.log((2 + np.exp(-1)) / 3)])
     np.testing.assert_allclose(ensemble.average_log_densities([zero, np.array([-2.0, -np.inf])], weights=[1, 3]),
                                [np.log(0.75 * np.exp(-2)), np.log(0.25)])
-    assert ensemble.subsets(["a", "b", "c"]) == [("a",), ("b",), ("c",), ("a", "b"), ("a", "c"),
-                                                  ("b", "c"), ("a", "b", "c")]

@@ -145,7 +145,8 @@ def test_shipped_ensemble_predicts_as_the_evaluated_one(two_backbones, tmp_path)
 
 def test_each_folds_centre_bias_is_kept_once(two_backbones, tmp_path):
     """Members of one fold share their training centre bias (one map per fold and image size,
-    across backbones), in an evaluated ensemble and in a shipped one; the density is unchanged."""
+    across backbones), in an evaluated ensemble and in a shipped one; each member's map is its own
+    centre bias's, as before the sharing."""
     ds, _, out, res, _, _ = two_backbones
     shipped = pretrained.export_ensemble(out, tmp_path / "ens-model", ds, why="test")
     for folder in (out, shipped):
