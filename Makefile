@@ -45,10 +45,13 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 # The suite on TEST_WORKERS processes (pytest-xdist), one test handed out at a time, the slow ones
-# first (tests/conftest.py); TEST_WORKERS=0 runs it in this process.
+# first (tests/conftest.py); TEST_WORKERS=0 runs it in this process. TEST_THREADS: the OpenMP/torch
+# threads of each test process and of the notebook kernels it starts (OMP_NUM_THREADS): one per
+# worker on a 2-core machine, since more threads than cores make every process wait on the others.
 TEST_WORKERS ?= 2
+TEST_THREADS ?= 1
 test: env
-	$(PY) -m pytest -q -ra --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --maxschedchunk 1)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -q -ra --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --maxschedchunk 1)
 
 smoke: env
 	$(MAKE) --no-print-directory reproduce PROFILE=smoke
