@@ -119,6 +119,8 @@ VGG19_GRID = {
     "paper5": list(PAPER_LAYERS),
 }
 VGG_POOL_STRIDE = 16   # VGG layers finer than conv5 are stored average-pooled onto its grid
+STAGE_POOL_STRIDE = 8  # another backbone's added layer conditions finer than its default grid's finest
+                       # stride (_stride_grid) are stored average-pooled onto that grid
 
 
 def layer_grid(backbone, ablation_layers=None, size: str = "full", extra=None) -> dict[str, list[str]]:
@@ -163,7 +165,7 @@ def _deepest_single(backbone) -> str:
     return max(backbone.default_layers, key=order.__getitem__)
 
 
-def _stride_grid(backbone, min_stride: int = 8) -> dict[str, list[str]]:
+def _stride_grid(backbone, min_stride: int = STAGE_POOL_STRIDE) -> dict[str, list[str]]:
     """The last layer of every stride group >= ``min_stride`` (the stage outputs), plus the default set."""
     groups: dict[int, list[str]] = {}
     for name in backbone.layer_names:
@@ -173,6 +175,29 @@ def _stride_grid(backbone, min_stride: int = 8) -> dict[str, list[str]]:
     grid = {layers[-1]: [layers[-1]] for _, layers in sorted(groups.items())}
     grid["default"] = list(backbone.default_layers)
     return grid
+
+
+def depth_order(grid: dict[str, list[str]], layer_names) -> list[str]:
+    """A layer grid's conditions from the input up, for tables and figures: the single layers in
+    network order (``layer_names``, a backbone's ``.layer_names``), then the sets, the one whose
+    shallowest layer is deepest first (sets cumulated downward: blocks 5-6, then 4-6, ...)."""
+    pos = {name: k for k, name in enumerate(layer_names)}
+    single = sorted((c for c, ls in grid.items() if len(ls) == 1), key=lambda c: pos[grid[c][0]])
+    sets = sorted((c for c, ls in grid.items() if len(ls) > 1),
+                  key=lambda c: (-min(pos[name] for name in grid[c]), len(grid[c])))
+    return single + sets
+
+
+def in_depth_order(table: pd.DataFrame, grid: dict[str, list[str]], layer_names) -> pd.DataFrame:
+    """``table`` (one row per condition of ``grid``) with its rows in :func:`depth_order`."""
+    return table.set_index("condition").loc[depth_order(grid, layer_names)].reset_index()
+
+
+def vgg_layer_names() -> list[str]:
+    """VGG-19's named layers in network order (no weights needed)."""
+    from .backbones.vgg19 import named_layers
+
+    return list(named_layers()[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +268,7 @@ def profile_runs(cfg: StudyConfig, dataset, get_backbone=None) -> dict[str, dict
         layer_grids.append((vcfg, get_backbone(vcfg.train.backbone), True))
     layer_runs = []
     for c, bb, vgg in layer_grids:
-        layer_runs += list(layer_conditions(c, profile_layer_grid(c, bb, vgg), dataset, bb)[0].values())
+        layer_runs += list(layer_conditions(c, profile_layer_grid(c, bb, vgg), dataset, bb, vgg)[0].values())
     names = backbone_grid(cfg)
     grid = training_grid(cfg)
     by_notebook = {
@@ -279,9 +304,7 @@ def feature_stores(cfg: StudyConfig, dataset, get_backbone=None) -> dict[Path, t
     layer_grids = [(cfg, False)] + ([(vgg_layer_study(cfg, cfg.ablation_vgg), True)] if cfg.ablation_vgg else [])
     for c, vgg in layer_grids:
         bb = get_backbone(c.train.backbone)
-        extra_store = layer_conditions(c, profile_layer_grid(c, bb, vgg), dataset, bb)[1]
-        if extra_store is not None:
-            extra.append(extra_store)
+        extra += layer_conditions(c, profile_layer_grid(c, bb, vgg), dataset, bb, vgg)[1]
     out: dict[Path, tuple[StoreSpec, list[str]]] = {}
     ordered = [cfg.train, cfg.main_train, *(t for r in runs.values() for t in r.values())]
     specs = [spec for t in ordered for spec in run_stores(t, dataset)]
@@ -350,13 +373,17 @@ def profile_layer_grid(cfg: StudyConfig, backbone, vgg: bool = False) -> dict[st
         raise grids.GridError(f"{key}: {e}") from None
 
 
-def layer_conditions(cfg: StudyConfig, grid: dict[str, list[str]], dataset, backbone
-                     ) -> tuple[dict[str, TrainConfig], "StoreSpec | None"]:
-    """({condition: its run's configuration}, the ablation store or None) of :func:`run_layer_ablation`.
+def layer_conditions(cfg: StudyConfig, grid: dict[str, list[str]], dataset, backbone, vgg: bool = False
+                     ) -> tuple[dict[str, TrainConfig], list[StoreSpec]]:
+    """({condition: its run's configuration}, the ablation stores to extract) of :func:`run_layer_ablation`.
 
     Every condition reads one store: the reference's if it holds all the condition's layers, else
-    the ablation store, which holds all layers of all such conditions (so some layers may be stored
-    twice; for VGG-19 pooled onto the conv5 grid, :data:`VGG_POOL_STRIDE`).
+    the ablation store, which holds all layers of all such conditions of the profile's grid (so some
+    layers may be stored twice; for VGG-19 pooled onto the conv5 grid, :data:`VGG_POOL_STRIDE`).
+    A condition added by the profile's ``_extra`` key (``ablation_layers_extra``, with ``vgg=True``
+    ``ablation_vgg_layers_extra``) that neither store holds reads a store of its own layers (finer
+    layers average-pooled onto stride :data:`STAGE_POOL_STRIDE`, for VGG-19 :data:`VGG_POOL_STRIDE`):
+    adding a condition never changes the store, and so the run, of a condition already in the grid.
     """
     t = cfg.train
     ref_layers = list(t.layers) if t.layers else list(backbone.default_layers)
@@ -369,25 +396,37 @@ def layer_conditions(cfg: StudyConfig, grid: dict[str, list[str]], dataset, back
             have = set(ref_layers)
     else:                       # not extracted yet: it will hold the reference's layers
         have = set(ref_layers)
-    extra = sorted({layer for ls in grid.values() if not set(ls) <= have for layer in ls})
-    extra_store = None
-    if extra:
-        pool = VGG_POOL_STRIDE if is_vgg(backbone) else None
-        extra_store = StoreSpec(features.default_store_path(dataset, backbone, t.downsample, layers=extra,
-                                                            dtype=t.feature_dtype, pool_stride=pool),
-                                backbone.name, tuple(extra), t.downsample, t.feature_dtype, pool_stride=pool)
+    key = "ablation_vgg_layers_extra" if vgg else "ablation_layers_extra"
+    added = set(grids.layer_conditions(key, getattr(cfg, key)) or {})
+    vgg_pool = VGG_POOL_STRIDE if is_vgg(backbone) else None
+
+    def store_of(layers, pool) -> StoreSpec:
+        return StoreSpec(features.default_store_path(dataset, backbone, t.downsample, layers=layers,
+                                                     dtype=t.feature_dtype, pool_stride=pool),
+                         backbone.name, tuple(layers), t.downsample, t.feature_dtype, pool_stride=pool)
+
+    shared = sorted({layer for c, ls in grid.items() if c not in added and not set(ls) <= have for layer in ls})
+    stores = {c: ref_store if set(ls) <= have else None for c, ls in grid.items()}
+    specs = [store_of(shared, vgg_pool)] if shared else []
+    for c, ls in grid.items():
+        if stores[c] is None and set(ls) <= set(shared):
+            stores[c] = specs[0].path
+        elif stores[c] is None:                    # an added condition: a store of its own layers,
+            fine = min(int(backbone.strides[name]) for name in ls) < STAGE_POOL_STRIDE   # pooled if finer
+            specs.append(store_of(sorted(set(ls)), vgg_pool or (STAGE_POOL_STRIDE if fine else None)))
+            stores[c] = specs[-1].path
     cfgs = {}
     for cond, layers in grid.items():
         if list(layers) == ref_layers:
             cfgs[cond] = t
             continue
-        store = ref_store if set(layers) <= have else extra_store.path
-        cfgs[cond] = cfg.with_train(run=f"{t.run}-layers-{cond}", layers=list(layers),
-                                    feature_path=str(store))
-    return cfgs, extra_store
+        cfgs[cond] = cfg.with_train(run=f"{t.run}-layers-{cond}", layers=list(layers),   # in the data folder
+                                    feature_path=Path(stores[cond]).name)             # (runs.store_location)
+    return cfgs, list({s.path: s for s in specs}.values())
 
 
-def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=None, backbone=None) -> dict:
+def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=None, backbone=None,
+                       vgg: bool = False) -> dict:
     """Train every condition of ``grid``; returns {condition: run directory}.
 
     Layers missing from the reference run's feature store are extracted once into a store of their own
@@ -400,9 +439,9 @@ def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=Non
     dataset = dataset or load_dataset(cfg)
     backbone = backbone or backbones.get(t.backbone, device=t.device)
     ensure_features(dataset, t, backbone)
-    cfgs, extra_store = layer_conditions(cfg, grid, dataset, backbone)
-    if extra_store is not None:
-        extra_store.extract(dataset, device=t.device, backbone=backbone)
+    cfgs, stores = layer_conditions(cfg, grid, dataset, backbone, vgg)
+    for store in stores:
+        store.extract(dataset, device=t.device, backbone=backbone)
     return train_conditions(cfgs, dataset=dataset)
 
 

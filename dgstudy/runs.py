@@ -38,7 +38,7 @@ from .config import TrainConfig
 from .features import NETWORK_KEYS, FeatureStore, default_store_path
 from .io import DataError, sha256_file, write_json
 from .model import DeepGazeII
-from .paths import results_dir
+from .paths import data_dir, results_dir
 from .rescale import TRAINING_SCALE_KEY, training_pixel_area
 
 
@@ -48,10 +48,21 @@ def load_dataset(cfg: TrainConfig) -> datasets.FixationDataset:
     return datasets.load(cfg.dataset, n_images=cfg.n_images, **(cfg.dataset_options or {}))
 
 
+def store_location(feature_path: str | Path) -> Path:
+    """Where a recorded ``feature_path`` is: a bare file name is a store in this data folder's
+    ``features/``; so is a path that does not exist (a run made in another checkout or on another
+    machine) when this data folder has a store of that name (a store's name is its content key,
+    :func:`dgstudy.features.default_store_path`); any other path as given."""
+    path = Path(feature_path)
+    local = data_dir() / "features" / path.name
+    return local if path.parent == Path(".") or (not path.exists() and local.exists()) else path
+
+
 def feature_path(cfg: TrainConfig, dataset, mirror: bool = False) -> Path:
-    """The run's feature store; ``mirror``: the store of the mirrored images beside it."""
+    """The run's feature store (:func:`store_location` of ``cfg.feature_path`` when given);
+    ``mirror``: the store of the mirrored images beside it."""
     if cfg.feature_path:
-        path = Path(cfg.feature_path)
+        path = store_location(cfg.feature_path)
         return path.with_name(path.stem + "-mirror" + path.suffix) if mirror else path
     return Path(default_store_path(dataset, cfg.backbone, cfg.downsample, layers=cfg.layers,
                                    dtype=cfg.feature_dtype, mirror=mirror))
@@ -106,6 +117,9 @@ def check_run_config(run_dir: Path, cfg: TrainConfig) -> None:
         # a setting added to TrainConfig after the run started is the same setting at its default
         old = {**{k: v for k, v in _train_defaults().items() if k not in old}, **old}
         diff = {k for k in (set(old) | set(new)) - set(RUNTIME_KEYS) if old.get(k) != new.get(k)}
+        if "feature_path" in diff and old.get("feature_path") and new.get("feature_path") and \
+                Path(old["feature_path"]).name == Path(new["feature_path"]).name:
+            diff.discard("feature_path")      # the same store, in another data folder (store_location)
         if not diff:
             return
         folds = sorted(Path(run_dir).glob("fold_*"))
@@ -465,8 +479,8 @@ def recorded_store_attrs(fold_dir: Path, cfg: TrainConfig) -> dict:
     if info.get("store_attrs"):
         return dict(info["store_attrs"])
     fp = info.get("feature_path") or cfg.feature_path
-    if fp and Path(fp).exists():
-        return dict(FeatureStore(fp).attrs)
+    if fp and store_location(fp).exists():
+        return dict(FeatureStore(store_location(fp)).attrs)
     return {}
 
 

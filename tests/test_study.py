@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -475,3 +476,76 @@ def test_one_rule_for_the_stores_a_profile_reads():
                                            "vgg19_random", "efficientnet_lite0_random"}
     assert [s.pool_stride for s in specs if s.backbone == "vgg19_random"] == [None, 16]
     assert set(stores) < set(ext)                                # osie's runs are shared
+
+
+def test_an_added_layer_condition_leaves_the_others_stores_alone():
+    """ablations.layer_conditions: a condition added by ``ablation_layers_extra`` whose layers
+    neither the reference's store nor the grid's shared ablation store holds reads a store of its
+    own layers; every condition of the grid keeps the store (and so the run) it had without it."""
+    from dgstudy import backbones, datasets
+
+    ds = datasets.load("osie")
+    bb = backbones.get("efficientnet_lite0", device="cpu")
+    base = StudyConfig.load("osie")
+    cfgs, stores = ablations.layer_conditions(base, ablations.profile_layer_grid(base, bb), ds, bb)
+    assert len(stores) == 1 and sorted(stores[0].layers) == ["block2", "head"]
+
+    added = {"block0": ["block0"], "block5": ["block5"], "blocks2_6": ["block2", "block3", "block4", "block5", "block6"],
+             "block2_head": ["head", "block2"]}
+    ext = StudyConfig.load("osie", ablation_layers_extra=added)
+    cfgs2, stores2 = ablations.layer_conditions(ext, ablations.profile_layer_grid(ext, bb), ds, bb)
+    assert {c: t.to_dict() for c, t in cfgs2.items() if c in cfgs} == {c: t.to_dict() for c, t in cfgs.items()}
+    assert stores2[0].path == stores[0].path
+    assert [sorted(s.layers) for s in stores2[1:]] == [["block0"], sorted(added["blocks2_6"])]
+    assert [s.pool_stride for s in stores2] == [None, ablations.STAGE_POOL_STRIDE, None]   # block0: stride 2
+    by_name = {s.path.name: s for s in stores2}      # a condition records its store's name (runs.store_location)
+    assert by_name[cfgs2["block0"].feature_path].layers == ("block0",)
+    assert cfgs2["block5"].feature_path == ablations.run_store.feature_path(base.train, ds).name
+    assert cfgs2["block2_head"].feature_path == stores[0].path.name     # the shared store holds it
+    assert ablations.run_store.feature_path(cfgs2["block0"], ds) == stores2[1].path
+
+
+def test_a_run_made_in_another_data_folder_finds_its_store_by_name(tmp_path, monkeypatch):
+    """runs.store_location / check_run_config: a run records its store's path; copied with its
+    results into another checkout (another data folder), the same store is found there by its name
+    (the content key), and a finished run is not refused for the folder its store was in."""
+    import json
+
+    from dgstudy import runs
+    from dgstudy.config import TrainConfig
+
+    monkeypatch.setenv("DGSTUDY_DATA", str(tmp_path / "data"))
+    here = tmp_path / "data" / "features" / "osie-abc-efficientnet_lite0-ds2-L1234.h5"
+    here.parent.mkdir(parents=True)
+    here.write_bytes(b"")
+    elsewhere = "/another/checkout/data/features/" + here.name
+    assert runs.store_location(here.name) == here                          # a bare name: this data folder
+    assert runs.store_location(elsewhere) == here                          # missing there, present here
+    assert runs.store_location("/another/checkout/other.h5") == Path("/another/checkout/other.h5")
+    assert runs.feature_path(TrainConfig(run="r", feature_path=elsewhere), None, mirror=True) == \
+        here.with_name(here.stem + "-mirror.h5")
+
+    run_dir = tmp_path / "results" / "r"
+    (run_dir / "fold_00").mkdir(parents=True)
+    (run_dir / "fold_00" / "config.json").write_text("{}")
+    (run_dir / "fold_00" / "model.pt").write_bytes(b"")
+    (run_dir / "config.json").write_text(json.dumps(TrainConfig(run="r", feature_path=elsewhere).to_dict()))
+    runs.check_run_config(run_dir, TrainConfig(run="r", feature_path=here.name))     # the same store: accepted
+    with pytest.raises(ValueError, match="feature_path"):
+        runs.check_run_config(run_dir, TrainConfig(run="r", feature_path="other.h5"))
+
+
+def test_layer_grids_are_drawn_from_the_input_up():
+    """ablations.depth_order: single layers in network order, then the sets cumulated downward;
+    the VGG-19 grid's conv1_2 comes before its conv5 layers and the paper's set last."""
+    names = ["stem", "block0", "block1", "block2", "block3", "block4", "block5", "block6", "head"]
+    grid = {"block2": ["block2"], "head": ["head"], "default": ["block3", "block4", "block5", "block6"],
+            "block0": ["block0"], "blocks5_6": ["block5", "block6"], "blocks2_6": names[3:8],
+            "blocks4_6": ["block4", "block5", "block6"], "block6": ["block6"]}
+    assert ablations.depth_order(grid, names) == ["block0", "block2", "block6", "head", "blocks5_6",
+                                                  "blocks4_6", "default", "blocks2_6"]
+    vgg = ablations.depth_order(ablations.VGG19_GRID, ablations.vgg_layer_names())
+    assert vgg == ["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_1", "relu5_1", "relu5_2", "conv5_3",
+                   "conv5_4", "relu5_4", "paper5"]
+    table = pd.DataFrame({"condition": list(grid), "IG": np.arange(len(grid), dtype=float)})
+    assert list(ablations.in_depth_order(table, grid, names)["IG"]) == [3, 0, 7, 1, 4, 6, 2, 5]
