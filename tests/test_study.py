@@ -549,3 +549,18 @@ def test_layer_grids_are_drawn_from_the_input_up():
                    "conv5_4", "relu5_4", "paper5"]
     table = pd.DataFrame({"condition": list(grid), "IG": np.arange(len(grid), dtype=float)})
     assert list(ablations.in_depth_order(table, grid, names)["IG"]) == [3, 0, 7, 1, 4, 6, 2, 5]
+
+
+def test_a_layer_condition_records_a_store_outside_the_data_folder_by_path(tmp_path):
+    """A profile whose reference reads a store it names (``feature_path``) outside the data folder:
+    a layer condition that store holds records its full path, not a name that would be looked up
+    in the data folder."""
+    from dgstudy import backbones, datasets
+
+    ds = datasets.load("osie")
+    bb = backbones.get("efficientnet_lite0", device="cpu")
+    elsewhere = tmp_path / "my_store.h5"
+    cfg = StudyConfig.load("osie", feature_path=str(elsewhere))
+    cfgs, _ = ablations.layer_conditions(cfg, {"block4": ["block4"], "default": list(bb.default_layers)}, ds, bb)
+    assert cfgs["block4"].feature_path == str(elsewhere)
+    assert ablations.run_store.feature_path(cfgs["block4"], ds) == elsewhere
