@@ -27,7 +27,7 @@ from .evaluation import evaluate_runs, load_run_metrics
 from .grids import backbone_grid, training_grid
 from .io import DataError
 from .metrics import evaluate
-from .paths import data_dir, results_dir
+from .paths import results_dir
 from . import runs as run_store
 from .statistics import holm, paired_difference_test, summarize
 from .training import train_runs
@@ -421,15 +421,8 @@ def layer_conditions(cfg: StudyConfig, grid: dict[str, list[str]], dataset, back
             cfgs[cond] = t
             continue
         cfgs[cond] = cfg.with_train(run=f"{t.run}-layers-{cond}", layers=list(layers),
-                                    feature_path=_recorded(Path(stores[cond])))
+                                    feature_path=run_store.recorded_store(stores[cond]))
     return cfgs, list({s.path: s for s in specs}.values())
-
-
-def _recorded(store: Path) -> str:
-    """How a layer condition records its store: by file name when it is in this data folder's
-    ``features/`` (found there by :func:`dgstudy.runs.store_location` in any checkout), else by path
-    (a store the profile's ``feature_path`` names elsewhere)."""
-    return store.name if store.parent.resolve() == (data_dir() / "features").resolve() else str(store)
 
 
 def run_layer_ablation(cfg: StudyConfig, grid: dict[str, list[str]], dataset=None, backbone=None,

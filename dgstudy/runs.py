@@ -58,6 +58,14 @@ def store_location(feature_path: str | Path) -> Path:
     return local if path.parent == Path(".") or (not path.exists() and local.exists()) else path
 
 
+def recorded_store(path: str | Path) -> str:
+    """How a run records a store it reads (its ``feature_path``): by file name when the store is in
+    this data folder's ``features/`` (so :func:`store_location` finds it in any checkout), else by
+    path (a store named elsewhere)."""
+    path = Path(path)
+    return path.name if path.parent.resolve() == (data_dir() / "features").resolve() else str(path)
+
+
 def feature_path(cfg: TrainConfig, dataset, mirror: bool = False) -> Path:
     """The run's feature store (:func:`store_location` of ``cfg.feature_path`` when given);
     ``mirror``: the store of the mirrored images beside it."""
