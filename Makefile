@@ -22,6 +22,10 @@ export TQDM_MININTERVAL ?= 10
 # another build, e.g. TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url <your CUDA index>").
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
+# --no-compile: Python compiles a module when it is first imported, not every file of torch at install
+# (about half of torch's install time here)
+PIP_FLAGS ?= --no-compile
+
 STAMP := $(VENV)/.dgstudy-installed
 # written when this Makefile creates $(VENV): `make lab` installs only into an environment it built
 MADE  := $(VENV)/.dgstudy-made
@@ -40,8 +44,8 @@ env: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { $(PYTHON) -m venv $(VENV) && touch $(MADE); }
-	@if [ -n "$(strip $(TORCH_SPEC))" ]; then echo "installing $(TORCH_SPEC)"; $(PY) -m pip install -q $(TORCH_SPEC); fi
-	$(PY) -m pip install -q -e '.[test]'
+	@if [ -n "$(strip $(TORCH_SPEC))" ]; then echo "installing $(TORCH_SPEC)"; $(PY) -m pip install -q $(PIP_FLAGS) $(TORCH_SPEC); fi
+	$(PY) -m pip install -q $(PIP_FLAGS) -e '.[test]'
 	@touch $@
 
 # The suite on TEST_WORKERS processes (pytest-xdist), one test handed out at a time, the slow ones
@@ -86,24 +90,49 @@ reproduce: env
 	@test -f $(PROFILE_YAML) || { echo "unknown PROFILE=$(PROFILE): no file $(PROFILE_YAML) (a name in dgstudy/profiles/ or a YAML file's path)"; exit 2; }
 	$(PY) -m dgstudy preflight --download $(PROFILE_ARGS)
 	@tag=$$($(PY) -m dgstudy tag $(PROFILE_ARGS)) && files=$$($(PY) -m dgstudy tag --files $(PROFILE_ARGS)) && \
-	  $(MAKE) --no-print-directory notebooks PROFILE=$(PROFILE) BACKBONE=$(BACKBONE) OUT_TAG=$$tag PROFILE_FILES="$$files" && \
+	  $(MAKE) --no-print-directory -j$(NOTEBOOK_JOBS) notebooks PROFILE=$(PROFILE) BACKBONE=$(BACKBONE) OUT_TAG=$$tag PROFILE_FILES="$$files" && \
 	  echo "done: executed notebooks in $(or $(DGSTUDY_RESULTS),results)/$$tag/, figures in $(or $(DGSTUDY_FIGURES),figures)/$$tag/"
 
-# one rule per notebook, each depending on the one before it
+# One rule per notebook. A notebook waits for the notebooks whose outputs it reads (NEEDS_<NN>; a
+# number not listed: the one before it), so that `make -j$(NOTEBOOK_JOBS)` runs the others side by
+# side: the trainings of 02, 03 and 04, each on one thread, and the data set's own scores of notebook
+# 07 (`dgstudy dataset-scores`, no trained run needed). Two one-thread trainings on the two cores
+# of the machine the study is timed on each ran 6-18 % slower than alone (README, timing). Notebook
+# 01 runs alone, its kernel on all cores; the others' kernels on NOTEBOOK_THREADS threads each.
+NOTEBOOK_JOBS    ?= 2
+NOTEBOOK_THREADS ?= 1
+NEEDS_02 := 01
+NEEDS_03 := 01
+NEEDS_04 := 01
+NEEDS_05 := 01
+NEEDS_06 := 02
+NEEDS_07 := 02 03 04 05
+NEEDS_08 := 02
+NEEDS_09 := 02 03 04
+NEEDS_10 := 02 05
+nb_num = $(firstword $(subst _, ,$(notdir $(1))))
+nb_out = $(addprefix $(OUT_DIR)/,$(notdir $(filter $(addprefix notebooks/,$(addsuffix _%,$(1))),$(NOTEBOOKS))))
 define NOTEBOOK_RULE
-$(OUT_DIR)/$(notdir $(1)): $(1) $(PROFILE_FILES) $(DGSTUDY_SOURCES) $(2)
+$(OUT_DIR)/$(notdir $(1)): $(1) $(PROFILE_FILES) $(DGSTUDY_SOURCES) $(call nb_out,$(2)) $(if $(filter 07,$(call nb_num,$(1))),| dataset-scores)
 	@mkdir -p $$(@D)
 	@rm -f $$@
 	@echo "== $$< -> $$@"
-	@$(PY) -m papermill $$< $$@.running.ipynb $(PAPERMILL_FLAGS) || { \
+	@$(if $(filter 01,$(call nb_num,$(1))),,OMP_NUM_THREADS=$(NOTEBOOK_THREADS)) $(PY) -m papermill $$< $$@.running.ipynb $(PAPERMILL_FLAGS) || { \
 	  echo "FAILED: $$< (the executed copy with the error: $$@.running.ipynb)"; exit 1; }
 	@$(PY) -m dgstudy clean-notebook $$@.running.ipynb
 	@mv $$@.running.ipynb $$@
 endef
-$(foreach nb,$(NOTEBOOKS),$(eval $(call NOTEBOOK_RULE,$(nb),$(if $(prev),$(OUT_DIR)/$(notdir $(prev))))$(eval prev := $(nb))))
+$(foreach nb,$(NOTEBOOKS),$(eval $(call NOTEBOOK_RULE,$(nb),$(or $(NEEDS_$(call nb_num,$(nb))),$(if $(prev),$(call nb_num,$(prev)))))$(eval prev := $(nb))))
+
+# Notebook 07's scores of the data set alone, computed before it (and beside the trainings); each
+# is cached in data/, so this takes seconds once they are there.
+.PHONY: dataset-scores
+dataset-scores: $(call nb_out,01)
+	@echo "== dgstudy dataset-scores (notebook 07's classic models and observer curve)"
+	@OMP_NUM_THREADS=$(NOTEBOOK_THREADS) $(PY) -m dgstudy dataset-scores $(PROFILE_ARGS)
 
 .PHONY: notebooks
-notebooks: $(addprefix $(OUT_DIR)/,$(notdir $(NOTEBOOKS)))
+notebooks: $(call nb_out,01 02 03) dataset-scores $(call nb_out,04 08) $(addprefix $(OUT_DIR)/,$(notdir $(NOTEBOOKS)))
 
 # The notebooks' kernel "python3" is the interpreter of the Jupyter that runs them: here the .venv's.
 # An environment this Makefile did not create (VENV=<yours>) is used as it is: nothing is installed

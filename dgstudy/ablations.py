@@ -262,12 +262,9 @@ def profile_runs(cfg: StudyConfig, dataset, get_backbone=None) -> dict[str, dict
                       **{f"notebook 10: {t.run}": t for insts in ensemble_member_conditions(cfg).values()
                          for t in insts.values()}},
                      get_backbone)
-    layer_grids = [(cfg, get_backbone(cfg.train.backbone), False)]
-    if cfg.ablation_vgg:
-        vcfg = vgg_layer_study(cfg, cfg.ablation_vgg)
-        layer_grids.append((vcfg, get_backbone(vcfg.train.backbone), True))
     layer_runs = []
-    for c, bb, vgg in layer_grids:
+    for c, vgg in layer_studies(cfg):
+        bb = get_backbone(c.train.backbone)
         layer_runs += list(layer_conditions(c, profile_layer_grid(c, bb, vgg), dataset, bb, vgg)[0].values())
     names = backbone_grid(cfg)
     grid = training_grid(cfg)
@@ -292,6 +289,14 @@ def profile_runs(cfg: StudyConfig, dataset, get_backbone=None) -> dict[str, dict
     return out
 
 
+def layer_studies(cfg: StudyConfig) -> list[tuple[StudyConfig, bool]]:
+    """The layer grids notebook 03 trains for ``cfg``, as (study, is it the VGG-19 grid): the
+    profile's own unless it draws another profile's table (:func:`layer_table_from`), and the
+    VGG-19 grid beside it (``ablation_vgg``, :func:`vgg_layer_study`)."""
+    own = [] if layer_table_from(cfg) else [(cfg, False)]
+    return own + ([(vgg_layer_study(cfg, cfg.ablation_vgg), True)] if cfg.ablation_vgg else [])
+
+
 def feature_stores(cfg: StudyConfig, dataset, get_backbone=None) -> dict[Path, tuple[StoreSpec, list[str]]]:
     """Every feature store the profile's chain reads, the one rule for which stores a profile needs:
     {path: (its :class:`StoreSpec`, the runs that read it)}, in order: the reference's, the main
@@ -301,8 +306,7 @@ def feature_stores(cfg: StudyConfig, dataset, get_backbone=None) -> dict[Path, t
     get_backbone = get_backbone or (lambda name: _backbone(name, cfg.train.device))
     runs = profile_runs(cfg, dataset, get_backbone)
     extra = []
-    layer_grids = [(cfg, False)] + ([(vgg_layer_study(cfg, cfg.ablation_vgg), True)] if cfg.ablation_vgg else [])
-    for c, vgg in layer_grids:
+    for c, vgg in layer_studies(cfg):
         bb = get_backbone(c.train.backbone)
         extra += layer_conditions(c, profile_layer_grid(c, bb, vgg), dataset, bb, vgg)[1]
     out: dict[Path, tuple[StoreSpec, list[str]]] = {}
@@ -476,6 +480,35 @@ def vgg_layer_study(cfg: StudyConfig, backbone: str = "vgg19_random") -> StudyCo
     train = cfg.with_train(backbone=backbone, run=backbone_run_name(cfg, backbone), layers=None,
                            feature_path=None)
     return dataclasses.replace(cfg, train=train)
+
+
+def layer_table_from(cfg: StudyConfig) -> str | None:
+    """The profile whose committed layer table notebook 03 draws for ``cfg`` (``ablation_layers_from``),
+    or None when ``cfg`` trains its own grid: always when it names a grid or adds to one
+    (``ablation_layers``, ``ablation_layers_extra``), so that extending the grid trains it."""
+    if cfg.ablation_layers is not None or cfg.ablation_layers_extra is not None:
+        return None
+    return cfg.ablation_layers_from
+
+
+def committed_layer_table(profile: str, backbone) -> tuple[pd.DataFrame, dict[str, list[str]], str]:
+    """The layer table that profile ``profile`` wrote (notebook 03, ``results/<its tag>/ablation_layers.csv``),
+    for a profile that draws it instead of training a grid (``ablation_layers_from``): (table, that
+    profile's grid, the condition that is its reference). ``backbone``: the backbone object of the
+    profile that draws it; the two profiles must share it."""
+    source = StudyConfig.load(profile)
+    if source.ablation_layers_from:
+        raise ValueError(f"profile {profile!r} trains no layer grid (it draws profile "
+                         f"{source.ablation_layers_from!r}'s)")
+    if source.train.backbone != backbone.name:
+        raise ValueError(f"profile {profile!r}'s layer grid is on {source.train.backbone!r}, not {backbone.name!r}")
+    path = source.output_dir() / "ablation_layers.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no layer table; run `make reproduce PROFILE={profile}` first")
+    table = pd.read_csv(path)
+    grid = profile_layer_grid(source, backbone)
+    reference = list(source.train.layers) if source.train.layers else list(backbone.default_layers)
+    return table, grid, next(c for c, layers in grid.items() if list(layers) == reference)
 
 
 def committed_vgg_table(profile: str) -> tuple[pd.DataFrame, str, str]:

@@ -551,6 +551,28 @@ def run_preflight_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_dataset_scores_command(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "dataset-scores", help="compute what notebook 07 scores from the data set alone (cached)",
+        description="Fit the profile's data set's centre bias and gold standard, benchmark the classic "
+                    "saliency models on its folds and measure its observer curve "
+                    "(dgstudy.dataset_scores), each only if not cached yet. Needs no trained run: "
+                    "make reproduce runs it beside the trainings, and notebook 07 reads the caches.")
+    _profile_arguments(p)
+    p.set_defaults(func=run_dataset_scores_command)
+    return p
+
+
+def run_dataset_scores_command(args: argparse.Namespace) -> int:
+    from . import dataset_scores
+
+    cfg = _load_profile(args)
+    t0 = time.perf_counter()
+    dataset_scores.compute(cfg)
+    print(f"dataset-scores for profile {args.profile!r}: done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
 def add_tag_command(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("tag", help="print the folder name of a profile's tables and figures")
     _profile_arguments(p)
@@ -588,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgstudy", description="DeepGaze II study tools")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_baselines_command, add_predict_command, add_evaluate_command, add_serve_command,
-                add_preflight_command, add_tag_command, add_clean_notebook_command):
+                add_preflight_command, add_dataset_scores_command, add_tag_command, add_clean_notebook_command):
         add(sub)
     return parser
 

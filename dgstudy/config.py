@@ -189,6 +189,8 @@ class StudyConfig:
     ablation_size: str = "full"              # the default layer grids: 'full', or 'small' (smoke)
     ablation_layers: list | dict | None = None      # None = ablations.layer_grid's default
     ablation_layers_extra: list | dict | None = None
+    ablation_layers_from: str | None = None  # else: a profile (same data set and backbone) whose committed
+                                             # layer table notebook 03 draws instead of training a grid
     ablation_vgg: str | None = None          # a VGG-19 whose layer grid runs beside the backbone's
     ablation_vgg_layers: list | dict | None = None  # that grid (None: the VGG default)
     ablation_vgg_layers_extra: list | dict | None = None

@@ -463,11 +463,18 @@ def test_one_rule_for_the_stores_a_profile_reads():
     assert names[0].endswith("-efficientnet_lite0-a4f370e07-ds2.h5") and names[1].endswith("-ds1.h5")
     assert stores[next(iter(stores))][1][0] == osie.train.run
     assert list(stores.values())[1][1] == [osie.main_train.run]
-    assert len(stores) == 3 and "-ds2-L" in names[2]          # block2 and head, not in blocks 3-6
+    assert len(stores) == 2           # osie draws its layer table (ablation_layers_from): no layer store
     assert not any(spec.given for spec, _ in stores.values())
     runs_by_nb = ablations.profile_runs(osie, ds)
-    assert list(runs_by_nb["02"]) == [osie.main_train.run] and osie.train.run in runs_by_nb["03"]
+    assert list(runs_by_nb["02"]) == [osie.main_train.run] and runs_by_nb["03"] == {}
+    assert osie.train.run in runs_by_nb["04"]                    # the reference, first trained by 04
     assert {r for rs in runs_by_nb.values() for r in rs} == {r for _, used in stores.values() for r in used}
+    # naming or adding layer conditions trains the profile's own grid, with its store of block2 and head
+    grown = StudyConfig.load("osie", ablation_layers_extra={"block5": ["block5"]})
+    assert ablations.layer_table_from(grown) is None
+    grown_stores = [p.name for p in ablations.feature_stores(grown, ds)]
+    assert len(grown_stores) == 3 and "-ds2-L" in grown_stores[2]   # block5 is in the reference's store
+    assert osie.train.run in ablations.profile_runs(grown, ds)["03"]
 
     ext = ablations.feature_stores(StudyConfig.load("osie_extended"), ds)
     specs = [spec for spec, _ in ext.values()]
@@ -476,6 +483,26 @@ def test_one_rule_for_the_stores_a_profile_reads():
                                            "vgg19_random", "efficientnet_lite0_random"}
     assert [s.pool_stride for s in specs if s.backbone == "vgg19_random"] == [None, 16]
     assert set(stores) < set(ext)                                # osie's runs are shared
+
+
+def test_a_profile_draws_the_committed_layer_table_of_another():
+    """osie trains no layer grid (ablation_layers_from: osie_extended): notebook 03 shows
+    osie_extended's committed table, whose grid holds the default stage grid, with its reference."""
+    from dgstudy import backbones
+
+    bb = backbones.get("efficientnet_lite0", device="cpu")
+    osie = StudyConfig.load("osie")
+    assert ablations.layer_table_from(osie) == "osie_extended"
+    table, grid, reference = ablations.committed_layer_table("osie_extended", bb)
+    committed = pd.read_csv(REPO / "results" / "osie_extended" / "ablation_layers.csv")
+    assert list(table["condition"]) == list(committed["condition"]) == list(grid)
+    assert reference == "default" and grid[reference] == list(bb.default_layers)
+    assert table.set_index("condition").loc[reference, "IG_diff"] == 0
+    assert set(ablations.layer_grid(bb)) <= set(grid)         # the default grid is part of it
+    with pytest.raises(ValueError, match="trains no layer grid"):
+        ablations.committed_layer_table("osie", bb)
+    with pytest.raises(ValueError, match="is on 'efficientnet_lite0', not 'efficientnet_lite2'"):
+        ablations.committed_layer_table("osie_extended", backbones.get("efficientnet_lite2", device="cpu"))
 
 
 def test_an_added_layer_condition_leaves_the_others_stores_alone():
