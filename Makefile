@@ -95,23 +95,26 @@ reproduce: env
 
 # One rule per notebook. A notebook waits for the notebooks whose outputs it reads (NEEDS_<NN>; a
 # number not listed: the one before it), so that `make -j$(NOTEBOOK_JOBS)` runs the others side by
-# side: the trainings of 02, 03 and 04, each on one thread, and the data set's own scores of notebook
-# 07 (`dgstudy dataset-scores`, no trained run needed). Two one-thread trainings on the two cores
-# of the machine the study is timed on each ran 6-18 % slower than alone (README, timing). Notebook
-# 01 runs alone, its kernel on all cores; the others' kernels on NOTEBOOK_THREADS threads each.
+# side: the trainings of 02, 04 and 09 (each on one thread; a fold two notebooks need is trained once,
+# under its lock, by the first to reach it), notebook 07's scores of the data set alone
+# (`dgstudy dataset-scores`, no trained run needed) and the notebooks that only read runs. Notebook
+# 10 makes the main result, the ensemble over backbones, so 06, 07 and 08 wait for it. Two
+# one-thread trainings on the two cores of the machine the study is timed on each ran 6-18 % slower
+# than alone (README, timing). Notebook 01 runs alone, its kernel on all cores; the others' kernels
+# on NOTEBOOK_THREADS threads each. The order of `notebooks:` below is the order make starts them in.
 NOTEBOOK_JOBS    ?= 2
 NOTEBOOK_THREADS ?= 1
 NEEDS_02 := 01
 NEEDS_03 := 01
 NEEDS_04 := 01
 NEEDS_05 := 01
-NEEDS_06 := 02
-NEEDS_07 := 02 03 04 05
-NEEDS_08 := 02
-NEEDS_09 := 02 03 04
+NEEDS_06 := 02 10
+NEEDS_07 := 02 03 04 05 10
+NEEDS_08 := 02 10
+NEEDS_09 := 02
 NEEDS_10 := 02 05
 nb_num = $(firstword $(subst _, ,$(notdir $(1))))
-nb_out = $(addprefix $(OUT_DIR)/,$(notdir $(filter $(addprefix notebooks/,$(addsuffix _%,$(1))),$(NOTEBOOKS))))
+nb_out = $(foreach n,$(1),$(addprefix $(OUT_DIR)/,$(notdir $(filter notebooks/$(n)_%,$(NOTEBOOKS)))))
 define NOTEBOOK_RULE
 $(OUT_DIR)/$(notdir $(1)): $(1) $(PROFILE_FILES) $(DGSTUDY_SOURCES) $(call nb_out,$(2)) $(if $(filter 07,$(call nb_num,$(1))),| dataset-scores)
 	@mkdir -p $$(@D)
@@ -124,15 +127,16 @@ $(OUT_DIR)/$(notdir $(1)): $(1) $(PROFILE_FILES) $(DGSTUDY_SOURCES) $(call nb_ou
 endef
 $(foreach nb,$(NOTEBOOKS),$(eval $(call NOTEBOOK_RULE,$(nb),$(or $(NEEDS_$(call nb_num,$(nb))),$(if $(prev),$(call nb_num,$(prev)))))$(eval prev := $(nb))))
 
-# Notebook 07's scores of the data set alone, computed before it (and beside the trainings); each
-# is cached in data/, so this takes seconds once they are there.
+# Notebook 07's scores of the data set alone: they need the data set (`make reproduce` runs preflight
+# --download before the notebooks), no trained run, so they start beside notebook 01. Each is cached
+# in data/, so this takes seconds once they are there.
 .PHONY: dataset-scores
-dataset-scores: $(call nb_out,01)
+dataset-scores:
 	@echo "== dgstudy dataset-scores (notebook 07's classic models and observer curve)"
 	@OMP_NUM_THREADS=$(NOTEBOOK_THREADS) $(PY) -m dgstudy dataset-scores $(PROFILE_ARGS)
 
 .PHONY: notebooks
-notebooks: $(call nb_out,01 02 03) dataset-scores $(call nb_out,04 08) $(addprefix $(OUT_DIR)/,$(notdir $(NOTEBOOKS)))
+notebooks: dataset-scores $(call nb_out,01 02 04 05 10 08 03 06 09) $(addprefix $(OUT_DIR)/,$(notdir $(NOTEBOOKS)))
 
 # The notebooks' kernel "python3" is the interpreter of the Jupyter that runs them: here the .venv's.
 # An environment this Makefile did not create (VENV=<yours>) is used as it is: nothing is installed

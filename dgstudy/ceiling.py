@@ -123,3 +123,12 @@ def ceiling_table(model_ig: float, fit: dict, curve: pd.DataFrame) -> pd.DataFra
             ("extrapolated: IG_inf - a / k (b fixed at 1)", fit["IG_inf_b1"], rms(fit["IG_inf_b1"], fit["a_b1"], 1.0))]
     return pd.DataFrame([{"ceiling": name, "IG_ceiling": v, "explained_IG": model_ig / v, "rms_residual": r}
                          for name, v, r in rows])
+
+
+def ceiling_tables(model_igs: dict[str, float], fit: dict, curve: pd.DataFrame) -> pd.DataFrame:
+    """:func:`ceiling_table` of every model in ``model_igs`` ({model name: its information gain in
+    bit/fix}), one table with a leading ``model`` column, models in the given order."""
+    tables = [ceiling_table(ig, fit, curve) for ig in model_igs.values()]
+    for name, t in zip(model_igs, tables):
+        t.insert(0, "model", name)
+    return pd.concat(tables, ignore_index=True)

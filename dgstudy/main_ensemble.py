@@ -188,6 +188,43 @@ def committed_table(profile: str, stem: str = TABLE) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+# -- the main result in notebooks 06-08 ------------------------------------------------------------
+def made_by(cfg: StudyConfig) -> StudyConfig | None:
+    """The profile whose notebook 10 makes ``cfg``'s main result: ``cfg`` itself when it trains a
+    main ensemble (``ensemble_backbones``), the profile ``ensemble_from`` names (its committed
+    outputs), or None when the main result is the single main run."""
+    if cfg.ensemble_backbones:
+        return cfg
+    if cfg.ensemble_from:
+        source = StudyConfig.load(cfg.ensemble_from)
+        if not source.ensemble_backbones:
+            raise ValueError(f"ensemble_from: profile {cfg.ensemble_from!r} trains no main ensemble")
+        return source
+    return None
+
+
+def main_output(cfg: StudyConfig, name: str) -> Path | None:
+    """The file ``name`` (e.g. ``main_results.csv``, ``main_ensemble_examples.png``) that notebook 10
+    wrote for ``cfg``'s main ensemble (:func:`made_by`; tables in its output folder, ``.png`` in
+    its figure folder), for notebooks 06, 07 and 08, which report the ensemble as the main result;
+    None when the profile has no main ensemble. FileNotFoundError when notebook 10 has not written it."""
+    source = made_by(cfg)
+    if source is None:
+        return None
+    path = (source.figure_dir() if name.endswith(".png") else source.output_dir()) / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: notebook 10 of profile {source.profile!r} writes it "
+                                "(make reproduce runs notebook 10 before notebooks 06, 07 and 08)")
+    return path
+
+
+def main_result(cfg: StudyConfig) -> pd.DataFrame | None:
+    """``cfg``'s main results table (:data:`RESULTS`, notebook 10's :func:`results_table`: the
+    ensemble, then its first member, the single main run), or None without a main ensemble."""
+    path = main_output(cfg, f"{RESULTS}.csv")
+    return None if path is None else pd.read_csv(path)
+
+
 def choice_table(cfg: StudyConfig, ensemble_dir: Path) -> pd.DataFrame:
     """One row per fold of an evaluated main ensemble: the chosen members (``"<backbone> xN"`` per
     backbone), the chosen candidate's validation log-likelihood (bit/fix over uniform), and each

@@ -135,15 +135,17 @@ def _float(x) -> float:
 
 
 def compare_prose(table: pd.DataFrame, cfg) -> str:
-    """Markdown: the setting, this run's headline numbers and the paper's, from ``table``
-    (:func:`results_table`). Why they may differ is the report notebook's own text."""
+    """Markdown: the setting, the main result's headline numbers and the paper's, from ``table``
+    (:func:`results_table`, or several of them; the main result is its first ``model``). Why they
+    may differ is the report notebook's own text."""
     comparable, note = setting_note(cfg)
     lines = [f"**Setting.** {note}."]
-    t = table[table["model"] == MODEL_NAMES["deepgaze2"]] if "model" in table else table
+    first = table["model"].iloc[0] if "model" in table and len(table) else None
+    t = table[table["model"] == first] if first is not None else table
     t = t.set_index("metric")
     ig, eig = t.loc["IG", "this_run"], t.loc["explained_IG", "this_run"]
     if np.isfinite(ig):
-        lines.append(f"**This run.** The model gains {ig:.3f} bit/fixation over the centre bias "
+        lines.append(f"**Main result** ({first or 'this run'}). It gains {ig:.3f} bit/fixation over the centre bias "
                      f"(95% image-bootstrap interval {t.loc['IG', 'ci_low']:.3f} to "
                      f"{t.loc['IG', 'ci_high']:.3f})"
                      + (f" and explains {100 * eig:.0f}% of the gold standard's information gain."

@@ -43,7 +43,8 @@ SPECIAL = ("sync", "local")
 # The default stays in process until a local cluster is shown to help: on the 2-core machine the
 # study is measured on, two one-thread workers trained four OSIE reference folds in 122 s against
 # 112 s in one process (each epoch 1.65x slower with two at once), with the same bits (profiles
-# train on one thread, wherever they run). docs/training.md has the measurements.
+# train on one thread, wherever they run). Two plain processes do gain (each 6-18 % slower, not 65 %),
+# so `make reproduce` runs notebooks side by side instead (make -j2). docs/training.md has the measurements.
 DEFAULT = "sync"
 CONNECT_TIMEOUT = "20s"                  # to reach a running scheduler
 PATH_VARS = {"DGSTUDY_DATA": data_dir, "DGSTUDY_RESULTS": results_dir, "DGSTUDY_FIGURES": figures_dir}

@@ -95,6 +95,10 @@ def test_the_extrapolation_recovers_a_known_curve_and_the_table_divides_by_it():
     assert t["explained_IG"].iloc[1] == pytest.approx(0.5, abs=1e-4)
     assert t["rms_residual"].iloc[1] < 1e-4 < t["rms_residual"].iloc[2]     # b = 1 misses a b = 0.6 curve
     assert not t["ceiling"].str.contains(",").any()     # rows citable as ceiling=... (dgstudy.citations)
+    both = ceiling.ceiling_tables({"ensemble": 1.56, "single": 1.3}, fit, curve)   # notebook 07's table
+    assert list(both["model"]) == ["ensemble"] * 3 + ["single"] * 3
+    assert both["explained_IG"].iloc[:3].to_numpy() == pytest.approx(1.2 * t["explained_IG"].to_numpy())
+    pd.testing.assert_frame_equal(both.iloc[3:].drop(columns="model").reset_index(drop=True), t)
     fig = figures.plot_observer_curve(curve, fit, model_ig=1.3)
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), curve["IG"])
     import matplotlib.pyplot as plt

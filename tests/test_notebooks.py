@@ -24,17 +24,26 @@ from conftest import REPO
 NOTEBOOK_DIR = REPO / "notebooks"
 
 
-def smoke_chain():
-    nbs = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
-    return nbs
+def smoke_chain(out_root):
+    """The notebooks in the order `make reproduce` runs them with one job (its graph: notebook 10,
+    the main ensemble, before 06, 07 and 08), all out of date under ``out_root``."""
+    import re
+    import subprocess
+
+    dry = subprocess.run(["make", "-n", "-j1", "--no-print-directory", "notebooks", "PROFILE=smoke", "OUT_TAG=smoke",
+                          f"DGSTUDY_RESULTS={out_root}"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    names = list(dict.fromkeys(re.findall(r"papermill (notebooks/[0-9][0-9]_\w+\.ipynb)", dry)))
+    return [REPO / n for n in names]
 
 
 @pytest.mark.slow
 def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     import papermill
 
-    notebooks = smoke_chain()
-    assert [p.name[:2] for p in notebooks] == ["01", "02", "03", "04", "05", "06", "07", "08", "09", "10"], notebooks
+    notebooks = smoke_chain(tmp_path / "order")
+    assert sorted(p.name for p in notebooks) == sorted(p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    order = [p.name[:2] for p in notebooks]
+    assert order[0] == "01" and all(order.index("10") < order.index(n) for n in ("06", "07", "08")), order
     params = {"profile": "smoke", "overrides": {}}
     extra = {"08_transfer.ipynb": {"max_images": 8},       # keeps the transfer notebook to ~1 min
              "10_main_ensemble.ipynb": {"max_images": 3}}  # and the ensemble's scale test
@@ -78,12 +87,15 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     assert all(p.exists() and p.with_name(p.name + ".sha256").exists() for p in stores)
 
     # the report table: every metric, the paper's column, finite IG within its interval; the main
-    # run (smoke: the reference at full resolution), then the reference and DeepGaze I
+    # result (smoke: the ensemble over backbones of notebook 10), its first member the single main
+    # run (the reference at full resolution), then the reference and DeepGaze I
     table = pd.read_csv(out / "results.csv")
-    assert list(dict.fromkeys(table.model)) == ["DeepGaze II", "DeepGaze II (reference)", "DeepGaze I (reference)"]
+    single = main_ensemble.SINGLE_LABEL
+    assert list(dict.fromkeys(table.model)) == [main_ensemble.ENSEMBLE_LABEL, single, "DeepGaze II (reference)",
+                                                "DeepGaze I (reference)"]
     assert {"model", "metric", "unit", "this_run", "ci_low", "ci_high", "paper", "paper_source",
             "comparable", "setting"} <= set(table.columns)
-    dg2 = table[table.model == "DeepGaze II"].set_index("metric")
+    dg2 = table[table.model == single].set_index("metric")
     assert list(dg2.index) == ["LL", "IG", "explained_IG", "AUC", "sAUC", "NSS", "CC", "KLDiv", "SIM"]
     ig = dg2.loc["IG"]
     assert math.isfinite(ig.this_run) and ig.ci_low <= ig.this_run <= ig.ci_high
@@ -101,7 +113,14 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     classic = models[models.kind == "classic: maps made a density"]
     assert len(classic) == 2 and np.isfinite(classic[["IG", "LL", "AUC", "raw_AUC", "raw_NSS"]].to_numpy()).all()
     by_metric = table.set_index(["model", "metric"])["this_run"]
-    assert models.loc["DeepGaze II (main run)", "IG"] == pytest.approx(by_metric[("DeepGaze II", "IG")], rel=1e-9)
+    assert models.loc["DeepGaze II (main run)", "IG"] == pytest.approx(by_metric[(single, "IG")], rel=1e-9)
+    assert models.loc[main_ensemble.ENSEMBLE_LABEL, "IG"] == \
+        pytest.approx(by_metric[(main_ensemble.ENSEMBLE_LABEL, "IG")], rel=1e-9)
+    # the ceiling: the main result (the ensemble) and its single main run against each ceiling
+    ceil = pd.read_csv(out / "ceiling.csv")
+    assert list(dict.fromkeys(ceil.model)) == [main_ensemble.ENSEMBLE_LABEL, single] and len(ceil) == 6
+    assert ceil.explained_IG.iloc[0] / ceil.explained_IG.iloc[3] == \
+        pytest.approx(by_metric[(main_ensemble.ENSEMBLE_LABEL, "IG")] / by_metric[(single, "IG")], rel=1e-9)
     assert models.loc["DeepGaze I (reference)", "IG"] == pytest.approx(by_metric[("DeepGaze I (reference)", "IG")], rel=1e-9)
     assert models.loc["Gold standard (leave one subject out)", "explained_IG"] == pytest.approx(1.0)
     assert (figures / "smoke" / "models.png").exists()
@@ -168,7 +187,7 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     tc = pd.read_csv(out / "ablation_training.csv").set_index("condition")
     assert list(tc.index) == ["default", "flip", "ds1", "main_instances2", "instances2"]
     assert tc.loc["default", "IG"] == pytest.approx(main, rel=1e-9)
-    main_run = table.set_index(["model", "metric"]).loc[("DeepGaze II", "IG"), "this_run"]
+    main_run = table.set_index(["model", "metric"]).loc[(single, "IG"), "this_run"]
     assert tc.loc["ds1", "IG"] == pytest.approx(main_run, rel=1e-9) and main_run != pytest.approx(main)
     assert tc.loc["default", "val_diff"] == 0
     assert np.isfinite(tc.val_LL.drop(index=["main_instances2", "instances2"])).all()
