@@ -100,8 +100,10 @@ reproduce: env
 # (`dgstudy dataset-scores`, no trained run needed) and the notebooks that only read runs. Notebook
 # 10 makes the main result, the ensemble over backbones, so 06, 07 and 08 wait for it. Two
 # one-thread trainings on the two cores of the machine the study is timed on each ran 6-18 % slower
-# than alone (README, timing). Notebook 01 runs alone, its kernel on all cores; the others' kernels
-# on NOTEBOOK_THREADS threads each. The order of `notebooks:` below is the order make starts them in.
+# than alone (README, timing). Every kernel runs on NOTEBOOK_THREADS threads: a two-thread kernel
+# beside another job waits at every parallel step for its preempted thread (notebook 01's extraction
+# on two threads beside the data set's scores took 10 min, against about 4 min alone). The order of
+# `notebooks:` below is the order make starts them in.
 NOTEBOOK_JOBS    ?= 2
 NOTEBOOK_THREADS ?= 1
 NEEDS_02 := 01
@@ -120,7 +122,7 @@ $(OUT_DIR)/$(notdir $(1)): $(1) $(PROFILE_FILES) $(DGSTUDY_SOURCES) $(call nb_ou
 	@mkdir -p $$(@D)
 	@rm -f $$@
 	@echo "== $$< -> $$@"
-	@$(if $(filter 01,$(call nb_num,$(1))),,OMP_NUM_THREADS=$(NOTEBOOK_THREADS)) $(PY) -m papermill $$< $$@.running.ipynb $(PAPERMILL_FLAGS) || { \
+	@OMP_NUM_THREADS=$(NOTEBOOK_THREADS) $(PY) -m papermill $$< $$@.running.ipynb $(PAPERMILL_FLAGS) || { \
 	  echo "FAILED: $$< (the executed copy with the error: $$@.running.ipynb)"; exit 1; }
 	@$(PY) -m dgstudy clean-notebook $$@.running.ipynb
 	@mv $$@.running.ipynb $$@
