@@ -95,8 +95,9 @@ reproduce: env
 
 # One rule per notebook. A notebook waits for the notebooks whose outputs it reads (NEEDS_<NN>; a
 # number not listed: the one before it), so that `make -j$(NOTEBOOK_JOBS)` runs the others side by
-# side: the trainings of 02, 04 and 09 (each on one thread; a fold two notebooks need is trained once,
-# under its lock, by the first to reach it), notebook 07's scores of the data set alone
+# side: the trainings of 02 and 04 (each on one thread; a fold two notebooks need is trained once,
+# under its lock, by the first to reach it; 09 reads the reference's seeds that 04 trains), notebook
+# 07's scores of the data set alone
 # (`dgstudy dataset-scores`, no trained run needed) and the notebooks that only read runs. Notebook
 # 10 makes the main result, the ensemble over backbones, so 06, 07 and 08 wait for it. Two
 # one-thread trainings on the two cores of the machine the study is timed on each ran 6-18 % slower
@@ -113,7 +114,7 @@ NEEDS_05 := 01
 NEEDS_06 := 02 10
 NEEDS_07 := 02 03 04 05 10
 NEEDS_08 := 02 10
-NEEDS_09 := 02
+NEEDS_09 := 02 04
 NEEDS_10 := 02 05
 nb_num = $(firstword $(subst _, ,$(notdir $(1))))
 nb_out = $(foreach n,$(1),$(addprefix $(OUT_DIR)/,$(notdir $(filter notebooks/$(n)_%,$(NOTEBOOKS)))))
