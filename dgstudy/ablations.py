@@ -497,9 +497,9 @@ def committed_layer_table(profile: str, backbone) -> tuple[pd.DataFrame, dict[st
     profile's grid, the condition that is its reference). ``backbone``: the backbone object of the
     profile that draws it; the two profiles must share it."""
     source = StudyConfig.load(profile)
-    if source.ablation_layers_from:
+    if layer_table_from(source):
         raise ValueError(f"profile {profile!r} trains no layer grid (it draws profile "
-                         f"{source.ablation_layers_from!r}'s)")
+                         f"{layer_table_from(source)!r}'s)")
     if source.train.backbone != backbone.name:
         raise ValueError(f"profile {profile!r}'s layer grid is on {source.train.backbone!r}, not {backbone.name!r}")
     path = source.output_dir() / "ablation_layers.csv"
