@@ -254,3 +254,16 @@ def test_efficientnet_lite0_random_is_the_same_network_seeded_and_never_a_substi
     assert a.strides == p.strides and a.default_layers == p.default_layers
     with pytest.raises(ValueError, match="random-weights control"):
         backbones.get("efficientnet_lite0_random", weights="x.pth")
+
+
+def test_registering_the_backbones_imports_neither_timm_nor_torchvision():
+    """Every notebook kernel, CLI call and Dask worker imports dgstudy; timm and torchvision (about
+    2 s together) are imported only when a backbone is built."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom dgstudy import backbones, runs, training, evaluation, figures, report, ablations\n"
+            "assert 'efficientnet_lite0' in backbones.available() and 'vgg19' in backbones.available()\n"
+            "print(sorted(m for m in ('timm', 'torchvision', 'scipy.signal') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -18,7 +18,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -92,6 +91,8 @@ def timm_model(variant: Variant, path: Path | None = None) -> nn.Module:
     """The timm TF-variant network with the packaged ImageNet weights (classifier included)."""
     path = checkpoint_path(variant) if path is None else Path(path)
     verify_file(path, variant.sha256)
+    import timm     # here, not at the top: timm (and torchvision under it) costs ~2 s to import
+
     net = timm.create_model(variant.timm_name, pretrained=False)
     src = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict(convert_state(src, net.state_dict(), str(path)), strict=True)
@@ -150,6 +151,8 @@ def efficientnet_lite0_random(weights=None, seed: int = 0) -> EfficientNetLite:
     a model: it never stands in for missing weights."""
     if weights is not None:
         raise ValueError("efficientnet_lite0_random takes no weights file (it is the random-weights control)")
+    import timm
+
     variant = VARIANTS["efficientnet_lite0"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -31,7 +31,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from ..io import DataError, fetch, sha256_file
@@ -165,6 +164,8 @@ def torchvision_random_state(seed: int = 0) -> dict:
 
     The global RNG state is restored afterwards (``torch.random.fork_rng``).
     """
+    import torchvision  # here, not at the top: it costs ~2 s to import, and only this needs it
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = torchvision.models.vgg19(weights=None)

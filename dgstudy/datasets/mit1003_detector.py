@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import lfilter
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,8 @@ class Fixations:
 
 
 def _acceleration(xy: np.ndarray, p: FixationParams) -> np.ndarray:
+    from scipy.signal import lfilter   # here: scipy.signal costs ~0.5 s to import
+
     n = len(xy)
     pos = np.zeros(n)
     pos[1:] = np.hypot(np.diff(xy[:, 0]), np.diff(xy[:, 1]))
