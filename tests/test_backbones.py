@@ -258,7 +258,8 @@ def test_efficientnet_lite0_random_is_the_same_network_seeded_and_never_a_substi
 
 def test_registering_the_backbones_imports_neither_timm_nor_torchvision():
     """Every notebook kernel, CLI call and Dask worker imports dgstudy; timm and torchvision (about
-    2 s together) are imported only when a backbone is built."""
+    2 s together) are imported only when a backbone is built, scipy.signal only when MIT1003's
+    fixation detector runs."""
     import subprocess
     import sys
 

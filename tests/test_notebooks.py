@@ -45,7 +45,7 @@ def test_smoke_chain_runs_and_writes_sane_numbers(tmp_path, monkeypatch):
     order = [p.name[:2] for p in notebooks]
     assert order[0] == "01" and all(order.index("10") < order.index(n) for n in ("06", "07", "08")), order
     params = {"profile": "smoke", "overrides": {}}
-    extra = {"08_transfer.ipynb": {"max_images": 4},       # keeps the transfer notebook to ~1 min
+    extra = {"08_transfer.ipynb": {"max_images": 4},       # keeps the transfer notebook to ~40 s
              "10_main_ensemble.ipynb": {"max_images": 2}}  # and the ensemble's scale test
     results, figures = tmp_path / "results", tmp_path / "figures"
     monkeypatch.setenv("DGSTUDY_RESULTS", str(results))
