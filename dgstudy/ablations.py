@@ -497,9 +497,8 @@ def committed_layer_table(profile: str, backbone) -> tuple[pd.DataFrame, dict[st
     profile's grid, the condition that is its reference). ``backbone``: the backbone object of the
     profile that draws it; the two profiles must share it."""
     source = StudyConfig.load(profile)
-    if layer_table_from(source):
-        raise ValueError(f"profile {profile!r} trains no layer grid (it draws profile "
-                         f"{layer_table_from(source)!r}'s)")
+    if drawn := layer_table_from(source):
+        raise ValueError(f"profile {profile!r} trains no layer grid (it draws profile {drawn!r}'s)")
     if source.train.backbone != backbone.name:
         raise ValueError(f"profile {profile!r}'s layer grid is on {source.train.backbone!r}, not {backbone.name!r}")
     path = source.output_dir() / "ablation_layers.csv"

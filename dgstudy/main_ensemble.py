@@ -24,7 +24,7 @@ from .config import StudyConfig
 from .ensemble import SelectedEnsemble, load_choice
 from .evaluation import evaluate_runs
 from .paths import results_dir
-from .report import run_results
+from .report import main_note, run_results
 from . import runs as run_store
 
 
@@ -223,6 +223,18 @@ def main_result(cfg: StudyConfig) -> pd.DataFrame | None:
     ensemble, then its first member, the single main run), or None without a main ensemble."""
     path = main_output(cfg, f"{RESULTS}.csv")
     return None if path is None else pd.read_csv(path)
+
+
+def result_note(cfg: StudyConfig) -> str:
+    """One line on what ``cfg``'s main result is (notebook 07's results preamble): the ensemble of
+    :func:`made_by` and its first member, the single main run, or the main run alone."""
+    source = made_by(cfg)
+    if source is None:
+        return main_note(cfg)
+    drawn = "" if source.profile == cfg.profile else f" of profile {source.profile}, its committed table"
+    return (f"the main result is the ensemble over {', '.join(source.ensemble_backbones)} in the main "
+            f"configuration, chosen per fold on validation images (notebook 10{drawn}); below it its "
+            f"first member, the single {main_note(cfg)}")
 
 
 def choice_table(cfg: StudyConfig, ensemble_dir: Path) -> pd.DataFrame:

@@ -591,3 +591,21 @@ def test_a_layer_condition_records_a_store_outside_the_data_folder_by_path(tmp_p
     cfgs, _ = ablations.layer_conditions(cfg, {"block4": ["block4"], "default": list(bb.default_layers)}, ds, bb)
     assert cfgs["block4"].feature_path == str(elsewhere)
     assert ablations.run_store.feature_path(cfgs["block4"], ds) == elsewhere
+
+
+def test_the_main_result_is_named_for_the_profile_that_makes_it():
+    """main_ensemble.made_by / result_note (notebook 07's results preamble): a profile that trains
+    the ensemble makes it itself; osie draws osie_extended's; without either it is the main run."""
+    from dgstudy import main_ensemble
+
+    smoke, osie, ext = (StudyConfig.load(p) for p in ("smoke", "osie", "osie_extended"))
+    assert main_ensemble.made_by(smoke).profile == "smoke" and main_ensemble.made_by(osie).profile == "osie_extended"
+    note = main_ensemble.result_note(osie)
+    assert note.startswith("the main result is the ensemble over efficientnet_lite0, efficientnet_lite1, "
+                           "efficientnet_lite2") and "(notebook 10 of profile osie_extended, its committed table)" in note
+    assert note.endswith("the single " + report.main_note(osie))
+    assert "of profile" not in main_ensemble.result_note(ext)
+    single = StudyConfig.load("smoke", ensemble_backbones=[])
+    assert main_ensemble.made_by(single) is None and main_ensemble.result_note(single) == report.main_note(single)
+    with pytest.raises(ValueError, match="trains no main ensemble"):
+        main_ensemble.made_by(StudyConfig.load("osie", ensemble_from="osie"))
